@@ -1,13 +1,23 @@
-"""Placeholder for the `benchmark` sub-command (being built)."""
+"""``cervixautoseg benchmark TARGET``: time and memory of one part of the pipeline."""
 
-HELP = "(not available yet)"
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from ..benchmarks import TARGETS
+
+HELP = "measure speed and peak memory (targets: " + ", ".join(TARGETS) + ")"
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    targets = parser.add_subparsers(dest="target", metavar="TARGET", required=True)
+    for name in TARGETS:
+        module = importlib.import_module(f"..benchmarks.{name}", __package__)
+        sub = targets.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(sub)
+        sub.set_defaults(benchmark=module.run)
 
 
-def run(args):
-    from ..errors import InputError
-
-    raise InputError("this command is not available yet")
+def run(args: argparse.Namespace) -> int:
+    return int(args.benchmark(args) or 0)
