@@ -16,6 +16,8 @@ for version in 3.10 3.12; do
 import sys
 sys.path.insert(0, ".")
 import CervixAutoSegLib, CervixAutoSegLib.volume, CervixAutoSegLib.structures, CervixAutoSegLib.cli
+# Building the parser imports every sub-command module: they must not need heavy packages at import.
+CervixAutoSegLib.cli.build_parser()
 print(f"compat: Python {sys.version.split()[0]} compiles and imports CervixAutoSegLib {CervixAutoSegLib.__version__}")
 PY
 done
