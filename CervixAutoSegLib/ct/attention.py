@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ATTENTION_KINDS = ("channel", "spatial", "none")
+from .config import ATTENTION_KINDS
 
 INTERMEDIATE_REDUCTION = 2
 """Hidden width of the gate = C_x // INTERMEDIATE_REDUCTION (Oktay et al. use C/2)."""

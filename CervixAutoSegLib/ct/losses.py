@@ -14,8 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-LOSS_NAMES = ("lovasz", "ce", "sce", "dice")
-DEFAULT_LOSS = "lovasz"
+from .config import DEFAULT_LOSS, LOSS_NAMES
 
 SCE_ALPHA = 0.1
 SCE_BETA = 1.0
