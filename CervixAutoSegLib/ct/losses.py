@@ -58,7 +58,7 @@ def lovasz_softmax_flat(probabilities: torch.Tensor, labels: torch.Tensor, class
     n_classes = probabilities.shape[1]
     losses = []
     for c in range(n_classes):
-        truth = (labels == c).float()
+        truth = (labels == c).to(probabilities.dtype)
         if classes == "present" and truth.sum() == 0:
             continue
         errors = (truth - probabilities[:, c]).abs()
