@@ -1,0 +1,144 @@
+"""Model directories: write → read → load round trip, registry, checksum and corrupt files."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import numpy as np
+import pytest
+import torch
+
+from CervixAutoSegLib import models
+from CervixAutoSegLib.ct.network import ResAUNet
+from CervixAutoSegLib.errors import ModelError
+from CervixAutoSegLib.structures import CT_STRUCTURES
+
+MAX_BUNDLE_BYTES = 60 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def network():
+    torch.manual_seed(0)
+    return ResAUNet(attention="channel").eval()
+
+
+def write(path, network, model_id="ct-test", mean_dsc=0.5, version="1"):
+    return models.write_model_dir(
+        path, network, model_id=model_id, family="ct", architecture="ResAUNet",
+        architecture_kwargs={"in_channels": 1, "classes": 5, "attention": "channel"}, version=version,
+        preprocessing={"window_level": 50, "window_width": 300}, training={"data": "unit test"},
+        validation={"mean_dsc": mean_dsc},
+    )
+
+
+def test_round_trip_write_read_load(tmp_path, network):
+    card = write(tmp_path / "ct-test", network)
+    read = models.read_card(tmp_path / "ct-test")
+    assert read == card
+    assert read.structures == CT_STRUCTURES and read.preprocessing["window_width"] == 300
+    document = json.loads((tmp_path / "ct-test" / "model.json").read_text())
+    assert [entry["name"] for entry in document["labels"]] == ["Bladder", "Rectum", "CTVn", "CTVp"]
+    assert "NOT FOR CLINICAL USE" in document["intended_use"] and document["sha256"] == card.sha256
+    weights = tmp_path / "ct-test" / "weights.pt"
+    assert weights.stat().st_size < MAX_BUNDLE_BYTES
+    assert weights.stat().st_mode & stat.S_IROTH  # shared, read-only data
+    state = torch.load(weights, weights_only=True)
+    assert state["encoder.conv1.weight"].dtype == torch.float16
+    assert state["encoder.bn1.num_batches_tracked"].dtype == torch.int64
+    loaded = models.load_network(read)
+    assert not loaded.training
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        expected, got = network(x), loaded(x)
+    # fp16 storage: same network up to half-precision rounding of the weights.
+    assert torch.allclose(expected, got, atol=2e-2, rtol=2e-2)
+    assert (expected.argmax(1) == got.argmax(1)).float().mean() > 0.99
+
+
+def test_rewriting_replaces_the_whole_directory(tmp_path, network):
+    write(tmp_path / "m", network, version="1")
+    (tmp_path / "m" / "stale.txt").write_text("old")
+    card = write(tmp_path / "m", network, version="2")
+    assert models.read_card(tmp_path / "m").version == "2" == card.version
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "weights.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no staging left-overs
+
+
+def test_checksum_mismatch_is_a_one_line_model_error(tmp_path, network):
+    card = write(tmp_path / "m", network)
+    data = bytearray(card.weights_path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    card.weights_path.write_bytes(bytes(data))
+    with pytest.raises(ModelError) as raised:
+        models.load_network(models.read_card(tmp_path / "m"))
+    assert str(raised.value) == (
+        "weights of model ct-test do not match the sha256 in its model card (file corrupt or replaced)"
+    )
+
+
+def test_truncated_weights_with_matching_checksum_are_a_model_error(tmp_path, network):
+    card = write(tmp_path / "m", network)
+    card.weights_path.write_bytes(card.weights_path.read_bytes()[:4096])
+    document = json.loads((tmp_path / "m" / "model.json").read_text())
+    document["sha256"] = models.file_sha256(card.weights_path)
+    (tmp_path / "m" / "model.json").write_text(json.dumps(document))
+    with pytest.raises(ModelError, match="cannot be loaded") as raised:
+        models.load_network(models.read_card(tmp_path / "m"))
+    assert "\n" not in str(raised.value)
+
+
+def test_missing_weights_and_bad_cards_are_model_errors(tmp_path, network):
+    card = write(tmp_path / "m", network)
+    card.weights_path.unlink()
+    with pytest.raises(ModelError, match="missing"):
+        models.load_network(card)
+    with pytest.raises(ModelError, match="not a model directory"):
+        models.read_card(tmp_path / "nowhere")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "model.json").write_text("{not json")
+    with pytest.raises(ModelError, match="unreadable"):
+        models.read_card(tmp_path / "bad")
+    (tmp_path / "bad" / "model.json").write_text(json.dumps({"id": "x", "family": "ct"}))
+    with pytest.raises(ModelError, match="invalid"):
+        models.read_card(tmp_path / "bad")
+
+
+def test_registry_lists_valid_cards_and_finds_the_best_per_family(tmp_path, network):
+    write(tmp_path / "a", network, model_id="ct-a", mean_dsc=0.7)
+    write(tmp_path / "b", network, model_id="ct-b", mean_dsc=0.9)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "model.json").write_text("[]")
+    assert [c.id for c in models.list_models(tmp_path)] == ["ct-a", "ct-b"]
+    assert models.find_model("ct", tmp_path).id == "ct-b"
+    assert models.find_model("ct-a", tmp_path).id == "ct-a"
+    with pytest.raises(ModelError, match="no model 'mr'"):
+        models.find_model("mr", tmp_path)
+
+
+def test_resources_dir_can_be_overridden(tmp_path, monkeypatch, network):
+    write(tmp_path / "Models" / "env-model", network, model_id="ct-env")
+    monkeypatch.setenv(models.RESOURCES_ENV, str(tmp_path))
+    assert models.models_dir() == tmp_path / "Models"
+    assert models.find_model("ct").id == "ct-env"
+
+
+def test_unknown_architecture_is_a_model_error(tmp_path, network):
+    write(tmp_path / "m", network)
+    document = json.loads((tmp_path / "m" / "model.json").read_text())
+    document["architecture"] = "MysteryNet"
+    (tmp_path / "m" / "model.json").write_text(json.dumps(document))
+    with pytest.raises(ModelError, match="unknown network architecture"):
+        models.load_network(models.read_card(tmp_path / "m"))
+
+
+def test_bundled_models_if_any_verify_and_load():
+    for card in models.list_models():
+        models.verify_weights(card)
+        assert card.weights_path.stat().st_size < MAX_BUNDLE_BYTES
+        assert card.validation, f"{card.id} has no measured validation metrics"
+        network = models.load_network(card)
+        with torch.no_grad():
+            out = network(torch.zeros(1, 1, 64, 64))
+        assert out.shape[1] == 1 + len(card.structures)
+        assert np.isfinite(out.numpy()).all()
