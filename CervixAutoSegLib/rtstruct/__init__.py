@@ -1,0 +1,12 @@
+"""DICOM RT Structure Set: write label maps as RTSTRUCT, read RTSTRUCT back as label maps.
+
+Heavy dependencies (pydicom, scikit-image) are imported inside the functions, so
+importing this package costs nothing.
+"""
+
+from __future__ import annotations
+
+from .reader import read_rtstruct, read_rtstruct_masks, roi_names
+from .writer import build_rtstruct_dataset, write_rtstruct
+
+__all__ = ["build_rtstruct_dataset", "read_rtstruct", "read_rtstruct_masks", "roi_names", "write_rtstruct"]

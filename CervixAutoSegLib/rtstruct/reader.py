@@ -1,0 +1,190 @@
+"""DICOM RT Structure Set → masks and label maps on a reference image grid.
+
+Tolerant of what planning systems export: several contours per slice, keyholes, ROIs
+without contours, POINT markers (ignored).  Each closed contour is assigned to the
+image whose plane it lies on (by distance to each image's own plane, so tilted and
+non-uniform series work) and filled even-odd with the other contours of that image.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from ..structures import Structure
+from ..volume import Volume
+from .planes import ImagePlanes, image_planes
+from .uids import CLOSED_PLANAR, RT_STRUCTURE_SET_STORAGE
+
+log = logging.getLogger(__name__)
+
+PLANE_TOLERANCE_FRACTION = 0.25
+"""A contour belongs to an image when it lies within this fraction of the slice gap of its plane."""
+
+PLANE_TOLERANCE_MM = 0.5
+"""Plane tolerance for a single-image series (no slice gap to scale by)."""
+
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "bladder": ("blase", "urinary bladder", "bladder_o"),
+    "rectum": ("rektum", "rectum_o"),
+    "ctvn": ("ctv-n", "ctv_n", "ctv nodal", "ctv_ln"),
+    "ctvp": ("ctv-uv", "ctv_uv", "ctv-p", "ctv_p"),
+    "uterus_cx_vagina": ("organ", "uterus+cervix", "uterus"),
+    "gtvp": ("gtv", "gtv-p", "gtv_p", "tumor", "tumour"),
+}
+"""A few common alternative spellings (lower case) of the project's TG-263 names."""
+
+
+def roi_names(path: str | Path) -> dict[int, str]:
+    """ROI Number → ROI Name of an RTSTRUCT file."""
+    dataset = _read(path)
+    return {int(roi.ROINumber): str(roi.get("ROIName", "")) for roi in dataset.get("StructureSetROISequence", [])}
+
+
+def read_rtstruct_masks(path: str | Path, reference: Volume) -> dict[str, np.ndarray]:
+    """One boolean mask per ROI (name → mask, shape (z, y, x) of ``reference``).
+
+    ROIs may overlap (e.g. an organ containing its tumour); ROIs without closed contours
+    give empty masks.  ``reference`` must come from the DICOM series the RTSTRUCT was
+    drawn on (its ``meta`` carries the per-image geometry).
+    """
+    dataset = _read(path)
+    planes = image_planes(reference)
+    names = {int(roi.ROINumber): str(roi.get("ROIName", "")) for roi in dataset.get("StructureSetROISequence", [])}
+    masks: dict[str, np.ndarray] = {name: np.zeros(reference.shape, dtype=bool) for name in names.values()}
+    for roi in dataset.get("ROIContourSequence", []):
+        number = int(roi.ReferencedROINumber)
+        name = names.get(number, f"ROI {number}")
+        mask = masks.setdefault(name, np.zeros(reference.shape, dtype=bool))
+        for contour in roi.get("ContourSequence", []):
+            _add_contour(mask, contour, planes, name)
+    return masks
+
+
+def read_rtstruct(
+    path: str | Path,
+    reference: Volume,
+    names: Mapping[str, int] | Sequence[Structure] | None = None,
+) -> Volume:
+    """Label map of an RTSTRUCT on ``reference``'s grid.
+
+    Args:
+        path: the RTSTRUCT file.
+        reference: image Volume of the referenced DICOM series.
+        names: ROI name → label value (case-insensitive, a few synonyms accepted), or
+            structures whose TG-263 names give the values.  ``None``: values 1, 2, ...
+            in the order the ROIs are listed.
+
+    Returns:
+        uint8 label Volume on ``reference``'s grid.  Where ROIs overlap the higher label
+        value wins (MR: tumour painted over organ).  ``meta["labels"]`` maps the ROI
+        names found to their values; unmatched ROIs are skipped with a warning.
+    """
+    masks = read_rtstruct_masks(path, reference)
+    lookup = _name_lookup(names, list(masks))
+    labels = np.zeros(reference.shape, dtype=np.uint8)
+    found: dict[str, int] = {}
+    for name, mask in masks.items():
+        value = _match(name, lookup)
+        if value is None:
+            log.warning("RTSTRUCT ROI %r matches no known structure; skipped", name)
+            continue
+        found[name] = value
+    for name, value in sorted(found.items(), key=lambda item: item[1]):
+        labels[masks[name]] = value
+    return reference.with_array(labels, meta={"source": "rtstruct", "labels": found, "path": str(path)})
+
+
+# ------------------------------------------------------------------------- internals
+
+
+def _read(path: str | Path):
+    import pydicom
+
+    try:
+        dataset = pydicom.dcmread(str(path))
+    except (OSError, pydicom.errors.InvalidDicomError) as error:
+        raise InputError(f"cannot read RTSTRUCT {path}: {error}") from None
+    if str(dataset.get("SOPClassUID", "")) != RT_STRUCTURE_SET_STORAGE:
+        raise InputError(f"{path} is not an RT Structure Set (SOP Class {dataset.get('SOPClassUID', 'missing')})")
+    return dataset
+
+
+def _add_contour(mask: np.ndarray, contour, planes: ImagePlanes, name: str) -> None:
+    kind = str(contour.get("ContourGeometricType", CLOSED_PLANAR)).strip()
+    if kind != CLOSED_PLANAR:
+        return  # POINT and OPEN_PLANAR mark positions or lines, not regions
+    values = contour.get("ContourData")
+    if values is None or len(values) < 9:
+        return
+    points = np.asarray([float(v) for v in values], dtype=np.float64).reshape(-1, 3)
+    distances = np.abs(planes.plane_distances(points.mean(axis=0)))
+    k = int(np.argmin(distances))
+    gap = planes.slice_gap()
+    tolerance = PLANE_TOLERANCE_MM if not np.isfinite(gap) else PLANE_TOLERANCE_FRACTION * gap
+    if distances[k] > tolerance:
+        log.warning("a contour of %r lies %.2f mm from the nearest image plane; ignored", name, distances[k])
+        return
+    mask[k] ^= fill_even_odd(planes.lps_to_pixel(k, points), mask.shape[1:])
+
+
+def fill_even_odd(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Pixels whose centres lie inside a closed polygon (crossing-number rule).
+
+    Args:
+        polygon: (row, column) pixel coordinates, shape (n, 2), first point not repeated.
+        shape: slice shape (rows, columns).
+
+    Returns:
+        Boolean mask, shape ``shape``.  A pixel is inside when an odd number of edges
+        cross its row to its left; zero-width keyhole cuts cross twice and cancel.
+    """
+    rows, columns = shape
+    start = polygon
+    end = np.roll(polygon, -1, axis=0)
+    low = np.minimum(start[:, 0], end[:, 0])
+    high = np.maximum(start[:, 0], end[:, 0])
+    # Edge covers pixel rows r with low <= r < high (half-open: shared vertices count once).
+    first = np.clip(np.ceil(low), 0, rows).astype(np.int64)
+    stop = np.clip(np.ceil(high), 0, rows).astype(np.int64)
+    counts = np.maximum(stop - first, 0)
+    filled = np.zeros(shape, dtype=bool)
+    if counts.sum() == 0:
+        return filled
+    edge = np.repeat(np.arange(len(polygon)), counts)
+    row = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + first[edge]
+    y0, x0 = start[edge, 0], start[edge, 1]
+    y1, x1 = end[edge, 0], end[edge, 1]
+    crossing = x0 + (row - y0) * (x1 - x0) / (y1 - y0)
+    # First pixel column strictly right of the crossing; crossings off the right edge change nothing.
+    column = np.clip(np.floor(crossing).astype(np.int64) + 1, 0, columns)
+    toggles = np.zeros((rows, columns + 1), dtype=np.int32)
+    np.add.at(toggles, (row, column), 1)
+    filled[:] = (np.cumsum(toggles, axis=1)[:, :columns] % 2) == 1
+    return filled
+
+
+def _name_lookup(names: Mapping[str, int] | Sequence[Structure] | None, found: list[str]) -> dict[str, int]:
+    if names is None:
+        return {name.lower(): value for value, name in enumerate(found, 1)}
+    if isinstance(names, Mapping):
+        return {str(name).lower(): int(value) for name, value in names.items()}
+    lookup = {}
+    for structure in names:
+        lookup[structure.name.lower()] = structure.value
+        lookup.setdefault(structure.paper_name.lower(), structure.value)
+    return lookup
+
+
+def _match(name: str, lookup: Mapping[str, int]) -> int | None:
+    key = " ".join(name.lower().split())
+    if key in lookup:
+        return lookup[key]
+    for canonical, synonyms in SYNONYMS.items():
+        if canonical in lookup and key in synonyms:
+            return lookup[canonical]
+    return None

@@ -1,0 +1,376 @@
+"""Label map on a DICOM image grid → DICOM RT Structure Set (RTSTRUCT).
+
+Built on pydicom and working with pydicom 2.4 (bundled by Slicer) and 3.x.  The object
+references the image series it was drawn on (same Study and Frame of Reference, every
+image listed, every contour pointing at its own image with that image's SOP Class),
+names ROIs by TG-263, types them ORGAN/CTV/GTV, codes them, and marks them AUTOMATIC
+with the model that drew them.  Every Decimal String is formatted here, ≤ 16 characters.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ..atomic import atomic_path
+from ..errors import InputError
+from ..structures import Code, Structure
+from ..volume import Volume
+from . import uids as U
+from .contours import keyhole as join_holes
+from .contours import mask_polygons
+from .decimal_strings import ds_bytes, format_ds_values
+from .planes import ImagePlanes, image_planes
+
+log = logging.getLogger(__name__)
+
+GRID_TOLERANCE_MM = 1e-3
+"""Labels must lie on the image grid to within this distance."""
+
+MANUFACTURER = "CervixAutoSeg"
+STRUCTURE_SET_LABEL = "CervixAutoSeg"
+
+_CONTOUR_DATA_TAG = 0x30060050
+
+# Attributes copied from the images (Patient, General Study and Patient Study modules).
+_COPIED_FROM_IMAGES = (
+    "SpecificCharacterSet",
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+    "PatientAge", "PatientWeight", "PatientSize", "OtherPatientIDs",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
+    "ReferringPhysicianName", "StudyDescription",
+)
+# Type 2 attributes: must be present, may be empty.
+_TYPE2_DEFAULTS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+    "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
+)
+
+
+def roi_masks(
+    labels: np.ndarray, structures: Sequence[Structure], containment: Mapping[int, Sequence[int]] | None = None
+) -> dict[int, np.ndarray]:
+    """Boolean mask of each structure, shape (z, y, x) like ``labels``.
+
+    ``containment`` maps a structure value to every label value its ROI covers, e.g.
+    ``{1: (1, 2)}``: the MR organ ROI includes the tumour painted over it.
+    """
+    containment = containment or {}
+    masks = {}
+    for structure in structures:
+        values = tuple(containment.get(structure.value, (structure.value,)))
+        masks[structure.value] = np.isin(labels, values) if len(values) > 1 else labels == values[0]
+    return masks
+
+
+def slice_contours(mask: np.ndarray, planes: ImagePlanes, *, keyhole: bool = False) -> list[tuple[int, np.ndarray]]:
+    """Closed planar contours of a 3D mask, each on its own image.
+
+    Args:
+        mask: boolean, shape (z, y, x) on the image grid.
+        planes: the images' geometry (:func:`~.planes.image_planes`).
+        keyhole: join holes to their outer contour instead of listing them separately.
+
+    Returns:
+        ``(k, points)`` pairs: image index and contour points in LPS mm, shape (n, 3),
+        first point not repeated.
+    """
+    contours = []
+    occupied = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    for k in occupied.tolist():
+        polygons = mask_polygons(mask[k])
+        if keyhole:
+            polygons = join_holes(polygons)
+        contours.extend((k, planes.pixel_to_lps(k, polygon)) for polygon in polygons)
+    return contours
+
+
+def build_rtstruct_dataset(
+    labels: Volume,
+    reference: Volume,
+    structures: Sequence[Structure],
+    *,
+    model_name: str,
+    model_version: str,
+    containment: Mapping[int, Sequence[int]] | None = None,
+    keyhole: bool = False,
+    image_header=None,
+    now: datetime.datetime | None = None,
+):
+    """The RT Structure Set as a ``pydicom.FileDataset`` (not yet written).
+
+    Args:
+        labels: label map, shape (z, y, x), on exactly ``reference``'s grid.
+        reference: the image Volume read from the DICOM series (its ``meta`` carries
+            the series identity: see :func:`~.planes.image_planes`).
+        structures: one ROI per structure, in this order; empty ROIs are kept.
+        model_name, model_version: identify the algorithm that drew the contours.
+        containment: structure value → label values its ROI covers (see :func:`roi_masks`).
+        keyhole: join holes to their outer contour (one polygon per region).
+        image_header: a pydicom Dataset of one source image; read from
+            ``reference.meta["files"][0]`` when omitted.
+        now: creation time (defaults to the current local time).
+    """
+    from pydicom.uid import generate_uid
+
+    _check_same_grid(labels, reference)
+    planes = image_planes(reference)
+    header = image_header if image_header is not None else _read_image_header(reference)
+    now = now or datetime.datetime.now()
+    meta = reference.meta
+    frame_of_reference = str(meta.get("frame_of_reference_uid") or header.get("FrameOfReferenceUID", ""))
+    study_uid = str(meta.get("study_instance_uid") or header.get("StudyInstanceUID", ""))
+    series_uid = str(meta.get("series_instance_uid") or header.get("SeriesInstanceUID", ""))
+    if not (frame_of_reference and study_uid and series_uid):
+        raise InputError("the image series lacks a Study, Series or Frame of Reference UID; cannot reference it")
+
+    sop_instance_uid = generate_uid()
+    dataset = _new_file_dataset(sop_instance_uid)
+    _copy_patient_and_study(dataset, header)
+    dataset.StudyInstanceUID = study_uid
+    _fill_series_and_equipment(dataset, generate_uid(), model_name, model_version, now)
+    dataset.FrameOfReferenceUID = frame_of_reference
+    dataset.PositionReferenceIndicator = header.get("PositionReferenceIndicator", "")
+    _fill_structure_set(dataset, model_name, model_version, now)
+    dataset.ReferencedFrameOfReferenceSequence = [
+        _referenced_frame_of_reference(frame_of_reference, study_uid, series_uid, planes)
+    ]
+    masks = roi_masks(np.asarray(labels.array), structures, containment)
+    algorithm = f"{model_name} {model_version}".strip()
+    dataset.StructureSetROISequence = [
+        _structure_set_roi(s, frame_of_reference, model_name, model_version, algorithm) for s in structures
+    ]
+    dataset.ROIContourSequence = [
+        _roi_contour(s, slice_contours(masks[s.value], planes, keyhole=keyhole), planes) for s in structures
+    ]
+    dataset.RTROIObservationsSequence = [_rt_roi_observation(s) for s in structures]
+    dataset.ApprovalStatus = U.APPROVAL_UNAPPROVED
+    _mark_contour_data_raw(dataset)
+    return dataset
+
+
+def write_rtstruct(
+    path: str | Path,
+    labels: Volume,
+    reference: Volume,
+    structures: Sequence[Structure],
+    *,
+    model_name: str,
+    model_version: str,
+    containment: Mapping[int, Sequence[int]] | None = None,
+    keyhole: bool = False,
+) -> Path:
+    """Write the RT Structure Set of ``labels`` for the series of ``reference``, atomically.
+
+    See :func:`build_rtstruct_dataset` for the arguments.  Returns the written path.
+    """
+    dataset = build_rtstruct_dataset(
+        labels, reference, structures, model_name=model_name, model_version=model_version,
+        containment=containment, keyhole=keyhole,
+    )
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        save_implicit_little_endian(dataset, temporary)
+    log.info("wrote RTSTRUCT with %d ROIs to %s", len(structures), path)
+    return path
+
+
+def save_implicit_little_endian(dataset, path: str | Path) -> None:
+    """Write a file dataset as Implicit VR Little Endian with its file meta (pydicom 2.4 and 3.x)."""
+    import pydicom
+
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        pydicom.dcmwrite(str(path), dataset, implicit_vr=True, little_endian=True, enforce_file_format=True)
+    else:  # pragma: no cover - pydicom 2.x inside older Slicer
+        dataset.is_implicit_VR = True
+        dataset.is_little_endian = True
+        dataset.save_as(str(path), write_like_original=False)
+
+
+# --------------------------------------------------------------------------- modules
+
+
+def _check_same_grid(labels: Volume, reference: Volume) -> None:
+    if not labels.same_grid(reference, tolerance=GRID_TOLERANCE_MM):
+        raise InputError(
+            f"the label map is not on the image grid (labels {labels!r}, image {reference!r}); "
+            "resample it onto the images first"
+        )
+
+
+def _read_image_header(reference: Volume):
+    import pydicom
+
+    files = reference.meta.get("files") or []
+    if not files:
+        raise InputError("the image Volume does not list its DICOM files; cannot copy patient and study data")
+    try:
+        return pydicom.dcmread(str(files[0]), stop_before_pixels=True)
+    except (OSError, pydicom.errors.InvalidDicomError) as error:
+        raise InputError(f"cannot read the source image {files[0]}: {error}") from None
+
+
+def _new_file_dataset(sop_instance_uid: str):
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+
+    file_meta = FileMetaDataset()
+    file_meta.MediaStorageSOPClassUID = U.RT_STRUCTURE_SET_STORAGE
+    file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    file_meta.TransferSyntaxUID = U.IMPLICIT_VR_LITTLE_ENDIAN
+    file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    dataset = FileDataset(None, {}, file_meta=file_meta, preamble=b"\0" * 128)
+    dataset.SOPClassUID = U.RT_STRUCTURE_SET_STORAGE
+    dataset.SOPInstanceUID = sop_instance_uid
+    return dataset
+
+
+def _copy_patient_and_study(dataset, header) -> None:
+    for keyword in _COPIED_FROM_IMAGES:
+        if keyword in header:
+            setattr(dataset, keyword, header.data_element(keyword).value)
+    for keyword in _TYPE2_DEFAULTS:
+        if keyword not in dataset:
+            setattr(dataset, keyword, "")
+
+
+def _fill_series_and_equipment(dataset, series_uid: str, model_name: str, model_version: str, now) -> None:
+    from .. import __version__
+
+    dataset.InstanceCreationDate = now.strftime("%Y%m%d")
+    dataset.InstanceCreationTime = now.strftime("%H%M%S")
+    dataset.Modality = U.RTSTRUCT_MODALITY
+    dataset.SeriesInstanceUID = series_uid
+    dataset.SeriesNumber = ""
+    dataset.SeriesDescription = _clip(f"Auto-contours {model_name} {model_version}", U.LO_MAX_LENGTH)
+    dataset.OperatorsName = ""
+    dataset.Manufacturer = MANUFACTURER
+    dataset.ManufacturerModelName = _clip(model_name or MANUFACTURER, U.LO_MAX_LENGTH)
+    dataset.SoftwareVersions = [_clip(f"CervixAutoSeg {__version__}", U.LO_MAX_LENGTH),
+                                _clip(f"{model_name} {model_version}", U.LO_MAX_LENGTH)]
+
+
+def _fill_structure_set(dataset, model_name: str, model_version: str, now) -> None:
+    dataset.StructureSetLabel = STRUCTURE_SET_LABEL
+    dataset.StructureSetName = _clip(f"{model_name} {model_version}".strip() or STRUCTURE_SET_LABEL, U.LO_MAX_LENGTH)
+    dataset.StructureSetDescription = "Automatic contours; not reviewed. Check before clinical use."
+    dataset.StructureSetDate = now.strftime("%Y%m%d")
+    dataset.StructureSetTime = now.strftime("%H%M%S")
+
+
+def _referenced_frame_of_reference(frame_of_reference: str, study_uid: str, series_uid: str, planes: ImagePlanes):
+    from pydicom.dataset import Dataset
+
+    images = []
+    for uid in planes.sop_instance_uids:
+        image = Dataset()
+        image.ReferencedSOPClassUID = planes.sop_class_uid
+        image.ReferencedSOPInstanceUID = uid
+        images.append(image)
+    series = Dataset()
+    series.SeriesInstanceUID = series_uid
+    series.ContourImageSequence = images
+    study = Dataset()
+    # The RT Referenced Study item names the study by the Detached Study Management SOP
+    # Class (retired, but still what the standard and every planning system expect).
+    study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+    study.ReferencedSOPInstanceUID = study_uid
+    study.RTReferencedSeriesSequence = [series]
+    frame = Dataset()
+    frame.FrameOfReferenceUID = frame_of_reference
+    frame.RTReferencedStudySequence = [study]
+    return frame
+
+
+def _structure_set_roi(structure: Structure, frame_of_reference: str, model_name: str, model_version: str,
+                       algorithm: str):
+    from pydicom.dataset import Dataset
+
+    roi = Dataset()
+    roi.ROINumber = structure.value
+    roi.ReferencedFrameOfReferenceUID = frame_of_reference
+    roi.ROIName = structure.name
+    roi.ROIDescription = _clip(structure.paper_name, U.LO_MAX_LENGTH)
+    roi.ROIGenerationAlgorithm = U.ROI_GENERATION_AUTOMATIC
+    roi.ROIGenerationDescription = _clip(algorithm, U.LO_MAX_LENGTH)
+    identification = Dataset()
+    identification.AlgorithmFamilyCodeSequence = [_code_item(U.SEGMENTATION_ALGORITHM_FAMILY)]
+    identification.AlgorithmName = _clip(model_name or MANUFACTURER, U.LO_MAX_LENGTH)
+    identification.AlgorithmVersion = _clip(model_version or "unknown", U.LO_MAX_LENGTH)
+    roi.ROIDerivationAlgorithmIdentificationSequence = [identification]
+    return roi
+
+
+def _roi_contour(structure: Structure, contours: list[tuple[int, np.ndarray]], planes: ImagePlanes):
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.ReferencedROINumber = structure.value
+    item.ROIDisplayColor = list(structure.color)
+    if contours:
+        item.ContourSequence = [_contour(number, k, points, planes) for number, (k, points) in enumerate(contours, 1)]
+    return item
+
+
+def _contour(number: int, k: int, points: np.ndarray, planes: ImagePlanes):
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import Dataset
+    from pydicom.tag import Tag
+
+    image = Dataset()
+    image.ReferencedSOPClassUID = planes.sop_class_uid
+    image.ReferencedSOPInstanceUID = planes.sop_instance_uids[k]
+    contour = Dataset()
+    contour.ContourImageSequence = [image]
+    contour.ContourGeometricType = U.CLOSED_PLANAR
+    contour.NumberOfContourPoints = len(points)
+    contour.ContourNumber = number
+    # Formatted once as bytes: building a pydicom DS object per coordinate would cost
+    # seconds on a full CT, and this way no value can exceed 16 characters.
+    value = ds_bytes(format_ds_values(points))
+    contour[_CONTOUR_DATA_TAG] = RawDataElement(Tag(_CONTOUR_DATA_TAG), "DS", len(value), value, 0, True, True)
+    return contour
+
+
+def _mark_contour_data_raw(dataset) -> None:
+    """Let pydicom write the pre-encoded Contour Data bytes as they are.
+
+    pydicom re-parses raw elements of a dataset whose "original" encoding or character
+    set differs from the output; declaring each contour item as already implicit little
+    endian in its effective character set avoids that.  Output is identical either way.
+    """
+    for roi in dataset.ROIContourSequence:
+        for contour in roi.get("ContourSequence", []):
+            charset = getattr(contour, "_character_set", None)
+            if charset is not None and hasattr(contour, "set_original_encoding"):
+                contour.set_original_encoding(True, True, charset)
+
+
+def _rt_roi_observation(structure: Structure):
+    from pydicom.dataset import Dataset
+
+    observation = Dataset()
+    observation.ObservationNumber = structure.value
+    observation.ReferencedROINumber = structure.value
+    observation.RTROIInterpretedType = structure.interpreted_type
+    observation.ROIInterpreter = ""
+    observation.RTROIIdentificationCodeSequence = [_code_item(structure.type)]
+    return observation
+
+
+def _code_item(code: Code):
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.CodeValue = code.value
+    item.CodingSchemeDesignator = code.scheme
+    item.CodeMeaning = code.meaning
+    return item
+
+
+def _clip(text: str, limit: int) -> str:
+    return text[:limit].strip()
