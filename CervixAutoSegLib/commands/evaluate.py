@@ -1,13 +1,60 @@
-"""Placeholder for the `evaluate` sub-command (being built)."""
+"""``cervixautoseg evaluate``: compare predicted label maps with reference contours.
 
-HELP = "(not available yet)"
+One case (``--truth FILE --pred FILE``) or a cohort (``--truth DIR --pred DIR``, cases
+paired by file stem or sub-folder name; see :mod:`CervixAutoSegLib.evaluation`).
+Prints the per-structure summary; with ``--out DIR`` also writes metrics.csv,
+metrics.json, summary.csv, summary.md and boxplots.png there.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "DSC, HD95 (both definitions), MSD, surface DSC and added path length against reference contours"
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--truth", type=Path, required=True,
+                        help="reference label map (NIfTI/NRRD) or RTSTRUCT .dcm, or a folder of cases")
+    parser.add_argument("--pred", type=Path, required=True,
+                        help="predicted label map, or a folder of cases (e.g. segment output folders)")
+    parser.add_argument("--out", type=Path, help="write CSV, JSON, Markdown table and box plots here")
+    parser.add_argument("--tolerance", type=float, default=2.0, metavar="MM",
+                        help="surface-DSC and added-path-length tolerance in mm (default 2)")
+    parser.add_argument("--model", choices=("ct", "mr"), default="ct",
+                        help="structure list when no labels.json is next to the prediction (default ct)")
+    parser.add_argument("--resample-pred", action="store_true",
+                        help="resample a prediction on another grid onto the truth grid (nearest "
+                             "neighbour) instead of refusing it")
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
+    import math
+
     from ..errors import InputError
+    from ..evaluation import evaluate, overall_means, summarise, write_report
 
-    raise InputError("this command is not available yet")
+    if not (math.isfinite(args.tolerance) and args.tolerance >= 0):
+        raise InputError(f"--tolerance must be a non-negative number of mm, got {args.tolerance}")
+    results, pairs, unmatched, structures = evaluate(args.truth, args.pred, args.model, args.tolerance,
+                                                     args.resample_pred)
+    rows = summarise(results)
+    print(f"{len(pairs)} case(s); tolerance {args.tolerance:g} mm")
+    print(f"{'structure':<18}{'n':>3}{'DSC':>15}{'HD95 pooled mm':>17}{'HD95 dir-max mm':>17}"
+          f"{'MSD mm':>8}{'sDSC':>7}")
+    for row in rows:
+        print(f"{row.structure:<18}{row.n['dsc']:>3}"
+              f"{row.mean['dsc']:>8.3f}±{row.sd['dsc']:<6.3f}"
+              f"{row.mean['hd95_pooled_mm']:>10.2f}±{row.sd['hd95_pooled_mm']:<6.2f}"
+              f"{row.mean['hd95_directed_max_mm']:>10.2f}±{row.sd['hd95_directed_max_mm']:<6.2f}"
+              f"{row.mean['msd_mm']:>8.2f}{row.mean['surface_dsc']:>7.3f}")
+    overall = overall_means(rows)
+    print(f"mDSC {overall['mDSC']:.3f}   mHD (pooled HD95) {overall['mHD_pooled_mm']:.2f} mm")
+    empties = [r for r in results if r.comparison.status != "both_present"]
+    for result in empties:
+        print(f"note: {result.case_id} {result.structure.name}: {result.comparison.status}")
+    if args.out:
+        for path in write_report(args.out, results, pairs, structures, args.tolerance, unmatched):
+            print(f"wrote {path}")
+    return 0
