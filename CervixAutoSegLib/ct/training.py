@@ -180,6 +180,7 @@ def train_network(
     resume: bool = False,
     max_epochs: int | None = None,
     tag: str = "train",
+    stop_after_steps: int | None = None,
 ) -> TrainOutcome:
     """Train from scratch (or resume from ``work_dir/checkpoint.pt``) until early stop.
 
@@ -188,6 +189,8 @@ def train_network(
         work_dir: where checkpoints and the log go; None keeps everything in memory
             (grid-search trials).
         max_epochs: override of ``config.max_epochs`` for this call.
+        stop_after_steps: save a checkpoint and return after this many optimiser steps in
+            this call (an interrupted run, for tests and time-boxed sessions).
     """
     configure_torch(config.threads)
     checkpoint_path = work_dir / CHECKPOINT_FILE if work_dir else None
@@ -222,6 +225,7 @@ def train_network(
     limit = max_epochs if max_epochs is not None else config.max_epochs
     stopped_early = bad_epochs >= config.patience
     last_save = time.monotonic()
+    steps_this_call = 0
 
     def snapshot() -> dict:
         return {
@@ -248,6 +252,11 @@ def train_network(
             optimizer.step()
             epoch_losses.append(loss.item())
             step_in_epoch += 1
+            steps_this_call += 1
+            if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+                if checkpoint_path:
+                    _save_checkpoint(checkpoint_path, snapshot())
+                return TrainOutcome(network.eval(), best, history, stopped_early=False)
             if checkpoint_path and time.monotonic() - last_save > config.checkpoint_minutes * 60:
                 _save_checkpoint(checkpoint_path, snapshot())
                 last_save = time.monotonic()

@@ -1,0 +1,152 @@
+"""A tiny training run: the loss goes down, checkpoints resume exactly, and the command
+writes a model directory that loads."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from CervixAutoSegLib import cli, models
+from CervixAutoSegLib.ct.config import TrainConfig
+from CervixAutoSegLib.ct.dataset import (PatchSampler, SliceCase, discover_cases, parse_seed_range, prepare_case,
+                                         split_cases)
+from CervixAutoSegLib.ct.augment import NO_AUGMENTATION
+from CervixAutoSegLib.ct.losses import make_loss
+from CervixAutoSegLib.ct.preprocess import CTPreprocessing
+from CervixAutoSegLib.ct.training import CHECKPOINT_FILE, LOG_FILE, build_ct_network, train_network
+from CervixAutoSegLib.errors import InputError
+from CervixAutoSegLib.volume import Volume
+
+TINY = TrainConfig(batch_size=4, patch_size=64, steps_per_epoch=4, max_epochs=2, patience=3, augment=False,
+                   bf16=False, max_val_slices=2, checkpoint_minutes=60.0, seed=3)
+
+
+def tiny_case(seed: int, nz: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """(HU, labels) (z, y, x) of a small pelvis-like phantom; positions vary with the seed."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.mgrid[:nz, :110, :130]
+    cy, cx = 55 + rng.uniform(-5, 5), 65 + rng.uniform(-5, 5)
+    hu = np.full(zz.shape, -1000, np.int16)
+    hu[((yy - cy) / 45.0) ** 2 + ((xx - cx) / 60.0) ** 2 < 1] = 30
+    labels = np.zeros(zz.shape, np.uint8)
+    for value, (dy, dx, radius, value_hu) in enumerate([(-15, 0, 12, 80), (20, 0, 7, -60), (0, -35, 5, 150),
+                                                         (0, 12, 6, 180)], start=1):
+        disc = (yy - cy - dy) ** 2 + (xx - cx - dx) ** 2 < radius ** 2
+        labels[disc] = value
+        hu[disc] = value_hu
+    return hu, labels
+
+
+def write_cases(folder, seeds):
+    for seed in seeds:
+        hu, labels = tiny_case(seed)
+        case = folder / f"case{seed}"
+        case.mkdir(parents=True)
+        for array, name in ((hu, "image"), (labels, "labels")):
+            sitk.WriteImage(Volume(array, (1.0, 1.0, 3.0), (0, 0, 0), np.eye(3)).to_sitk(),
+                            str(case / f"{name}.nii.gz"))
+
+
+@pytest.fixture(scope="module")
+def slice_cases(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cases")
+    write_cases(folder, range(3))
+    sources = discover_cases(folder)
+    params = CTPreprocessing()
+    return [prepare_case(source, params, folder / "cache") for source in sources]
+
+
+def test_training_lowers_the_loss(slice_cases):
+    torch.manual_seed(0)
+    config = dataclasses.replace(TINY, steps_per_epoch=12, max_epochs=1, learning_rate=1e-3)
+    sampler = PatchSampler(slice_cases, 64, np.random.default_rng(11), NO_AUGMENTATION)
+    images, labels = sampler.batch(8)
+    loss_fn = make_loss(config.loss)
+
+    def loss_of(network):
+        network.train()  # batch statistics: comparable before and after, independent of running stats
+        with torch.no_grad():
+            return float(loss_fn(network(torch.from_numpy(images)), torch.from_numpy(labels)))
+
+    torch.manual_seed(config.seed)
+    before = loss_of(build_ct_network(config))
+    outcome = train_network(config, slice_cases, slice_cases[:1])
+    after = loss_of(outcome.network)
+    assert after < 0.8 * before
+    assert outcome.history[0]["dsc"].keys() == {"Bladder", "Rectum", "CTVn", "CTVp"}
+
+
+def test_resume_from_a_mid_epoch_checkpoint_matches_an_uninterrupted_run(slice_cases, tmp_path):
+    straight = train_network(TINY, slice_cases, slice_cases[:1], tmp_path / "straight")
+    interrupted_dir = tmp_path / "interrupted"
+    train_network(TINY, slice_cases, slice_cases[:1], interrupted_dir, stop_after_steps=6)  # epoch 2, step 2
+    checkpoint = torch.load(interrupted_dir / CHECKPOINT_FILE, weights_only=False)
+    assert (checkpoint["epoch"], checkpoint["step_in_epoch"]) == (1, 2)
+    resumed = train_network(TINY, slice_cases, slice_cases[:1], interrupted_dir, resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    for (name, a), b in zip(straight.network.state_dict().items(), resumed.network.state_dict().values()):
+        assert torch.equal(a, b), name
+    lines = [json.loads(line) for line in (interrupted_dir / LOG_FILE).read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(slice_cases):
+    config = dataclasses.replace(TINY, learning_rate=0.0, max_epochs=10, patience=2)
+    outcome = train_network(config, slice_cases, slice_cases[:1])
+    # LR 0: the weights never move (only BatchNorm statistics drift), so validation stops improving.
+    assert outcome.stopped_early and len(outcome.history) <= 4
+
+
+def test_train_command_writes_a_model_directory_that_loads(tmp_path, capsys):
+    write_cases(tmp_path / "cases", range(3))
+    out = tmp_path / "model"
+    code = cli.main(["train", "ct", "--data", str(tmp_path / "cases"), "--out", str(out), "--patch-size", "64",
+                     "--batch-size", "2", "--steps-per-epoch", "2", "--max-epochs", "1", "--split", "2:1:0",
+                     "--max-val-slices", "2", "--no-augment"])
+    assert code == 0
+    card = models.read_card(out)
+    assert card.family == "ct" and card.architecture == "ResAUNet"
+    assert card.validation["best_epoch"] == 1 and set(card.validation["dsc"]) == {"Bladder", "Rectum", "CTVn", "CTVp"}
+    assert card.training["cases"] == {"train": 2, "validation": 1, "test": 0}
+    assert card.preprocessing["window_width"] == 300
+    network = models.load_network(card)
+    assert network(torch.rand(1, 1, 64, 64)).shape == (1, 5, 64, 64)
+    assert (tmp_path / "model.work" / LOG_FILE).is_file()
+
+
+def test_train_command_errors_are_one_line(tmp_path, capsys):
+    code = cli.main(["train", "ct", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "m")])
+    assert code != 0
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "does not exist" in err
+    assert cli.main(["train", "ct", "--out", str(tmp_path / "m"), "--patch-size", "100",
+                     "--phantom-seeds", "1-2"]) != 0
+    assert "multiple of 32" in capsys.readouterr().err
+
+
+def test_split_is_case_level_and_uses_the_papers_ratio():
+    sources = list(range(156))
+    train, val, test = split_cases(sources, (111, 30, 15), seed=0)
+    assert (len(train), len(val), len(test)) == (111, 30, 15)
+    assert sorted(train + val + test) == sources
+    assert split_cases(list(range(2)), (111, 30, 15))[1]  # validation never empty with 2 cases
+
+
+def test_seed_ranges():
+    assert parse_seed_range("1000-1002,1010") == [1000, 1001, 1002, 1010]
+    with pytest.raises(InputError):
+        parse_seed_range("a-b")
+
+
+def test_sampler_balances_structures(slice_cases):
+    sampler = PatchSampler(slice_cases, 64, np.random.default_rng(0), NO_AUGMENTATION, foreground_fraction=1.0)
+    seen = np.zeros(5)
+    for _ in range(40):
+        _, labels = sampler.sample()
+        seen += np.bincount(labels.reshape(-1), minlength=5) > 0
+    assert (seen[1:] >= 8).all()  # every structure in a good share of patches
