@@ -62,6 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hyper.add_argument("--checkpoint-minutes", type=float, default=defaults.checkpoint_minutes)
     hyper.add_argument("--max-val-slices", type=int, default=defaults.max_val_slices,
                        help="validate on at most N evenly spaced slices per case (0 = all)")
+    hyper.add_argument("--hd95-cases", type=int, default=defaults.hd95_cases,
+                       help="validation cases whose HD95 is logged each epoch (default %(default)s)")
     hyper.add_argument("--seed", type=int, default=defaults.seed)
     grid = parser.add_argument_group("grid search")
     grid.add_argument("--grid-search", action="store_true", help="pick LR and batch size on validation loss first")
@@ -81,7 +83,7 @@ def _config(args: argparse.Namespace):
         max_epochs=args.max_epochs, steps_per_epoch=args.steps_per_epoch, patience=args.patience,
         lr_decay=args.lr_decay, checkpoint_minutes=args.checkpoint_minutes, seed=args.seed,
         attention=args.attention, augment=not args.no_augment, bf16=not args.no_bf16, threads=args.threads,
-        max_val_slices=args.max_val_slices,
+        max_val_slices=args.max_val_slices, hd95_cases=args.hd95_cases,
     )
 
 
@@ -187,6 +189,9 @@ def export_model(work: Path, out: Path, model_id: str, version: str, eval_phanto
         "dsc": best["metrics"]["dsc"],
         "mean_dsc": best["metrics"]["mean_dsc"],
     }
+    if "hd95_mm" in best["metrics"]:
+        validation["hd95_mm"] = best["metrics"]["hd95_mm"]
+        validation["hd95_cases"] = best["metrics"].get("hd95_cases")
     if test_sources:
         validation["test"] = _summary(evaluate_cases(network, test_sources, params, config.bf16),
                                       "test split, full input grid, no post-processing")
@@ -214,5 +219,8 @@ def export_model(work: Path, out: Path, model_id: str, version: str, eval_phanto
 
 
 def _summary(result: dict, description: str) -> dict:
-    return {"description": description, "cases": result["cases"], "dsc": result["dsc"],
-            "mean_dsc": result["mean_dsc"]}
+    summary = {"description": description, "cases": result["cases"], "dsc": result["dsc"],
+               "mean_dsc": result["mean_dsc"]}
+    if "hd95_mm" in result:
+        summary["hd95_mm"] = result["hd95_mm"]
+    return summary

@@ -36,7 +36,7 @@ LABEL_STEMS = ("labels", "truth")
 ITK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 DEFAULT_SPLIT = (111, 30, 15)
 """Training : validation : test case ratio of the paper (156 patients)."""
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,11 +56,13 @@ class SliceCase:
     Attributes:
         images: float16 ``(n, S, S)`` windowed slices in [0, 1] (S = crop size).
         labels: uint8 ``(n, S, S)`` label crops aligned with ``images``.
+        spacing_zyx: voxel size (mm) of the stacks in (z, y, x) order.
     """
 
     name: str
     images: np.ndarray
     labels: np.ndarray
+    spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 # ------------------------------------------------------------------ reading
@@ -179,14 +181,14 @@ def prepare_case(source: CaseSource, params: CTPreprocessing, cache_dir: Path | 
     cache_file = cache_dir / f"{source.name}-{key}.npz" if cache_dir else None
     if cache_file is not None and cache_file.is_file():
         with np.load(cache_file) as data:
-            return SliceCase(source.name, data["images"], data["labels"])
+            return SliceCase(source.name, data["images"], data["labels"], tuple(data["spacing_zyx"].tolist()))
     image, labels = source.load()
     batch, context = preprocess_ct(image, params)
     crops = preprocess_labels(labels, context)
-    case = SliceCase(source.name, batch[:, 0].astype(np.float16), crops)
+    case = SliceCase(source.name, batch[:, 0].astype(np.float16), crops, tuple(context.working_spacing[::-1]))
     if cache_file is not None:
         with atomic_path(cache_file, suffix=".npz") as temporary:
-            np.savez(temporary, images=case.images, labels=case.labels)
+            np.savez(temporary, images=case.images, labels=case.labels, spacing_zyx=np.array(case.spacing_zyx))
     return case
 
 

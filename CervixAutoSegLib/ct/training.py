@@ -128,19 +128,41 @@ def predict_volume(network: torch.nn.Module, volume: Volume, params: CTPreproces
 
 # ------------------------------------------------------------- validation
 def _validation_indices(case: SliceCase, max_slices: int) -> np.ndarray:
+    """Every slice, or a regular stride of at most ``max_slices`` (keeps a 3D geometry)."""
     n = case.images.shape[0]
-    if max_slices <= 0 or n <= max_slices:
-        return np.arange(n)
-    return np.unique(np.linspace(0, n - 1, max_slices).round().astype(int))
+    stride = 1 if max_slices <= 0 else max(1, math.ceil(n / max_slices))
+    return np.arange(0, n, stride)
+
+
+def hd95_by_structure(pairs: Sequence[tuple[np.ndarray, np.ndarray, Sequence[float]]]) -> dict[str, float | None]:
+    """Mean over cases of HD95 (mm, ResAU-Net paper eq. 7) per structure, from
+    :mod:`CervixAutoSegLib.metrics`; cases where either mask is empty are left out.
+
+    ``pairs`` = (pred, truth, spacing_zyx).  Empty dict when the metrics module is absent.
+    """
+    try:
+        from ..metrics import compare_masks
+    except ImportError:
+        return {}
+    result: dict[str, float | None] = {}
+    for structure in CT_STRUCTURES:
+        values = []
+        for pred, truth, spacing in pairs:
+            p, t = pred == structure.value, truth == structure.value
+            if p.any() and t.any():
+                values.append(compare_masks(t, p, spacing_zyx=tuple(spacing)).hd95_pooled_mm)
+        result[structure.name] = float(np.mean(values)) if values else None
+    return result
 
 
 @torch.no_grad()
 def validate(network: torch.nn.Module, cases: Sequence[SliceCase], config: TrainConfig) -> dict:
-    """Validation loss (mean over slices) and per-structure DSC on the full crops."""
+    """Validation loss (mean over slices), per-structure DSC and (on the first
+    ``config.hd95_cases`` cases) HD95 in mm, on the full 256x256 crops."""
     loss_fn = make_loss(config.loss)
     network.eval()
-    losses, weights, pairs = [], [], []
-    for case in cases:
+    losses, weights, pairs, hd_pairs = [], [], [], []
+    for number, case in enumerate(cases):
         indices = _validation_indices(case, config.max_val_slices)
         predictions = []
         for start in range(0, len(indices), config.val_batch_size):
@@ -152,13 +174,23 @@ def validate(network: torch.nn.Module, cases: Sequence[SliceCase], config: Train
             losses.append(float(loss_fn(logits.float(), labels)))
             weights.append(len(chosen))
             predictions.append(logits.float().argmax(1).numpy().astype(np.uint8))
-        pairs.append((np.concatenate(predictions), case.labels[indices]))
+        pred, truth = np.concatenate(predictions), case.labels[indices]
+        pairs.append((pred, truth))
+        if number < config.hd95_cases:
+            stride = int(indices[1] - indices[0]) if len(indices) > 1 else 1
+            spacing = (case.spacing_zyx[0] * stride, case.spacing_zyx[1], case.spacing_zyx[2])
+            hd_pairs.append((pred, truth, spacing))
     dsc = per_structure_dsc(pairs)
-    return {
+    metrics = {
         "val_loss": float(np.average(losses, weights=weights)) if losses else float("nan"),
         "dsc": dsc,
         "mean_dsc": _mean_of(dsc),
     }
+    hd95 = hd95_by_structure(hd_pairs) if hd_pairs else {}
+    if hd95:
+        metrics["hd95_mm"] = hd95
+        metrics["hd95_cases"] = len(hd_pairs)
+    return metrics
 
 
 # --------------------------------------------------------------- training
@@ -265,7 +297,6 @@ def train_network(
             "event": tag, "epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(epoch_losses)),
             **metrics, "seconds": round(time.monotonic() - started, 1), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        _add_hd95(record, network, val_cases, config)
         history.append(record)
         if metrics["val_loss"] < best["val_loss"]:
             best = {**metrics, "epoch": epoch + 1}
@@ -289,30 +320,6 @@ def train_network(
     if best_state is not None:
         network.load_state_dict(best_state)
     return TrainOutcome(network.eval(), best, history, stopped_early)
-
-
-def _add_hd95(record: dict, network, val_cases, config) -> None:
-    """HD95 per structure when the metrics module of the package is available."""
-    try:
-        from .. import metrics  # noqa: F401  (written by another part of the project)
-    except ImportError:
-        return
-    hd95 = getattr(metrics, "hd95", None)
-    if hd95 is None:
-        return
-    try:
-        values: dict[str, list[float]] = {s.name: [] for s in CT_STRUCTURES}
-        for case in val_cases:
-            indices = _validation_indices(case, config.max_val_slices)
-            pred = predict_slices(network, case.images[indices].astype(np.float32)[:, None], config.val_batch_size,
-                                  config.bf16)
-            for structure in CT_STRUCTURES:
-                p, t = pred == structure.value, case.labels[indices] == structure.value
-                if p.any() and t.any():
-                    values[structure.name].append(float(hd95(p, t, (1.0, 1.0, 1.0))))
-        record["hd95_px"] = {k: (float(np.mean(v)) if v else None) for k, v in values.items()}
-    except Exception as error:  # an unexpected metrics API must not kill a long run
-        log.warning("HD95 skipped: %s", error)
 
 
 def grid_search(
@@ -347,14 +354,20 @@ def grid_search(
 def evaluate_cases(network: torch.nn.Module, sources: Sequence[CaseSource], params: CTPreprocessing,
                    bf16: bool = True) -> dict:
     """Full-pipeline DSC (preprocess → network → restore, no post-processing) on the input grids."""
-    pairs, per_case = [], {}
+    pairs, hd_pairs, per_case = [], [], {}
     for source in sources:
         volume, truth = source.load()
         pred = predict_volume(network, volume, params, bf16)
         pairs.append((pred, truth))
+        if volume.is_orthogonal:
+            hd_pairs.append((pred, truth, tuple(volume.spacing[::-1])))
         per_case[source.name] = per_structure_dsc([(pred, truth)])
     dsc = per_structure_dsc(pairs)
-    return {"cases": len(pairs), "dsc": dsc, "mean_dsc": _mean_of(dsc), "per_case": per_case}
+    result = {"cases": len(pairs), "dsc": dsc, "mean_dsc": _mean_of(dsc), "per_case": per_case}
+    hd95 = hd95_by_structure(hd_pairs)
+    if hd95:
+        result["hd95_mm"] = hd95
+    return result
 
 
 def load_slice_cases(sources: Sequence[CaseSource], params: CTPreprocessing, cache_dir: Path | None
