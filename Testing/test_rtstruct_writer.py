@@ -1,0 +1,193 @@
+"""RTSTRUCT writer: valid DICOM, right references and identity, coded ROIs, safe output."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pydicom
+import pytest
+
+from CervixAutoSegLib.errors import InputError
+from CervixAutoSegLib.rtstruct import build_rtstruct_dataset, write_rtstruct
+from CervixAutoSegLib.rtstruct.contours import keyhole, mask_polygons
+from CervixAutoSegLib.rtstruct.decimal_strings import format_ds, format_ds_values
+from CervixAutoSegLib.rtstruct.uids import (
+    IMPLICIT_VR_LITTLE_ENDIAN, MR_IMAGE_STORAGE, RT_STRUCTURE_SET_STORAGE,
+)
+from CervixAutoSegLib.structures import CT_STRUCTURES, MR_STRUCTURES
+from CervixAutoSegLib.volume import Volume
+from rtstruct_oracle import assert_dciodvfy_clean, load_series, semantic_problems, write_series
+
+ROWS, COLUMNS, SLICES = 24, 30, 5
+
+
+@pytest.fixture
+def ct_series(tmp_path):
+    positions = np.array([[-250.0, -250.0, -100.0 + 2.5 * k] for k in range(SLICES)])
+    folder = tmp_path / "ct"
+    write_series(folder, ROWS, COLUMNS, positions, pixel_spacing=(0.9765625, 0.9765625), shuffle_seed=1)
+    return folder, load_series(folder)
+
+
+@pytest.fixture
+def mr_series(tmp_path):
+    positions = np.array([[-120.0, -90.0, 4.0 * k] for k in range(SLICES)])
+    folder = tmp_path / "mr"
+    write_series(folder, ROWS, COLUMNS, positions, modality="MR", pixel_spacing=(0.5, 0.5))
+    return folder, load_series(folder)
+
+
+def _ct_labels(reference: Volume) -> Volume:
+    labels = np.zeros(reference.shape, dtype=np.uint8)
+    labels[1:4, 3:10, 3:12] = 1
+    labels[2, 14:20, 4:9] = 2
+    labels[0:5, 12:22, 15:27] = 4
+    return reference.with_array(labels)
+
+
+def test_ct_rtstruct_is_valid_and_references_its_series(ct_series, tmp_path):
+    folder, reference = ct_series
+    path = write_rtstruct(tmp_path / "out" / "rs.dcm", _ct_labels(reference), reference, CT_STRUCTURES,
+                          model_name="ResAU-Net", model_version="1.2.3")
+    assert_dciodvfy_clean(path)
+    assert semantic_problems(path, folder) == []
+
+    rs = pydicom.dcmread(path)
+    image = pydicom.dcmread(reference.meta["files"][0])
+    assert rs.file_meta.TransferSyntaxUID == IMPLICIT_VR_LITTLE_ENDIAN
+    assert rs.file_meta.MediaStorageSOPClassUID == rs.SOPClassUID == RT_STRUCTURE_SET_STORAGE
+    assert rs.file_meta.MediaStorageSOPInstanceUID == rs.SOPInstanceUID
+    assert rs.Modality == "RTSTRUCT"
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
+                    "StudyDate", "StudyID", "AccessionNumber", "SpecificCharacterSet"):
+        assert rs.data_element(keyword).value == image.data_element(keyword).value, keyword
+    assert rs.FrameOfReferenceUID == image.FrameOfReferenceUID
+    assert rs.SeriesInstanceUID != image.SeriesInstanceUID
+    assert rs.SOPInstanceUID not in reference.meta["sop_instance_uids"]
+    assert rs.ApprovalStatus == "UNAPPROVED"
+
+    frame = rs.ReferencedFrameOfReferenceSequence[0]
+    assert frame.FrameOfReferenceUID == image.FrameOfReferenceUID
+    series = frame.RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+    assert series.SeriesInstanceUID == image.SeriesInstanceUID
+    assert [i.ReferencedSOPInstanceUID for i in series.ContourImageSequence] == reference.meta["sop_instance_uids"]
+
+
+def test_rois_are_named_typed_coded_and_attributed_to_the_model(ct_series, tmp_path):
+    _, reference = ct_series
+    path = write_rtstruct(tmp_path / "rs.dcm", _ct_labels(reference), reference, CT_STRUCTURES,
+                          model_name="ResAU-Net", model_version="1.2.3")
+    rs = pydicom.dcmread(path)
+    rois = {int(r.ROINumber): r for r in rs.StructureSetROISequence}
+    observations = {int(o.ReferencedROINumber): o for o in rs.RTROIObservationsSequence}
+    colours = {int(c.ReferencedROINumber): c for c in rs.ROIContourSequence}
+    assert sorted(rois) == [s.value for s in CT_STRUCTURES]
+    for structure in CT_STRUCTURES:
+        roi, observation = rois[structure.value], observations[structure.value]
+        assert roi.ROIName == structure.name
+        assert roi.ROIGenerationAlgorithm == "AUTOMATIC"
+        assert "ResAU-Net" in roi.ROIGenerationDescription and "1.2.3" in roi.ROIGenerationDescription
+        algorithm = roi.ROIDerivationAlgorithmIdentificationSequence[0]
+        assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("ResAU-Net", "1.2.3")
+        assert observation.RTROIInterpretedType == structure.interpreted_type
+        code = observation.RTROIIdentificationCodeSequence[0]
+        assert (code.CodingSchemeDesignator, code.CodeValue, code.CodeMeaning) == tuple(structure.type)
+        assert [int(c) for c in colours[structure.value].ROIDisplayColor] == list(structure.color)
+    # Label 3 is absent: its ROI is listed but has no contours, as planning systems expect.
+    assert "ContourSequence" not in colours[3]
+
+
+def test_mr_contours_reference_mr_image_storage(mr_series, tmp_path):
+    folder, reference = mr_series
+    labels = np.zeros(reference.shape, dtype=np.uint8)
+    labels[1:4, 4:15, 5:20] = 1
+    labels[2, 7:10, 8:12] = 2
+    path = write_rtstruct(tmp_path / "rs.dcm", reference.with_array(labels), reference, MR_STRUCTURES,
+                          model_name="PocketNet", model_version="0.1", containment={1: (1, 2)})
+    assert_dciodvfy_clean(path)
+    assert semantic_problems(path, folder) == []
+    rs = pydicom.dcmread(path)
+    classes = {str(c.ContourImageSequence[0].ReferencedSOPClassUID)
+               for roi in rs.ROIContourSequence for c in roi.ContourSequence}
+    series = rs.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+    assert classes == {MR_IMAGE_STORAGE}
+    assert {str(i.ReferencedSOPClassUID) for i in series.ContourImageSequence} == {MR_IMAGE_STORAGE}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0.0, -0.0, 1e-14, -1e-7, 123.456789012345, -1234.5678901234, 99999.99999999, -987654321.123456789,
+     3.999999999999, 1e20, -2.5e-300],
+)
+def test_decimal_strings_fit_sixteen_characters_and_keep_the_value(value):
+    text = format_ds(value)
+    assert len(text) <= 16
+    assert abs(float(text) - value) <= max(1e-9 * abs(value), 1e-300)
+    batch = format_ds_values([value])[0]
+    assert len(batch) <= 16
+    assert abs(float(batch) - value) <= max(1e-9 * abs(value), 1e-6)
+
+
+def test_decimal_strings_refuse_non_finite_values():
+    with pytest.raises(ValueError):
+        format_ds_values([1.0, float("nan")])
+
+
+def test_single_voxel_becomes_a_diamond_around_its_centre():
+    mask = np.zeros((5, 6), dtype=bool)
+    mask[2, 3] = True
+    (polygon,) = mask_polygons(mask)
+    assert sorted(map(tuple, polygon)) == [(1.5, 3.0), (2.0, 2.5), (2.0, 3.5), (2.5, 3.0)]
+
+
+def test_holes_are_separate_polygons_or_keyholed_into_their_outer():
+    mask = np.zeros((12, 12), dtype=bool)
+    mask[1:11, 1:11] = True
+    mask[3:9, 3:9] = False
+    mask[5:7, 5:7] = True  # island in the hole
+    polygons = mask_polygons(mask)
+    assert len(polygons) == 3
+    joined = keyhole(polygons)
+    assert len(joined) == 2  # outer+hole joined, island separate
+    assert sum(len(p) for p in joined) == sum(len(p) for p in polygons) + 2
+
+
+def test_straight_edges_keep_only_their_corners_worth_of_points():
+    mask = np.zeros((40, 40), dtype=bool)
+    mask[5:35, 8:30] = True
+    (polygon,) = mask_polygons(mask)
+    assert len(polygon) == 8  # the four corners, each cut by marching squares into two points
+
+
+def test_labels_off_the_image_grid_are_refused(ct_series, tmp_path):
+    _, reference = ct_series
+    labels = _ct_labels(reference)
+    shifted = dataclasses.replace(labels, origin=labels.origin + [0.01, 0, 0])
+    with pytest.raises(InputError, match="not on the image grid"):
+        write_rtstruct(tmp_path / "rs.dcm", shifted, reference, CT_STRUCTURES, model_name="m", model_version="1")
+
+
+def test_a_reference_without_dicom_identity_is_refused(ct_series, tmp_path):
+    _, reference = ct_series
+    plain = dataclasses.replace(reference, meta={})
+    with pytest.raises(InputError, match="DICOM"):
+        build_rtstruct_dataset(_ct_labels(plain), plain, CT_STRUCTURES, model_name="m", model_version="1")
+
+
+def test_failed_write_leaves_the_existing_file_untouched(ct_series, tmp_path, monkeypatch):
+    from CervixAutoSegLib.rtstruct import writer
+
+    _, reference = ct_series
+    target = tmp_path / "rs.dcm"
+    target.write_bytes(b"previous export")
+
+    def crash_half_way(dataset, path):
+        path.write_bytes(b"half an RTSTRUCT")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(writer, "save_implicit_little_endian", crash_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        write_rtstruct(target, _ct_labels(reference), reference, CT_STRUCTURES, model_name="m", model_version="1")
+    assert target.read_bytes() == b"previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct", "rs.dcm"]
