@@ -150,3 +150,19 @@ def test_sampler_balances_structures(slice_cases):
         _, labels = sampler.sample()
         seen += np.bincount(labels.reshape(-1), minlength=5) > 0
     assert (seen[1:] >= 8).all()  # every structure in a good share of patches
+
+
+def test_grid_search_trains_every_pair_and_keeps_the_best_on_validation_loss(tmp_path):
+    write_cases(tmp_path / "cases", range(3))
+    out = tmp_path / "model"
+    code = cli.main(["train", "ct", "--data", str(tmp_path / "cases"), "--out", str(out), "--patch-size", "64",
+                     "--steps-per-epoch", "2", "--max-epochs", "1", "--split", "2:1:0", "--max-val-slices", "1",
+                     "--no-augment", "--grid-search", "--lrs", "1e-3", "0", "--batch-sizes", "2",
+                     "--grid-epochs", "1", "--hd95-cases", "0"])
+    assert code == 0
+    grid = models.read_card(out).training["grid_search"]
+    trials = grid["trials"]
+    assert [(t["learning_rate"], t["batch_size"]) for t in trials] == [(1e-3, 2), (0.0, 2)]
+    best = min(trials, key=lambda t: t["val_loss"])
+    assert grid["chosen"] == {"learning_rate": best["learning_rate"], "batch_size": 2}
+    assert models.read_card(out).training["config"]["learning_rate"] == best["learning_rate"]
