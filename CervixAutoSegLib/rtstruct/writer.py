@@ -163,6 +163,7 @@ def write_rtstruct(
     model_version: str,
     containment: Mapping[int, Sequence[int]] | None = None,
     keyhole: bool = False,
+    image_header=None,
 ) -> Path:
     """Write the RT Structure Set of ``labels`` for the series of ``reference``, atomically.
 
@@ -170,7 +171,7 @@ def write_rtstruct(
     """
     dataset = build_rtstruct_dataset(
         labels, reference, structures, model_name=model_name, model_version=model_version,
-        containment=containment, keyhole=keyhole,
+        containment=containment, keyhole=keyhole, image_header=image_header,
     )
     path = Path(path)
     with atomic_path(path) as temporary:
