@@ -191,3 +191,78 @@ def test_failed_write_leaves_the_existing_file_untouched(ct_series, tmp_path, mo
         write_rtstruct(target, _ct_labels(reference), reference, CT_STRUCTURES, model_name="m", model_version="1")
     assert target.read_bytes() == b"previous export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct", "rs.dcm"]
+
+
+# ------------------------------------------------------------------ export-rtstruct command
+
+
+@pytest.fixture
+def dicom_reader(monkeypatch):
+    """The product's DICOM series reader; the test loader stands in until that module exists."""
+    import importlib
+    import sys
+    import types
+
+    try:
+        importlib.import_module("CervixAutoSegLib.dicom_series")
+    except ImportError:
+        stand_in = types.ModuleType("CervixAutoSegLib.dicom_series")
+        stand_in.read_dicom_series = lambda folder, series_uid=None: load_series(folder)
+        monkeypatch.setitem(sys.modules, "CervixAutoSegLib.dicom_series", stand_in)
+
+
+def _save_labels(volume: Volume, path):
+    import SimpleITK as sitk
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(volume.to_sitk(), str(path))
+    return path
+
+
+def test_export_command_writes_a_valid_rtstruct_with_labels_json(ct_series, tmp_path, dicom_reader, capsys):
+    from CervixAutoSegLib.cli import main
+    from CervixAutoSegLib.structures import write_labels_json
+
+    folder, reference = ct_series
+    labels_path = _save_labels(_ct_labels(reference), tmp_path / "seg" / "labels.nii.gz")
+    write_labels_json(labels_path.parent / "labels.json", "ct-resaunet-test")
+    out = tmp_path / "export" / "rs.dcm"
+    assert main(["export-rtstruct", "--dicom", str(folder), "--labels", str(labels_path), "--out", str(out)]) == 0
+    assert_dciodvfy_clean(out)
+    assert semantic_problems(out, folder) == []
+    rs = pydicom.dcmread(out)
+    assert [r.ROIName for r in rs.StructureSetROISequence] == [s.name for s in CT_STRUCTURES]
+    assert rs.StructureSetROISequence[0].ROIDerivationAlgorithmIdentificationSequence[0].AlgorithmName == (
+        "ct-resaunet-test")
+
+
+def test_export_command_applies_mr_organ_containment_without_labels_json(mr_series, tmp_path, dicom_reader):
+    from CervixAutoSegLib.cli import main
+    from CervixAutoSegLib.rtstruct import read_rtstruct_masks
+
+    folder, reference = mr_series
+    labels = np.zeros(reference.shape, dtype=np.uint8)
+    labels[1:4, 4:15, 5:20] = 1
+    labels[2, 7:10, 8:12] = 2
+    labels_path = _save_labels(reference.with_array(labels), tmp_path / "labels.nrrd")
+    out = tmp_path / "rs.dcm"
+    assert main(["export-rtstruct", "--dicom", str(folder), "--labels", str(labels_path), "--out", str(out)]) == 0
+    masks = read_rtstruct_masks(out, reference)
+    assert np.array_equal(masks["Uterus_Cx_Vagina"], labels >= 1)
+    assert np.array_equal(masks["GTVp"], labels == 2)
+
+
+def test_export_command_refuses_labels_off_the_grid_in_one_line(ct_series, tmp_path, dicom_reader, capsys):
+    from CervixAutoSegLib.cli import main
+
+    folder, reference = ct_series
+    shifted = dataclasses.replace(_ct_labels(reference), origin=reference.origin + [0, 0.5, 0])
+    labels_path = _save_labels(shifted, tmp_path / "labels.nii.gz")
+    out = tmp_path / "rs.dcm"
+    code = main(["export-rtstruct", "--dicom", str(folder), "--labels", str(labels_path), "--out", str(out)])
+    error = capsys.readouterr().err
+    assert code != 0 and not out.exists()
+    assert len(error.strip().splitlines()) == 1 and "not on the grid" in error
+    code = main(["export-rtstruct", "--dicom", str(folder), "--labels", str(tmp_path / "missing.nii.gz"),
+                 "--out", str(out)])
+    assert code != 0 and "does not exist" in capsys.readouterr().err

@@ -1,13 +1,99 @@
-"""Placeholder for the `export_rtstruct` sub-command (being built)."""
+"""``cervixautoseg export-rtstruct``: a label map on a DICOM series → DICOM RTSTRUCT."""
 
-HELP = "(not available yet)"
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+HELP = "write a DICOM RTSTRUCT from a label map (NIfTI/NRRD) on a DICOM image series"
+
+log = logging.getLogger(__name__)
+
+LABELS_JSON = "labels.json"
+GRID_TOLERANCE_MM = 1e-3
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dicom", type=Path, required=True, help="folder of the image series the labels are on")
+    parser.add_argument("--labels", type=Path, required=True,
+                        help="label map (.nii/.nii.gz/.nrrd) on exactly the DICOM grid; a labels.json next to "
+                             "it gives names, colours and codes")
+    parser.add_argument("--out", type=Path, required=True, help="RTSTRUCT file to write")
+    parser.add_argument("--series", help="Series Instance UID when the folder holds several series")
+    parser.add_argument("--model", choices=("ct", "mr"),
+                        help="structure set when there is no labels.json (default: from the image modality)")
+    parser.add_argument("--keyhole", action="store_true",
+                        help="join holes to their outer contour (for planning systems that want keyholes)")
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
+    from .. import __version__
+    from ..dicom_series import read_dicom_series
     from ..errors import InputError
+    from ..rtstruct import organ_tumour_containment, write_rtstruct
 
-    raise InputError("this command is not available yet")
+    if not args.dicom.is_dir():
+        raise InputError(f"--dicom {args.dicom} is not a folder")
+    reference = read_dicom_series(args.dicom, series_uid=args.series)
+    labels = load_label_map(args.labels)
+    if not labels.same_grid(reference, tolerance=GRID_TOLERANCE_MM):
+        raise InputError(
+            f"{args.labels} is not on the grid of the DICOM series (labels {labels!r}; images {reference!r}); "
+            "export labels on the image grid"
+        )
+    model, structures = structures_for_labels(args.labels, args.model, reference.modality)
+    present = {int(v) for v in set(labels.array.ravel().tolist()) if v}
+    unnamed = sorted(present - {s.value for s in structures})
+    if unnamed:
+        log.warning("label values %s have no structure definition and are not exported", unnamed)
+    # MR models paint the tumour over the organ; the organ ROI must still cover it (DESIGN.md).
+    containment = organ_tumour_containment(structures) if model.lower().startswith("mr") else None
+    write_rtstruct(args.out, labels, reference, structures, model_name=model, model_version=__version__,
+                   containment=containment, keyhole=args.keyhole)
+    print(f"wrote {args.out} ({len(structures)} ROIs) referencing series {reference.meta.get('series_instance_uid')}")
+    return 0
+
+
+def load_label_map(path: Path):
+    """An integer label map (NIfTI or NRRD) as a Volume; one-line InputError otherwise."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from ..errors import InputError
+    from ..volume import Volume
+
+    if not path.is_file():
+        raise InputError(f"--labels {path} does not exist")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError:
+        raise InputError(f"cannot read {path} as a NIfTI or NRRD label map") from None
+    volume = Volume.from_sitk(image)
+    array = volume.array
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+            raise InputError(f"{path} holds non-integer values; a label map must hold label values 0, 1, 2, ...")
+        array = array.astype(np.int64)
+    if array.size and (array.min() < 0 or array.max() > np.iinfo(np.uint8).max):
+        raise InputError(f"{path} holds label values outside 0-255")
+    return volume.with_array(array.astype(np.uint8))
+
+
+def structures_for_labels(labels_path: Path, model: str | None, modality: str):
+    """(model name, structures): from labels.json next to the labels, else the family's defaults."""
+    from ..errors import InputError
+    from ..structures import structures_for, structures_from_json
+
+    document_path = labels_path.parent / LABELS_JSON
+    if document_path.is_file():
+        try:
+            document = json.loads(document_path.read_text(encoding="utf-8"))
+            return str(document.get("model", "unknown")), structures_from_json(document)
+        except (ValueError, KeyError, TypeError) as error:
+            raise InputError(f"{document_path} is not a valid labels.json: {error}") from None
+    family = model or {"CT": "ct", "MR": "mr"}.get(modality.upper())
+    if family is None:
+        raise InputError(f"cannot tell CT from MR labels for modality {modality!r}; pass --model ct or --model mr")
+    return family, structures_for(family)

@@ -7,6 +7,13 @@ importing this package costs nothing.
 from __future__ import annotations
 
 from .reader import read_rtstruct, read_rtstruct_masks, roi_names
-from .writer import build_rtstruct_dataset, write_rtstruct
+from .writer import build_rtstruct_dataset, organ_tumour_containment, write_rtstruct
 
-__all__ = ["build_rtstruct_dataset", "read_rtstruct", "read_rtstruct_masks", "roi_names", "write_rtstruct"]
+__all__ = [
+    "build_rtstruct_dataset",
+    "organ_tumour_containment",
+    "read_rtstruct",
+    "read_rtstruct_masks",
+    "roi_names",
+    "write_rtstruct",
+]

@@ -67,6 +67,20 @@ def roi_masks(
     return masks
 
 
+def organ_tumour_containment(structures: Sequence[Structure]) -> dict[int, tuple[int, ...]]:
+    """Containment for organ-then-tumour models: every ORGAN ROI also covers every GTV label.
+
+    For the MR structures this is ``{1: (1, 2)}``: the uterus+cervix+vagina ROI includes
+    the tumour painted over it in the label map.
+    """
+    from ..structures import GTV, ORGAN
+
+    tumours = tuple(s.value for s in structures if s.interpreted_type == GTV)
+    if not tumours:
+        return {}
+    return {s.value: (s.value, *tumours) for s in structures if s.interpreted_type == ORGAN}
+
+
 def slice_contours(mask: np.ndarray, planes: ImagePlanes, *, keyhole: bool = False) -> list[tuple[int, np.ndarray]]:
     """Closed planar contours of a 3D mask, each on its own image.
 
