@@ -30,6 +30,16 @@ MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 SOP_CLASS = {"CT": CT_IMAGE_STORAGE, "MR": MR_IMAGE_STORAGE}
 
 
+def save_file(dataset: FileDataset, path: Path) -> None:
+    """Save with the file meta its TransferSyntaxUID names, under pydicom 2.4 and 3.x alike."""
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        dataset.save_as(path, enforce_file_format=True)
+    else:  # pydicom 2.x (what older Slicer bundles)
+        syntax = dataset.file_meta.TransferSyntaxUID
+        dataset.is_implicit_VR, dataset.is_little_endian = syntax.is_implicit_VR, syntax.is_little_endian
+        dataset.save_as(path, write_like_original=False)
+
+
 def write_series(
     folder: Path,
     rows: int,
@@ -82,7 +92,7 @@ def write_series(
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
         ds.PixelData = np.zeros((rows, columns), dtype=np.uint16).tobytes()
         path = folder / name
-        ds.save_as(path, enforce_file_format=True)
+        save_file(ds, path)
         paths.append(path)
     return paths
 

@@ -13,7 +13,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from CervixAutoSegLib.errors import InputError
 from CervixAutoSegLib.rtstruct import read_rtstruct, read_rtstruct_masks, roi_names
 from CervixAutoSegLib.structures import CT_STRUCTURES
-from rtstruct_oracle import load_series, write_series
+from rtstruct_oracle import load_series, save_file, write_series
 
 ROWS, COLUMNS, SLICES = 20, 26, 4
 PIXEL_SPACING = (0.8, 1.25)  # (row, column) mm
@@ -87,7 +87,7 @@ def _write_rtstruct(path, reference, rois: dict[str, list[Dataset]]):
         observation.ObservationNumber, observation.ReferencedROINumber = number, number
         observation.RTROIInterpretedType = "ORGAN"
         ds.RTROIObservationsSequence.append(observation)
-    ds.save_as(path, enforce_file_format=True)
+    save_file(ds, path)
     return path
 
 

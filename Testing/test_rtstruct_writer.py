@@ -266,3 +266,14 @@ def test_export_command_refuses_labels_off_the_grid_in_one_line(ct_series, tmp_p
     code = main(["export-rtstruct", "--dicom", str(folder), "--labels", str(tmp_path / "missing.nii.gz"),
                  "--out", str(out)])
     assert code != 0 and "does not exist" in capsys.readouterr().err
+
+
+def test_dciodvfy_has_no_warnings_either(ct_series, tmp_path):
+    import subprocess
+
+    _, reference = ct_series
+    path = write_rtstruct(tmp_path / "rs.dcm", _ct_labels(reference), reference, CT_STRUCTURES,
+                          model_name="ResAU-Net", model_version="1")
+    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    lines = (report.stdout + report.stderr).splitlines()
+    assert [line for line in lines if line.startswith(("Warning", "Error"))] == []

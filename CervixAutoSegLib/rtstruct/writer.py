@@ -33,6 +33,8 @@ GRID_TOLERANCE_MM = 1e-3
 
 MANUFACTURER = "CervixAutoSeg"
 STRUCTURE_SET_LABEL = "CervixAutoSeg"
+RTSTRUCT_SERIES_NUMBER = 9001
+"""Series Number of the structure set: high, so viewers list it after the image series."""
 
 _CONTOUR_DATA_TAG = 0x30060050
 
@@ -260,7 +262,7 @@ def _fill_series_and_equipment(dataset, series_uid: str, model_name: str, model_
     dataset.InstanceCreationTime = now.strftime("%H%M%S")
     dataset.Modality = U.RTSTRUCT_MODALITY
     dataset.SeriesInstanceUID = series_uid
-    dataset.SeriesNumber = ""
+    dataset.SeriesNumber = RTSTRUCT_SERIES_NUMBER
     dataset.SeriesDescription = _clip(f"Auto-contours {model_name} {model_version}", U.LO_MAX_LENGTH)
     dataset.OperatorsName = ""
     dataset.Manufacturer = MANUFACTURER
