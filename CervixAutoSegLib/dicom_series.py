@@ -1,0 +1,598 @@
+"""Find DICOM image series in a folder and read one into a :class:`Volume`.
+
+Reading rules (the places where DICOM readers silently go wrong):
+
+* Slices are sorted by the projection of Image Position (Patient) on the slice normal
+  (row direction x column direction of Image Orientation (Patient)) — never by file
+  name, directory order or Instance Number. Array index ``k`` grows along the normal.
+* All slices must share orientation, rows, columns and pixel spacing; positions must be
+  distinct and evenly spaced (a gap above :data:`MISSING_SLICE_FACTOR` times the median
+  step means missing slices). Small jitter is tolerated and reported in
+  ``meta["slice_spacing_nonuniform"]`` (max deviation from the mean step, mm).
+* Rescale Slope/Intercept are applied: CT comes back in HU (int16 when exact, else
+  float32).
+* **Gantry tilt** (the IPP step is not along the slice normal): the acquired grid is kept
+  exactly, as a sheared grid: ``direction[:, 2]`` is the unit vector of the actual IPP
+  step and ``spacing[2]`` its length. Nothing is resampled, so every voxel keeps its
+  value and every slice its own plane; consumers that need an orthogonal grid resample
+  explicitly (``Volume.is_orthogonal`` tells them).
+* A single image is read as a 1-slice volume whose ``spacing[2]`` is Spacing Between
+  Slices, else Slice Thickness, else 1 mm (``meta["single_slice"] = True``): 3D models
+  must refuse it themselves.
+
+Every user-facing failure is an :class:`~CervixAutoSegLib.errors.InputError` with a
+one-line message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .volume import Volume
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_MODALITIES = ("CT", "MR")
+MEDIA_STORAGE_DIRECTORY_STORAGE = "1.2.840.10008.1.3.10"
+"""SOP Class UID of a DICOMDIR (not an image)."""
+
+ORIENTATION_TOLERANCE = 1e-4
+"""Max difference of direction cosines for two slices to count as parallel."""
+SPACING_TOLERANCE_MM = 1e-3
+"""Max difference of pixel spacings (mm) within one series."""
+DUPLICATE_POSITION_MM = 1e-3
+"""Two slices closer than this along the normal are duplicates."""
+MISSING_SLICE_FACTOR = 1.5
+"""A step larger than this many median steps means slices are missing."""
+TILT_TOLERANCE = 1e-4
+"""Lateral/axial ratio of the IPP step above which the grid is treated as sheared (≈0.006°)."""
+DEFAULT_SINGLE_SLICE_SPACING_MM = 1.0
+
+T2_MIN_ECHO_TIME_MS = 60.0
+T2_MIN_REPETITION_TIME_MS = 1500.0
+SHORT_ECHO_TIME_MS = 30.0
+T2_POSITIVE_WORDS = ("t2", "tse", "fse", "haste", "space", "ciss", "blade", "propeller", "frfse", "ssfse", "cube")
+T2_NEGATIVE_WORDS = (
+    "t1", "flair", "dwi", "diff", "adc", "trace", "dixon", "vibe", "mprage", "dce", "perf",
+    "localizer", "localiser", "loc", "scout", "survey", "pd", "t2star", "t2*", "swi", "stir", "tirm",
+)
+
+
+@dataclasses.dataclass
+class SeriesInfo:
+    """Header summary of one image series (no pixels read).
+
+    ``rows``/``columns``/``pixel_spacing`` are those of the first file (DICOM order:
+    pixel_spacing = (row spacing, column spacing) mm); ``orientation`` is the IOP of the
+    first file (6 cosines).
+    """
+
+    series_instance_uid: str
+    modality: str
+    description: str
+    n_files: int
+    n_slices: int
+    rows: int
+    columns: int
+    is_t2: bool | None
+    patient_position: str
+    study_instance_uid: str
+    files: list[Path]
+    pixel_spacing: tuple[float, float] | None = None
+    slice_thickness: float | None = None
+    orientation: tuple[float, ...] | None = None
+    sop_class_uid: str = ""
+    frame_of_reference_uid: str = ""
+    series_number: str = ""
+    is_localizer: bool = False
+    echo_time: float | None = None
+    repetition_time: float | None = None
+
+    @property
+    def is_supported(self) -> bool:
+        return self.modality in SUPPORTED_MODALITIES
+
+    @property
+    def orientation_label(self) -> str:
+        """Nearest anatomical plane of the slices: ``axial``, ``coronal``, ``sagittal`` or ``oblique``."""
+        if self.orientation is None:
+            return "?"
+        row, column = np.asarray(self.orientation[:3]), np.asarray(self.orientation[3:])
+        normal = np.abs(np.cross(row, column))
+        axis = int(np.argmax(normal))
+        plane = ("sagittal", "coronal", "axial")[axis]
+        return plane if normal[axis] > np.cos(np.deg2rad(10)) else f"oblique {plane}"
+
+    def summary(self) -> str:
+        """One-line description used in error messages that list series."""
+        return f"{self.series_instance_uid} ({self.modality}, '{self.description}', {self.n_slices} slices)"
+
+
+# ----------------------------------------------------------------- headers
+def _read_header(path: Path):
+    """The dataset of ``path`` without pixel data, or None when it is not a DICOM file."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    except Exception as error:  # malformed element values raise many different types
+        log.debug("skipping unreadable DICOM %s: %s", path, error)
+        return None
+
+
+def _is_image(ds) -> bool:
+    if str(getattr(ds, "SOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY_STORAGE:
+        return False
+    return "Rows" in ds and "Columns" in ds
+
+
+def _floats(value: Any) -> tuple[float, ...] | None:
+    if value is None or value == "":
+        return None
+    items = [value] if isinstance(value, (str, bytes, int, float)) else list(value)
+    try:
+        return tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        return None
+
+
+def _float(ds, keyword: str) -> float | None:
+    values = _floats(getattr(ds, keyword, None))
+    return values[0] if values else None
+
+
+def _text(ds, keyword: str) -> str:
+    value = getattr(ds, keyword, "")
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, (str, bytes))):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _words(text: str) -> set[str]:
+    text = text.lower().replace("t2*", " t2star ")
+    return set(re.findall(r"[a-z0-9]+", text))
+
+
+def detect_t2(ds) -> bool | None:
+    """Guess whether an MR image is T2-weighted from its header; None when undecidable.
+
+    Heuristic, in order:
+
+    1. A negative keyword in Series Description, Protocol Name or Sequence Name
+       (``t1``, ``flair``, ``dwi``/``adc``/``trace``, ``dixon``, ``vibe``, ``dce``,
+       ``t2*``/``swi``, ``stir``/``tirm``, localizer/scout/survey, ``pd``...) → False.
+       Words match whole tokens, or token prefixes for ``t1``/``t2`` (``t1w``, ``t2w``).
+    2. Timing: Echo Time ≥ 60 ms and Repetition Time ≥ 1500 ms → True; Echo Time
+       < 30 ms → False (T1w or PD); an echo-planar (``EP``) scan → False (DWI/fMRI).
+    3. Otherwise a positive keyword (``t2``, ``tse``, ``fse``, ``haste``, ``space``,
+       ``ciss``, ``blade``, ``propeller``...) → True.
+    4. Otherwise None. Users override with ``--t2`` / ``--not-t2``.
+    """
+    words = set()
+    for keyword in ("SeriesDescription", "ProtocolName", "SequenceName"):
+        words |= _words(_text(ds, keyword))
+
+    def has(word: str) -> bool:
+        if word in ("t1", "t2"):
+            return any(w.startswith(word) and (len(w) == 2 or not w[2].isdigit()) for w in words)
+        return word in words
+
+    if any(has(word) for word in T2_NEGATIVE_WORDS if word != "t2*"):
+        return False
+    echo, repetition = _float(ds, "EchoTime"), _float(ds, "RepetitionTime")
+    scanning = _text(ds, "ScanningSequence").upper().split("\\")
+    if "EP" in scanning and not has("haste"):
+        return False
+    if echo is not None and repetition is not None:
+        if echo >= T2_MIN_ECHO_TIME_MS and repetition >= T2_MIN_REPETITION_TIME_MS:
+            return True
+    if echo is not None and echo < SHORT_ECHO_TIME_MS and echo > 0:
+        return False
+    if any(has(word) for word in T2_POSITIVE_WORDS):
+        return True
+    return None
+
+
+# ----------------------------------------------------------------- discovery
+def _iter_files(paths: Iterable[Path]) -> Iterable[Path]:
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            for root, dirs, names in os.walk(path):
+                dirs.sort()
+                for name in sorted(names):
+                    if name.upper() == "DICOMDIR" or name.startswith("."):
+                        continue
+                    yield Path(root) / name
+        elif path.is_file():
+            yield path
+
+
+def _scan(paths: Iterable[Path]) -> dict[str, list[tuple[Path, Any]]]:
+    """Headers of every DICOM image file under ``paths``, grouped by Series Instance UID."""
+    groups: dict[str, list[tuple[Path, Any]]] = {}
+    for path in _iter_files(paths):
+        ds = _read_header(path)
+        if ds is None or not _is_image(ds):
+            continue
+        uid = str(getattr(ds, "SeriesInstanceUID", "") or f"(no series UID: {path.parent})")
+        groups.setdefault(uid, []).append((path, ds))
+    return groups
+
+
+def _info(uid: str, members: list[tuple[Path, Any]]) -> SeriesInfo:
+    first = members[0][1]
+    modality = _text(first, "Modality").upper()
+    frames = int(_float(first, "NumberOfFrames") or 1)
+    positions = {_floats(getattr(ds, "ImagePositionPatient", None)) for _, ds in members}
+    spacing = _floats(getattr(first, "PixelSpacing", None))
+    image_type = _text(first, "ImageType").upper()
+    return SeriesInfo(
+        series_instance_uid=uid,
+        modality=modality,
+        description=_text(first, "SeriesDescription") or _text(first, "ProtocolName"),
+        n_files=len(members),
+        n_slices=len(positions) if frames == 1 else frames * len(members),
+        rows=int(getattr(first, "Rows", 0) or 0),
+        columns=int(getattr(first, "Columns", 0) or 0),
+        is_t2=detect_t2(first) if modality == "MR" else None,
+        patient_position=_text(first, "PatientPosition"),
+        study_instance_uid=_text(first, "StudyInstanceUID"),
+        files=[path for path, _ in members],
+        pixel_spacing=tuple(spacing[:2]) if spacing and len(spacing) >= 2 else None,
+        slice_thickness=_float(first, "SliceThickness"),
+        orientation=_floats(getattr(first, "ImageOrientationPatient", None)),
+        sop_class_uid=_text(first, "SOPClassUID"),
+        frame_of_reference_uid=_text(first, "FrameOfReferenceUID"),
+        series_number=_text(first, "SeriesNumber"),
+        is_localizer="LOCALIZER" in image_type.split("\\"),
+        echo_time=_float(first, "EchoTime"),
+        repetition_time=_float(first, "RepetitionTime"),
+    )
+
+
+def find_series(folder: Path | str | Sequence[Path | str]) -> list[SeriesInfo]:
+    """Every DICOM image series under ``folder`` (recursive), sorted by modality and description.
+
+    Non-DICOM files, DICOMDIR and non-image objects (RTSTRUCT, RTPLAN, SR...) are ignored.
+    ``folder`` may also be a file or a list of files/folders.
+    """
+    paths = [Path(p) for p in folder] if isinstance(folder, (list, tuple)) else [Path(folder)]
+    groups = _scan(paths)
+    infos = [_info(uid, members) for uid, members in groups.items()]
+    return sorted(infos, key=lambda info: (info.modality, info.series_number, info.description, info.series_instance_uid))
+
+
+def _listing(infos: Sequence[SeriesInfo]) -> str:
+    return "; ".join(info.summary() for info in infos)
+
+
+def choose_series(
+    infos: Sequence[SeriesInfo],
+    *,
+    series_uid: str | None = None,
+    modality: str | None = None,
+    t2: bool | None = None,
+    preferred: str | None = None,
+    where: str = "the input",
+) -> SeriesInfo:
+    """Pick the series to segment.
+
+    ``series_uid`` wins. Otherwise, among CT/MR series that are not localizers (filtered
+    by ``modality`` and, for MR, by ``t2`` when given): the only one; else the only CT
+    and/or the only T2w MR — ``preferred`` (``"CT"``/``"MR"``) breaks a tie between them.
+    Anything else is ambiguous: InputError listing the series and asking for --series.
+    """
+    if not infos:
+        raise InputError(f"no DICOM image series found in {where}")
+    if series_uid:
+        for info in infos:
+            if info.series_instance_uid == series_uid:
+                _check_supported(info)
+                return info
+        raise InputError(f"series {series_uid} not found in {where}; available: {_listing(infos)}")
+    supported = [info for info in infos if info.is_supported]
+    if not supported:
+        unsupported = sorted({info.modality or "(none)" for info in infos})
+        raise InputError(
+            f"unsupported modality {', '.join(unsupported)} in {where}: only CT and MR image series can be "
+            f"segmented (found {_listing(infos)})"
+        )
+    candidates = [info for info in supported if not info.is_localizer] or supported
+    if modality:
+        candidates = [info for info in candidates if info.modality == modality.upper()]
+        if not candidates:
+            raise InputError(f"no {modality.upper()} series in {where}; found {_listing(infos)}")
+    if t2 is not None:
+        candidates = [info for info in candidates if info.modality != "MR" or info.is_t2 == t2]
+    if len(candidates) == 1:
+        return candidates[0]
+    cts = [info for info in candidates if info.modality == "CT"]
+    t2s = [info for info in candidates if info.modality == "MR" and info.is_t2]
+    preferred = preferred.upper() if preferred else None
+    options = []
+    if preferred in (None, "CT") and len(cts) == 1:
+        options.append(cts[0])
+    if preferred in (None, "MR") and len(t2s) == 1:
+        options.append(t2s[0])
+    if len(options) == 1:
+        return options[0]
+    raise InputError(
+        f"{len(candidates or supported)} image series in {where}, cannot choose: {_listing(candidates or supported)}; "
+        "pass --series UID to pick one"
+    )
+
+
+def _check_supported(info: SeriesInfo) -> None:
+    if not info.is_supported:
+        raise InputError(
+            f"unsupported modality {info.modality or '(none)'} (series {info.series_instance_uid}, "
+            f"'{info.description}'): only CT and MR image series can be segmented"
+        )
+
+
+# ----------------------------------------------------------------- geometry
+@dataclasses.dataclass(frozen=True)
+class _SliceGeometry:
+    """Geometry of a sorted stack: LPS mm, (i, j, k) order."""
+
+    origin: np.ndarray
+    spacing: np.ndarray
+    direction: np.ndarray
+    positions: np.ndarray  # (nz, 3) IPP per k
+    nonuniform_mm: float
+    tilted: bool
+
+
+def _orientation(ds, path: Path) -> np.ndarray:
+    iop = _floats(getattr(ds, "ImageOrientationPatient", None))
+    if iop is None or len(iop) != 6:
+        raise InputError(f"{path.name} has no Image Orientation (Patient): cannot place it in space")
+    row, column = np.asarray(iop[:3]), np.asarray(iop[3:])
+    if np.linalg.norm(row) < 0.5 or np.linalg.norm(column) < 0.5:
+        raise InputError(f"{path.name} has an invalid Image Orientation (Patient) {iop}")
+    return np.concatenate([row / np.linalg.norm(row), column / np.linalg.norm(column)])
+
+
+def _position(ds, path: Path) -> np.ndarray:
+    ipp = _floats(getattr(ds, "ImagePositionPatient", None))
+    if ipp is None or len(ipp) != 3:
+        raise InputError(f"{path.name} has no Image Position (Patient): cannot place it in space")
+    return np.asarray(ipp)
+
+
+def _pixel_spacing(ds, path: Path) -> np.ndarray:
+    spacing = _floats(getattr(ds, "PixelSpacing", None)) or _floats(getattr(ds, "ImagerPixelSpacing", None))
+    if spacing is None or len(spacing) != 2 or min(spacing) <= 0:
+        raise InputError(f"{path.name} has no valid Pixel Spacing")
+    return np.asarray(spacing)
+
+
+def _check_consistent(members: list[tuple[Path, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Same IOP, rows, columns and pixel spacing in every slice; returns (IOP, pixel spacing)."""
+    first_path, first = members[0]
+    iop = _orientation(first, first_path)
+    spacing = _pixel_spacing(first, first_path)
+    size = (int(first.Rows), int(first.Columns))
+    for path, ds in members[1:]:
+        other = _orientation(ds, path)
+        if np.max(np.abs(other - iop)) > ORIENTATION_TOLERANCE:
+            raise InputError(
+                f"slices are not parallel: {first_path.name} has orientation {np.round(iop, 4).tolist()} but "
+                f"{path.name} has {np.round(other, 4).tolist()} (a multi-plane localizer or mixed series?)"
+            )
+        other_size = (int(ds.Rows), int(ds.Columns))
+        other_spacing = _pixel_spacing(ds, path)
+        if other_size != size or np.max(np.abs(other_spacing - spacing)) > SPACING_TOLERANCE_MM:
+            raise InputError(
+                f"mixed sizes in one series: {first_path.name} is {size[0]}x{size[1]} pixels of "
+                f"{spacing.tolist()} mm, {path.name} is {other_size[0]}x{other_size[1]} of {other_spacing.tolist()} mm"
+            )
+    return iop, spacing
+
+
+def _stack_geometry(
+    positions: np.ndarray, iop: np.ndarray, pixel_spacing: np.ndarray, names: Sequence[str], single_spacing: float
+) -> _SliceGeometry:
+    """Grid of slices already sorted along the normal. ``positions`` (nz, 3) LPS mm."""
+    row, column = iop[:3], iop[3:]
+    normal = np.cross(row, column)
+    normal /= np.linalg.norm(normal)
+    spacing_xy = np.array([pixel_spacing[1], pixel_spacing[0]])  # DICOM: (row spacing, column spacing)
+    nz = len(positions)
+    if nz == 1:
+        return _SliceGeometry(
+            origin=positions[0], spacing=np.append(spacing_xy, single_spacing),
+            direction=np.column_stack([row, column, normal]), positions=positions, nonuniform_mm=0.0, tilted=False,
+        )
+    along = positions @ normal
+    steps = np.diff(along)
+    for index in np.flatnonzero(steps < DUPLICATE_POSITION_MM):
+        raise InputError(
+            f"duplicate slice position {along[index]:.3f} mm along the slice normal ({names[index]} and "
+            f"{names[index + 1]}): the series mixes several acquisitions (echoes, phases or repeats)"
+        )
+    median = float(np.median(steps))
+    for index in np.flatnonzero(steps > MISSING_SLICE_FACTOR * median):
+        raise InputError(
+            f"missing slices: gap of {steps[index]:.2f} mm between positions {along[index]:.2f} and "
+            f"{along[index + 1]:.2f} mm (usual step {median:.2f} mm)"
+        )
+    step = (positions[-1] - positions[0]) / (nz - 1)
+    axial = float(np.dot(step, normal))
+    lateral = step - axial * normal
+    tilted = bool(np.linalg.norm(lateral) > TILT_TOLERANCE * axial)
+    if tilted:
+        slice_direction, slice_spacing = step / np.linalg.norm(step), float(np.linalg.norm(step))
+    else:
+        slice_direction, slice_spacing = normal, axial
+    expected = positions[0] + np.arange(nz)[:, np.newaxis] * (slice_spacing * slice_direction)
+    nonuniform = float(np.max(np.linalg.norm(positions - expected, axis=1)))
+    return _SliceGeometry(
+        origin=positions[0], spacing=np.append(spacing_xy, slice_spacing),
+        direction=np.column_stack([row, column, slice_direction]), positions=positions,
+        nonuniform_mm=nonuniform, tilted=tilted,
+    )
+
+
+# ----------------------------------------------------------------- pixels
+def _pixels(path: Path) -> tuple[np.ndarray, Any]:
+    """(rows, columns) stored pixel values and the full dataset of one file."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as error:
+        raise InputError(f"cannot read DICOM file {path}: {_one_line(error)}") from error
+    if "PixelData" not in ds:
+        raise InputError(f"{path} has no pixel data")
+    if int(getattr(ds, "SamplesPerPixel", 1) or 1) != 1:
+        raise InputError(f"{path} is a colour image ({ds.SamplesPerPixel} samples per pixel); CT/MR must be greyscale")
+    try:
+        array = ds.pixel_array
+    except Exception as error:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", str(syntax))
+        raise InputError(f"cannot decode pixel data of {path} (transfer syntax {name}): {_one_line(error)}") from error
+    if array.ndim != 2:
+        raise InputError(
+            f"{path} holds {array.shape[0]} frames: multi-frame (enhanced) images are not supported, "
+            "export the series as one file per slice"
+        )
+    return array, ds
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _rescale(ds) -> tuple[float, float]:
+    slope = _float(ds, "RescaleSlope")
+    intercept = _float(ds, "RescaleIntercept")
+    return (1.0 if slope is None else slope), (0.0 if intercept is None else intercept)
+
+
+def _to_output_values(stored: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> np.ndarray:
+    """Apply per-slice rescale; int16 (or the stored type) when exact, else float32."""
+    if np.all(slopes == 1.0) and np.all(intercepts == 0.0):
+        return stored
+    if np.all(slopes == 1.0) and np.all(intercepts == np.round(intercepts)):
+        values = stored.astype(np.int64) + intercepts.astype(np.int64)[:, None, None]
+        if values.min(initial=0) >= np.iinfo(np.int16).min and values.max(initial=0) <= np.iinfo(np.int16).max:
+            return values.astype(np.int16)
+        return values.astype(np.float32)
+    return (stored.astype(np.float64) * slopes[:, None, None] + intercepts[:, None, None]).astype(np.float32)
+
+
+# ----------------------------------------------------------------- reading
+def read_series_files(info: SeriesInfo, *, t2: bool | None = None) -> Volume:
+    """Read the files of one series (as found by :func:`find_series`) into a Volume.
+
+    Returns a Volume with ``array`` (z, y, x) = (slice, row, column), k growing along the
+    slice normal, geometry in LPS mm. See the module docstring for the rules.
+    """
+    _check_supported(info)
+    members = []
+    for path in info.files:
+        ds = _read_header(path)
+        if ds is None:
+            raise InputError(f"cannot read DICOM file {path}")
+        members.append((path, ds))
+    iop, pixel_spacing = _check_consistent(members)
+    normal = np.cross(iop[:3], iop[3:])
+    members.sort(key=lambda member: float(np.dot(_position(member[1], member[0]), normal)))
+    positions = np.array([_position(ds, path) for path, ds in members])
+    first = members[0][1]
+    single_spacing = (
+        _float(first, "SpacingBetweenSlices") or _float(first, "SliceThickness") or DEFAULT_SINGLE_SLICE_SPACING_MM
+    )
+    geometry = _stack_geometry(positions, iop, pixel_spacing, [p.name for p, _ in members], single_spacing)
+
+    rows, columns = int(first.Rows), int(first.Columns)
+    slices, slopes, intercepts = [], [], []
+    for path, _ in members:
+        array, ds = _pixels(path)
+        if array.shape != (rows, columns):
+            raise InputError(f"pixel data of {path} is {array.shape}, header says {rows}x{columns}")
+        slope, intercept = _rescale(ds)
+        slices.append(array)
+        slopes.append(slope)
+        intercepts.append(intercept)
+    stored = np.stack(slices)
+    values = _to_output_values(stored, np.asarray(slopes), np.asarray(intercepts))
+
+    is_t2 = t2 if (t2 is not None and info.modality == "MR") else info.is_t2
+    meta = {
+        "source": "dicom",
+        "modality": info.modality,
+        "series_instance_uid": info.series_instance_uid,
+        "study_instance_uid": _text(first, "StudyInstanceUID"),
+        "frame_of_reference_uid": _text(first, "FrameOfReferenceUID"),
+        "sop_class_uid": _text(first, "SOPClassUID"),
+        "sop_instance_uids": [_text(ds, "SOPInstanceUID") for _, ds in members],
+        "slice_positions": geometry.positions.tolist(),
+        "files": [str(path) for path, _ in members],
+        "series_description": info.description,
+        "patient_position": _text(first, "PatientPosition"),
+        "patient_id": _text(first, "PatientID"),
+        "patient_name": _text(first, "PatientName"),
+        "is_t2": is_t2,
+        "slice_spacing_nonuniform": geometry.nonuniform_mm,
+        "gantry_tilt": geometry.tilted,
+        "single_slice": len(members) == 1,
+        "rescale_slope": float(slopes[0]),
+        "rescale_intercept": float(intercepts[0]),
+    }
+    if info.modality == "MR":
+        meta.update(echo_time=info.echo_time, repetition_time=info.repetition_time)
+    if geometry.nonuniform_mm > 0.01:
+        log.warning("slice positions deviate up to %.3f mm from a uniform grid", geometry.nonuniform_mm)
+    return Volume(
+        array=values, spacing=geometry.spacing, origin=geometry.origin, direction=geometry.direction,
+        modality=info.modality, meta=meta,
+    )
+
+
+def read_dicom_series(
+    folder_or_files: Path | str | Sequence[Path | str],
+    series_uid: str | None = None,
+    modality: str | None = None,
+    t2: bool | None = None,
+    preferred: str | None = None,
+) -> Volume:
+    """Read one DICOM image series into a :class:`Volume`.
+
+    Args:
+        folder_or_files: a folder (searched recursively), one file (read alone, as a
+            1-slice volume) or a list of files.
+        series_uid: Series Instance UID to read when there are several.
+        modality: ``"CT"`` or ``"MR"`` to restrict the automatic choice.
+        t2: for MR, force (True/False) the T2w flag instead of the header heuristic;
+            also restricts the automatic choice.
+        preferred: ``"CT"``/``"MR"`` to break a tie between one CT and one T2w MR.
+    """
+    if isinstance(folder_or_files, (list, tuple)):
+        paths = [Path(p) for p in folder_or_files]
+        where = f"{len(paths)} files"
+    else:
+        paths = [Path(folder_or_files)]
+        where = str(paths[0])
+    for path in paths:
+        if not path.exists():
+            raise InputError(f"{path} does not exist")
+    infos = find_series(paths)
+    info = choose_series(infos, series_uid=series_uid, modality=modality, t2=t2, preferred=preferred, where=where)
+    return read_series_files(info, t2=t2)

@@ -1,0 +1,140 @@
+"""Load and save images in every format the product accepts, as :class:`Volume`.
+
+* DICOM: a folder (searched recursively) or a single file → :mod:`.dicom_series`.
+* NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage (``.mha``,
+  ``.mhd``) → SimpleITK, which converts NIfTI's RAS header to LPS, so the Volume is
+  LPS like everything else. Voxels and geometry are kept exactly (no resampling).
+
+NIfTI stores its affine in 32-bit floats: geometry survives a NIfTI round trip to about
+1e-5 mm, NRRD/MetaImage to full double precision. NIfTI (qform/sform) cannot hold a
+sheared grid, so a gantry-tilted volume must be written as NRRD or MetaImage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path
+from .errors import InputError
+from .volume import Volume
+
+ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+"""File name endings read through SimpleITK."""
+WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
+"""Single-file formats :func:`write_image` produces (atomically)."""
+
+CT_AIR_HU = -900.0
+"""Voxels at or below this are air in HU; MR intensities are never this negative."""
+CT_AIR_FRACTION = 0.05
+"""An image with at least this fraction of air-valued voxels is guessed to be CT."""
+
+
+def image_suffix(path: str | Path) -> str:
+    """Lower-case format suffix of ``path`` (``.nii.gz`` counts as one), '' if none known."""
+    name = Path(path).name.lower()
+    for suffix in sorted(ITK_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return suffix
+    return ""
+
+
+def guess_modality(volume: Volume) -> str:
+    """``"CT"`` when a notable fraction of voxels is at air HU (≤ -900), else ``"MR"``.
+
+    For files without a modality tag (NIfTI/NRRD); DICOM input never needs it.
+    """
+    array = np.asarray(volume.array)
+    if array.size == 0:
+        return ""
+    return "CT" if float(np.mean(array <= CT_AIR_HU)) >= CT_AIR_FRACTION else "MR"
+
+
+def _read_itk(path: Path, modality: str | None) -> Volume:
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        reason = " ".join(str(error).split())[-200:]
+        raise InputError(f"cannot read image {path}: {reason}") from error
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+    if image.GetDimension() == 2:
+        image = sitk.JoinSeries(image)
+    if image.GetDimension() != 3:
+        raise InputError(f"{path} is a {image.GetDimension()}D image; a 3D image is needed")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar image is needed")
+    meta = {"source": image_suffix(path).lstrip(".").split(".")[0], "files": [str(path)]}
+    volume = Volume.from_sitk(image, meta=meta)
+    if modality:
+        chosen, how = modality.upper(), "given"
+    else:
+        chosen, how = guess_modality(volume), "guessed"
+    volume.meta.update(modality=chosen, modality_source=how)
+    return volume.with_array(volume.array, modality=chosen)
+
+
+def load_image(
+    path: str | Path,
+    *,
+    series_uid: str | None = None,
+    modality: str | None = None,
+    t2: bool | None = None,
+    preferred: str | None = None,
+) -> Volume:
+    """Load a DICOM folder/file, NIfTI, NRRD or MetaImage as a Volume (array (z, y, x), LPS).
+
+    Args:
+        path: folder of DICOM files, one DICOM file, or an image file.
+        series_uid: DICOM Series Instance UID when a folder holds several series.
+        modality: ``"CT"``/``"MR"``: restricts the DICOM series choice; for other formats,
+            sets the modality (otherwise guessed, ``meta["modality_source"] = "guessed"``).
+        t2: override of the T2w detection for MR (DICOM).
+        preferred: tie-break between one CT and one T2w MR series in a DICOM folder.
+    """
+    from . import dicom_series
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} does not exist")
+    if path.is_dir():
+        return dicom_series.read_dicom_series(path, series_uid=series_uid, modality=modality, t2=t2, preferred=preferred)
+    if image_suffix(path):
+        volume = _read_itk(path, modality)
+        if t2 is not None and volume.modality == "MR":
+            volume.meta["is_t2"] = t2
+        return volume
+    if dicom_series.find_series([path]):
+        return dicom_series.read_dicom_series([path], series_uid=series_uid, modality=modality, t2=t2, preferred=preferred)
+    raise InputError(
+        f"{path} is neither DICOM nor a known image format ({', '.join(ITK_SUFFIXES)}); "
+        "give a DICOM folder or an image file"
+    )
+
+
+def write_image(volume: Volume, path: str | Path) -> None:
+    """Write ``volume`` with its exact grid to NIfTI/NRRD/MetaImage, atomically.
+
+    The format comes from the suffix (:data:`WRITE_SUFFIXES`). SimpleITK converts LPS to
+    NIfTI's RAS on disk. A sheared (gantry-tilt) grid cannot be stored in NIfTI:
+    InputError asking for ``.nrrd``.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    suffix = image_suffix(path)
+    if suffix not in WRITE_SUFFIXES:
+        raise InputError(f"cannot write {path.name}: use one of {', '.join(WRITE_SUFFIXES)}")
+    if suffix.startswith(".nii") and not volume.is_orthogonal:
+        raise InputError(
+            f"cannot write {path.name}: NIfTI cannot store a sheared (gantry-tilted) grid; write .nrrd instead"
+        )
+    array = volume.array
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    image = volume.with_array(array).to_sitk()
+    with atomic_path(path, suffix=suffix) as temporary:
+        sitk.WriteImage(image, str(temporary), useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
