@@ -281,16 +281,19 @@ def _neighbour_codes(mask: np.ndarray) -> np.ndarray:
 def surfel_area_table(spacing_zyx: tuple[float, float, float]) -> np.ndarray:
     """Area in mm² of the marching-cubes surface inside a 2x2x2 cube, for each of the 256 codes.
 
-    Built from scikit-image's marching cubes at iso-level 0.5 (vertices at edge
-    midpoints, as in DeepMind's surface-distance); shape (256,), float64.
+    Classic (Lorensen) marching cubes at iso-level 0.5, vertices at edge midpoints, run
+    on whichever of the configuration and its complement has fewer voxels inside, so
+    that ambiguous faces always separate the minority voxels — the surface
+    DeepMind's surface-distance tabulates.  Shape (256,), float64; ``spacing_zyx`` in mm.
     """
     from skimage import measure
 
     areas = np.zeros(256, dtype=np.float64)
     for code in range(1, 255):
-        bits = [(code >> (4 * a + 2 * b + c)) & 1 for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+        minority = code if bin(code).count("1") <= 4 else 255 - code
+        bits = [(minority >> (4 * a + 2 * b + c)) & 1 for a in (0, 1) for b in (0, 1) for c in (0, 1)]
         cube = np.asarray(bits, dtype=np.float32).reshape(2, 2, 2)
-        vertices, faces, _, _ = measure.marching_cubes(cube, level=0.5, spacing=spacing_zyx)
+        vertices, faces, _, _ = measure.marching_cubes(cube, level=0.5, spacing=spacing_zyx, method="lorensen")
         areas[code] = measure.mesh_surface_area(vertices, faces)
     return areas
 
