@@ -162,9 +162,11 @@ def fill_even_odd(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     crossing = x0 + (row - y0) * (x1 - x0) / (y1 - y0)
     # First pixel column strictly right of the crossing; crossings off the right edge change nothing.
     column = np.clip(np.floor(crossing).astype(np.int64) + 1, 0, columns)
-    toggles = np.zeros((rows, columns + 1), dtype=np.int32)
-    np.add.at(toggles, (row, column), 1)
-    filled[:] = (np.cumsum(toggles, axis=1)[:, :columns] % 2) == 1
+    # Only the band of rows the polygon spans is touched: O(extent), not O(slice).
+    top, bottom = int(row.min()), int(row.max()) + 1
+    toggles = np.zeros((bottom - top, columns + 1), dtype=np.int32)
+    np.add.at(toggles, (row - top, column), 1)
+    filled[top:bottom] = (np.cumsum(toggles, axis=1)[:, :columns] % 2) == 1
     return filled
 
 

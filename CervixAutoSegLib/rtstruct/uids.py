@@ -9,6 +9,9 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 IMAGE_STORAGE_BY_MODALITY = {"CT": CT_IMAGE_STORAGE, "MR": MR_IMAGE_STORAGE}
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+DETACHED_STUDY_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"
+"""Retired SOP Class naming the study in the RT Referenced Study Sequence; still what the
+standard's examples and every planning system use there."""
 
 RTSTRUCT_MODALITY = "RTSTRUCT"
 CLOSED_PLANAR = "CLOSED_PLANAR"

@@ -134,6 +134,9 @@ def build_rtstruct_dataset(
     from pydicom.uid import generate_uid
 
     _check_same_grid(labels, reference)
+    values = [s.value for s in structures]
+    if len(set(values)) != len(values) or min(values, default=1) < 1:
+        raise ValueError(f"structures need distinct positive label values (they become ROI numbers), got {values}")
     planes = image_planes(reference)
     header = image_header if image_header is not None else _read_image_header(reference)
     now = now or datetime.datetime.now()
@@ -292,9 +295,7 @@ def _referenced_frame_of_reference(frame_of_reference: str, study_uid: str, seri
     series.SeriesInstanceUID = series_uid
     series.ContourImageSequence = images
     study = Dataset()
-    # The RT Referenced Study item names the study by the Detached Study Management SOP
-    # Class (retired, but still what the standard and every planning system expect).
-    study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+    study.ReferencedSOPClassUID = U.DETACHED_STUDY_MANAGEMENT
     study.ReferencedSOPInstanceUID = study_uid
     study.RTReferencedSeriesSequence = [series]
     frame = Dataset()
