@@ -210,10 +210,8 @@ def pair_cases(truth: Path, pred: Path) -> tuple[list[CasePair], dict[str, list[
 
 def load_label_volume(path: Path) -> Volume:
     """Read a label map (NIfTI, NRRD, MetaImage) as a Volume with an integer array."""
-    try:
-        from .image_io import load_image  # the project reader, when present
-    except ImportError:
-        load_image = _read_with_sitk
+    from .image_io import load_image
+
     volume = load_image(path)
     array = np.asarray(volume.array)
     if not np.issubdtype(array.dtype, np.integer):
@@ -223,28 +221,33 @@ def load_label_volume(path: Path) -> Volume:
     return volume
 
 
-def _read_with_sitk(path: Path) -> Volume:
-    import SimpleITK as sitk
-
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        raise InputError(f"cannot read {path}: {str(error).strip().splitlines()[-1]}") from None
-    return Volume.from_sitk(image, meta={"source": str(path)})
+def image_series_for(rtstruct: Path, dicom: Path | None = None) -> Path:
+    """The DICOM image folder an RTSTRUCT refers to: ``dicom``, else ``dicom/`` beside it, else its folder."""
+    if dicom is not None:
+        return dicom
+    beside = rtstruct.parent / "dicom"
+    return beside if beside.is_dir() else rtstruct.parent
 
 
-def load_truth(path: Path, reference: Volume, structures: Sequence[Structure]) -> Volume:
-    """Truth label map, or an RTSTRUCT rasterised onto ``reference`` (the prediction grid)."""
+def load_truth(path: Path, pred: Volume, structures: Sequence[Structure], dicom: Path | None = None) -> Volume:
+    """Truth label map, or an RTSTRUCT rasterised onto its DICOM image series.
+
+    The image series (``dicom``, see :func:`image_series_for`) gives the plane of every
+    contour; the prediction must lie on that series' grid, as ``segment`` writes it.
+    """
     if path.suffix.lower() != RTSTRUCT_SUFFIX:
         return load_label_volume(path)
     try:
-        from .rtstruct import read_rtstruct  # type: ignore[attr-defined]
+        from .rtstruct import read_rtstruct
     except ImportError:
         raise InputError(
             f"{path} is DICOM, but RTSTRUCT reading is not available in this version; "
             "convert the truth to a NIfTI or NRRD label map"
         ) from None
-    return read_rtstruct(path, reference=reference, structures=tuple(structures))
+    from .image_io import load_image
+
+    series = image_series_for(path, dicom)
+    return read_rtstruct(path, load_image(series), tuple(structures))
 
 
 def structures_near(pred: Path, model: str) -> tuple[Structure, ...]:
@@ -304,11 +307,12 @@ def evaluate_volumes(case_id: str, truth: Volume, pred: Volume, structures: Sequ
     return results
 
 
-def evaluate_pair(pair: CasePair, model: str, tolerance_mm: float, resample_pred: bool = False) -> list[StructureResult]:
-    """Load and compare one case."""
+def evaluate_pair(pair: CasePair, model: str, tolerance_mm: float, resample_pred: bool = False,
+                  dicom: Path | None = None) -> list[StructureResult]:
+    """Load and compare one case (``dicom``: image series of an RTSTRUCT truth)."""
     structures = structures_near(pair.pred, model)
     pred = load_label_volume(pair.pred)
-    truth = load_truth(pair.truth, pred, structures)
+    truth = load_truth(pair.truth, pred, structures, dicom)
     return evaluate_volumes(pair.case_id, truth, pred, structures, tolerance_mm, resample_pred)
 
 
@@ -543,9 +547,12 @@ def write_report(out: Path, results: Sequence[StructureResult], pairs: Sequence[
 
 
 def evaluate(truth: Path, pred: Path, model: str = "ct", tolerance_mm: float = 2.0,
-             resample_pred: bool = False) -> tuple[list[StructureResult], list[CasePair], dict[str, list[str]],
+             resample_pred: bool = False, dicom: Path | None = None) -> tuple[list[StructureResult], list[CasePair], dict[str, list[str]],
                                                    tuple[Structure, ...]]:
     """Pair, load and compare one case or a cohort.
+
+    ``dicom`` is the image series of a single-case RTSTRUCT truth (cohorts use the
+    ``dicom/`` folder of each case).
 
     Returns:
         Per case × structure results, the pairs, the unmatched case ids, and the
@@ -560,6 +567,6 @@ def evaluate(truth: Path, pred: Path, model: str = "ct", tolerance_mm: float = 2
     catalogue: tuple[Structure, ...] = ()
     for pair in pairs:
         LOG.info("evaluating %s", pair.case_id)
-        results.extend(evaluate_pair(pair, model, tolerance_mm, resample_pred))
+        results.extend(evaluate_pair(pair, model, tolerance_mm, resample_pred, dicom))
         catalogue = catalogue or structures_near(pair.pred, model)
     return results, pairs, unmatched, catalogue

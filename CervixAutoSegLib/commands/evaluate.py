@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="reference label map (NIfTI/NRRD) or RTSTRUCT .dcm, or a folder of cases")
     parser.add_argument("--pred", type=Path, required=True,
                         help="predicted label map, or a folder of cases (e.g. segment output folders)")
+    parser.add_argument("--dicom", type=Path, metavar="DIR",
+                        help="DICOM image series an RTSTRUCT truth refers to (default: the dicom/ "
+                             "folder next to it, else its own folder)")
     parser.add_argument("--out", type=Path, help="write CSV, JSON, Markdown table and box plots here")
     parser.add_argument("--tolerance", type=float, default=2.0, metavar="MM",
                         help="surface-DSC and added-path-length tolerance in mm (default 2)")
@@ -37,8 +40,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not (math.isfinite(args.tolerance) and args.tolerance >= 0):
         raise InputError(f"--tolerance must be a non-negative number of mm, got {args.tolerance}")
+    if args.dicom is not None and args.truth.is_dir():
+        raise InputError("--dicom is for a single RTSTRUCT truth file; a cohort uses each case's dicom/ folder")
     results, pairs, unmatched, structures = evaluate(args.truth, args.pred, args.model, args.tolerance,
-                                                     args.resample_pred)
+                                                     args.resample_pred, args.dicom)
     rows = summarise(results)
     print(f"{len(pairs)} case(s); tolerance {args.tolerance:g} mm")
     print(f"{'structure':<18}{'n':>3}{'DSC':>15}{'HD95 pooled mm':>17}{'HD95 dir-max mm':>17}"
