@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 IMAGE_STEMS = ("image",)
 LABEL_STEMS = ("labels", "truth")
 ITK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+GRID_TOLERANCE_MM = 0.01
+"""DICOM decimal strings and NIfTI float32 headers differ by ~1e-4 mm on one grid."""
 DEFAULT_SPLIT = (111, 30, 15)
 """Training : validation : test case ratio of the paper (156 patients)."""
 CACHE_FORMAT = 2
@@ -66,27 +68,6 @@ class SliceCase:
 
 
 # ------------------------------------------------------------------ reading
-def _read_itk(path: Path) -> Volume:
-    import SimpleITK as sitk
-
-    try:
-        return Volume.from_sitk(sitk.ReadImage(str(path)))
-    except RuntimeError as error:
-        raise InputError(f"cannot read {path}: {str(error).strip().splitlines()[-1]}") from None
-
-
-def _read_dicom_series(folder: Path) -> Volume:
-    """The one CT series of ``folder``, slices ordered by position (SimpleITK/GDCM)."""
-    import SimpleITK as sitk
-
-    reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
-    if len(series) != 1:
-        raise InputError(f"{folder} must hold exactly one DICOM series, found {len(series)}")
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
-    return Volume.from_sitk(reader.Execute(), modality="CT")
-
-
 def _find_with_stem(folder: Path, stems: Sequence[str]) -> Path | None:
     for stem in stems:
         for suffix in ITK_SUFFIXES:
@@ -107,9 +88,12 @@ def _fingerprint(paths: Sequence[Path]) -> str:
 
 def _loader(image_path: Path, labels_path: Path) -> Callable[[], tuple[Volume, np.ndarray]]:
     def load() -> tuple[Volume, np.ndarray]:
-        image = _read_dicom_series(image_path) if image_path.is_dir() else _read_itk(image_path)
-        labels = _read_itk(labels_path)
-        if labels.shape != image.shape or not np.allclose(labels.index_to_lps, image.index_to_lps, atol=1e-3):
+        from ..image_io import load_image  # the reader `segment` uses: same geometry handling
+
+        image = load_image(image_path, modality="CT")
+        labels = load_image(labels_path)
+        if labels.shape != image.shape or not np.allclose(labels.index_to_lps, image.index_to_lps,
+                                                          atol=GRID_TOLERANCE_MM):
             raise InputError(f"{labels_path} is not on the grid of its image {image_path}")
         return image, labels.array.astype(np.uint8)
 
