@@ -292,7 +292,7 @@ def choose_series(
     """Pick the series to segment.
 
     ``series_uid`` wins. Otherwise, among CT/MR series that are not localizers (filtered
-    by ``modality`` and, for MR, by ``t2`` when given): the only one; else the only CT
+    by ``modality``, and for MR by ``t2`` when that leaves a choice): the only one; else the only CT
     and/or the only T2w MR — ``preferred`` (``"CT"``/``"MR"``) breaks a tie between them.
     Anything else is ambiguous: InputError listing the series and asking for --series.
     """
@@ -316,8 +316,9 @@ def choose_series(
         candidates = [info for info in candidates if info.modality == modality.upper()]
         if not candidates:
             raise InputError(f"no {modality.upper()} series in {where}; found {_listing(infos)}")
-    if t2 is not None:
-        candidates = [info for info in candidates if info.modality != "MR" or info.is_t2 == t2]
+    if t2 is not None and len(candidates) > 1:
+        # With a single candidate ``t2`` only overrides its flag; with several it also selects.
+        candidates = [info for info in candidates if info.modality != "MR" or info.is_t2 == t2] or candidates
     if len(candidates) == 1:
         return candidates[0]
     cts = [info for info in candidates if info.modality == "CT"]
