@@ -167,6 +167,11 @@ def _mean_validation_dsc(card: ModelCard) -> float:
     return float(value) if isinstance(value, (int, float)) else -1.0
 
 
+def _version_key(version: str) -> tuple:
+    """"1.10" > "1.9": numeric parts compare as numbers, others as text."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in version.split("."))
+
+
 def find_model(family_or_id: str, root: str | Path | None = None) -> ModelCard:
     """A model by exact id, or the best model of a family (``"ct"``/``"mr"``).
 
@@ -182,7 +187,7 @@ def find_model(family_or_id: str, root: str | Path | None = None) -> ModelCard:
         where = Path(root) if root is not None else models_dir()
         known = ", ".join(card.id for card in cards) or "none"
         raise ModelError(f"no model {family_or_id!r} in {where} (installed: {known})")
-    return max(candidates, key=lambda card: (_mean_validation_dsc(card), card.version, card.id))
+    return max(candidates, key=lambda card: (_mean_validation_dsc(card), _version_key(card.version), card.id))
 
 
 # ------------------------------------------------------------------ writing
