@@ -8,6 +8,9 @@ referenced image and that image's own IPP/IOP) and with the product reader.
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -189,3 +192,46 @@ def test_round_trip_on_series_from_the_product_dicom_writer(tmp_path, case):
     for structure in CT_STRUCTURES:
         truth = labels == structure.value
         assert dice(oracle_volume_mask(oracle[structure.name], reference), truth) >= MIN_DICE, structure.name
+
+
+REAL_CT = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "real_ct_abdomen_pelvis_3mm.nii.gz"
+
+
+def _real_ct_tissue_labels(hu: np.ndarray) -> np.ndarray:
+    """Four tissue classes thresholded from real HU: ragged shapes with holes, islands, lone voxels."""
+    body = ndimage.binary_fill_holes(hu > -500, structure=np.ones((1, 3, 3)))
+    labels = np.zeros(hu.shape, dtype=np.uint8)
+    labels[body] = 1                              # soft tissue (whatever is left)
+    labels[body & (hu < -50) & (hu > -200)] = 2   # fat: fragmented, many holes
+    labels[body & (hu > 200)] = 3                 # bone: rings (cortex) around marrow
+    labels[body & (hu < -500)] = 4                # gas inside the body: small islands
+    return labels
+
+
+@pytest.mark.skipif(not REAL_CT.exists(), reason="real test CT not available")
+def test_round_trip_on_real_ct_tissue_classes(tmp_path):
+    import SimpleITK as sitk
+
+    from CervixAutoSegLib.dicom_writer import write_dicom_series
+    from CervixAutoSegLib.volume import Volume
+
+    image = Volume.from_sitk(sitk.ReadImage(str(REAL_CT)))
+    first, last = 42, 50  # 8 slices through the pelvis keep it fast
+    image = dataclasses.replace(image, array=image.array[first:last].astype(np.int16),
+                                origin=image.index_to_physical([0, 0, first]))
+    series = tmp_path / "series"
+    write_dicom_series(image, series, modality="CT", patient_position="HFS", shuffle_seed=2)
+    reference = _product_series_reader()(series)
+    labels = _real_ct_tissue_labels(image.array)
+    path = write_rtstruct(tmp_path / "rs.dcm", reference.with_array(labels), reference, CT_STRUCTURES,
+                          model_name="thresholds", model_version="test")
+
+    assert_dciodvfy_clean(path)
+    assert semantic_problems(path, series) == []
+    oracle = oracle_masks(path, series)
+    product = read_rtstruct(path, reference, CT_STRUCTURES).array
+    for structure in CT_STRUCTURES:
+        truth = labels == structure.value
+        assert truth.sum() > 20, structure.name
+        assert dice(oracle_volume_mask(oracle[structure.name], reference), truth) >= MIN_DICE, structure.name
+    assert np.array_equal(product, labels)

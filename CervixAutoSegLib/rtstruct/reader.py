@@ -22,6 +22,8 @@ from .uids import CLOSED_PLANAR, RT_STRUCTURE_SET_STORAGE
 
 log = logging.getLogger(__name__)
 
+_CONTOUR_DATA_TAG = 0x30060050
+
 PLANE_TOLERANCE_FRACTION = 0.25
 """A contour belongs to an image when it lies within this fraction of the slice gap of its plane."""
 
@@ -118,10 +120,9 @@ def _add_contour(mask: np.ndarray, contour, planes: ImagePlanes, name: str) -> N
     kind = str(contour.get("ContourGeometricType", CLOSED_PLANAR)).strip()
     if kind != CLOSED_PLANAR:
         return  # POINT and OPEN_PLANAR mark positions or lines, not regions
-    values = contour.get("ContourData")
-    if values is None or len(values) < 9:
+    points = contour_points(contour)
+    if len(points) < 3:
         return
-    points = np.asarray([float(v) for v in values], dtype=np.float64).reshape(-1, 3)
     distances = np.abs(planes.plane_distances(points.mean(axis=0)))
     k = int(np.argmin(distances))
     gap = planes.slice_gap()
@@ -130,6 +131,25 @@ def _add_contour(mask: np.ndarray, contour, planes: ImagePlanes, name: str) -> N
         log.warning("a contour of %r lies %.2f mm from the nearest image plane; ignored", name, distances[k])
         return
     mask[k] ^= fill_even_odd(planes.lps_to_pixel(k, points), mask.shape[1:])
+
+
+def contour_points(contour) -> np.ndarray:
+    """Contour Data of one Contour Sequence item as LPS mm points, shape (n, 3).
+
+    Parses the encoded bytes directly when pydicom has not decoded them yet: decoding
+    into one DS object per value costs seconds on a large structure set.
+    """
+    element = contour.get_item(_CONTOUR_DATA_TAG)
+    if element is None or element.value is None:
+        return np.zeros((0, 3))
+    value = element.value
+    if isinstance(value, bytes):
+        values = np.array(value.decode("ascii").replace("\\", " ").split(), dtype=np.float64)
+    else:
+        values = np.array([float(v) for v in (value if element.VM > 1 else [value])], dtype=np.float64)
+    if values.size % 3:
+        raise InputError(f"a contour has {values.size} Contour Data values, not a multiple of 3")
+    return values.reshape(-1, 3)
 
 
 def fill_even_odd(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
