@@ -277,3 +277,25 @@ def test_dciodvfy_has_no_warnings_either(ct_series, tmp_path):
     report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
     lines = (report.stdout + report.stderr).splitlines()
     assert [line for line in lines if line.startswith(("Warning", "Error"))] == []
+
+
+def test_export_command_on_a_tilted_series_needs_nrrd_labels(tmp_path, dicom_reader, capsys):
+    from CervixAutoSegLib.cli import main
+
+    tilt = np.deg2rad(12.0)
+    positions = np.array([[-100.0, -80.0, 5.0 * k] for k in range(SLICES)])
+    folder = tmp_path / "tilted"
+    write_series(folder, ROWS, COLUMNS, positions, column_direction=(0.0, np.cos(tilt), np.sin(tilt)))
+    reference = load_series(folder)
+    assert not reference.is_orthogonal
+    labels = _ct_labels(reference)
+    out = tmp_path / "rs.dcm"
+
+    nifti = _save_labels(labels, tmp_path / "labels.nii.gz")
+    code = main(["export-rtstruct", "--dicom", str(folder), "--labels", str(nifti), "--out", str(out)])
+    assert code != 0 and "gantry tilt" in capsys.readouterr().err and not out.exists()
+
+    nrrd = _save_labels(labels, tmp_path / "labels.nrrd")
+    assert main(["export-rtstruct", "--dicom", str(folder), "--labels", str(nrrd), "--out", str(out)]) == 0
+    assert_dciodvfy_clean(out)
+    assert semantic_problems(out, folder) == []

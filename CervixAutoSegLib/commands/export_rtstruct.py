@@ -39,9 +39,12 @@ def run(args: argparse.Namespace) -> int:
     reference = read_dicom_series(args.dicom, series_uid=args.series)
     labels = load_label_map(args.labels)
     if not labels.same_grid(reference, tolerance=GRID_TOLERANCE_MM):
+        hint = "export labels on the image grid"
+        if not reference.is_orthogonal and args.labels.name.lower().endswith((".nii", ".nii.gz")):
+            # ITK coerces a NIfTI direction to orthogonal, so a tilted grid cannot survive it.
+            hint = "this series has gantry tilt, which NIfTI cannot store: save the labels as .nrrd"
         raise InputError(
-            f"{args.labels} is not on the grid of the DICOM series (labels {labels!r}; images {reference!r}); "
-            "export labels on the image grid"
+            f"{args.labels} is not on the grid of the DICOM series (labels {labels!r}; images {reference!r}); {hint}"
         )
     model, structures = structures_for_labels(args.labels, args.model, reference.modality)
     present = {int(v) for v in set(labels.array.ravel().tolist()) if v}
