@@ -58,7 +58,7 @@ RTSTRUCT_SUFFIX = ".dcm"
 LABELS_JSON = "labels.json"
 
 GENERIC_STEMS = frozenset({"truth", "labels", "label", "reference", "manual", "pred", "prediction",
-                           "segmentation", "seg", "gt", "ground_truth"})
+                           "segmentation", "seg", "gt", "ground_truth", "rtstruct", "rs"})
 TRUTH_PREFERRED_STEMS = ("truth", "labels", "reference", "manual", "gt", "ground_truth")
 PRED_PREFERRED_STEMS = ("labels", "pred", "prediction", "segmentation")
 
@@ -271,6 +271,14 @@ def label_values(structure: Structure, structures: Sequence[Structure]) -> tuple
     return (structure.value, *nested)
 
 
+def present_labels(labels: np.ndarray) -> set[int]:
+    """Label values occurring in an integer label map (bincount: no sort of the whole image)."""
+    low, high = int(labels.min()), int(labels.max())
+    if low >= 0 and high <= np.iinfo(np.uint16).max:
+        return set(np.flatnonzero(np.bincount(labels.ravel().astype(np.intp, copy=False))).tolist())
+    return set(np.unique(labels).tolist())
+
+
 def resample_nearest(moving: Volume, reference: Volume) -> Volume:
     """``moving`` label map resampled onto the ``reference`` grid, nearest neighbour, LPS."""
     import SimpleITK as sitk
@@ -295,7 +303,7 @@ def evaluate_volumes(case_id: str, truth: Volume, pred: Volume, structures: Sequ
         pred = resample_nearest(pred, truth)
     known = {s.value for s in structures}
     for volume, side in ((truth, "truth"), (pred, "prediction")):
-        unknown = sorted(set(np.unique(volume.array).tolist()) - known - {0})
+        unknown = sorted(present_labels(volume.array) - known - {0})
         if unknown:
             LOG.warning("case %s: %s label values %s are not in the structure list and are ignored",
                         case_id, side, unknown)
@@ -385,7 +393,8 @@ def summary_records(rows: Sequence[SummaryRow]) -> list[dict[str, object]]:
     return records
 
 
-def _pm(mean: float, sd: float, digits: int) -> str:
+def format_mean_sd(mean: float, sd: float, digits: int) -> str:
+    """``mean ± sd`` (just the mean when SD is undefined, an en dash when the mean is)."""
     if not math.isfinite(mean):
         return "–"
     return f"{mean:.{digits}f} ± {sd:.{digits}f}" if math.isfinite(sd) else f"{mean:.{digits}f}"
@@ -402,20 +411,20 @@ def summary_markdown(rows: Sequence[SummaryRow], tolerance_mm: float, n_cases: i
     ]
     for row in rows:
         lines.append(
-            f"| {row.structure} | {row.paper_name} | {row.n['dsc']} | {_pm(row.mean['dsc'], row.sd['dsc'], 3)} | "
-            f"{_pm(row.mean['hd95_pooled_mm'], row.sd['hd95_pooled_mm'], 2)} | "
-            f"{_pm(row.mean['hd95_directed_max_mm'], row.sd['hd95_directed_max_mm'], 2)} | "
-            f"{_pm(row.mean['msd_mm'], row.sd['msd_mm'], 2)} | "
-            f"{_pm(row.mean['surface_dsc'], row.sd['surface_dsc'], 3)} | "
-            f"{_pm(row.mean['apl_mm'], row.sd['apl_mm'], 0)} | "
+            f"| {row.structure} | {row.paper_name} | {row.n['dsc']} | {format_mean_sd(row.mean['dsc'], row.sd['dsc'], 3)} | "
+            f"{format_mean_sd(row.mean['hd95_pooled_mm'], row.sd['hd95_pooled_mm'], 2)} | "
+            f"{format_mean_sd(row.mean['hd95_directed_max_mm'], row.sd['hd95_directed_max_mm'], 2)} | "
+            f"{format_mean_sd(row.mean['msd_mm'], row.sd['msd_mm'], 2)} | "
+            f"{format_mean_sd(row.mean['surface_dsc'], row.sd['surface_dsc'], 3)} | "
+            f"{format_mean_sd(row.mean['apl_mm'], row.sd['apl_mm'], 0)} | "
             f"{row.counts[Status.PRED_EMPTY]} | {row.counts[Status.TRUTH_EMPTY]} |"
         )
     overall = overall_means(rows)
     lines += [
         "",
-        f"**mDSC** = {_pm(overall['mDSC'], math.nan, 3)} · **mHD** (pooled 95HD) = "
-        f"{_pm(overall['mHD_pooled_mm'], math.nan, 2)} mm · mHD (directed max) = "
-        f"{_pm(overall['mHD_directed_max_mm'], math.nan, 2)} mm",
+        f"**mDSC** = {format_mean_sd(overall['mDSC'], math.nan, 3)} · **mHD** (pooled 95HD) = "
+        f"{format_mean_sd(overall['mHD_pooled_mm'], math.nan, 2)} mm · mHD (directed max) = "
+        f"{format_mean_sd(overall['mHD_directed_max_mm'], math.nan, 2)} mm",
         "",
         "Mean ± sample SD. DSC and surface DSC: cases where a mask is missing on one side count as 0; "
         "distances: only cases with both masks (n of one-sided cases in the last columns); cases with "

@@ -222,6 +222,7 @@ def test_case_ids_and_pairing(tmp_path):
     assert case_id_for(Path("/x/case07/truth.nii.gz")) == "case07"
     assert case_id_for(Path("/x/pred/case07.nii.gz")) == "case07"
     assert case_id_for(Path("/x/case07/labels.nrrd")) == "case07"
+    assert case_id_for(Path("/x/case07/rtstruct.dcm")) == "case07"
     write_volume(tmp_path / "t" / "p1" / "truth.nii.gz", ct_labels())
     write_volume(tmp_path / "p" / "p1.nii.gz", ct_labels())
     pairs, unmatched = pair_cases(tmp_path / "t", tmp_path / "p")

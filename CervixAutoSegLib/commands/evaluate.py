@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     import math
 
     from ..errors import InputError
-    from ..evaluation import evaluate, overall_means, summarise, write_report
+    from ..evaluation import evaluate, format_mean_sd, overall_means, summarise, write_report
 
     if not (math.isfinite(args.tolerance) and args.tolerance >= 0):
         raise InputError(f"--tolerance must be a non-negative number of mm, got {args.tolerance}")
@@ -46,14 +46,13 @@ def run(args: argparse.Namespace) -> int:
                                                      args.resample_pred, args.dicom)
     rows = summarise(results)
     print(f"{len(pairs)} case(s); tolerance {args.tolerance:g} mm")
-    print(f"{'structure':<18}{'n':>3}{'DSC':>15}{'HD95 pooled mm':>17}{'HD95 dir-max mm':>17}"
-          f"{'MSD mm':>8}{'sDSC':>7}")
+    print(f"{'structure':<18}{'n':>3}  {'DSC':<15}{'HD95 pooled mm':<16}{'HD95 dir-max mm':<17}"
+          f"{'MSD mm':<14}{'surface DSC':<14}")
     for row in rows:
-        print(f"{row.structure:<18}{row.n['dsc']:>3}"
-              f"{row.mean['dsc']:>8.3f}±{row.sd['dsc']:<6.3f}"
-              f"{row.mean['hd95_pooled_mm']:>10.2f}±{row.sd['hd95_pooled_mm']:<6.2f}"
-              f"{row.mean['hd95_directed_max_mm']:>10.2f}±{row.sd['hd95_directed_max_mm']:<6.2f}"
-              f"{row.mean['msd_mm']:>8.2f}{row.mean['surface_dsc']:>7.3f}")
+        cells = [format_mean_sd(row.mean[m], row.sd[m], digits) for m, digits in
+                 (("dsc", 3), ("hd95_pooled_mm", 2), ("hd95_directed_max_mm", 2), ("msd_mm", 2), ("surface_dsc", 3))]
+        print(f"{row.structure:<18}{row.n['dsc']:>3}  {cells[0]:<15}{cells[1]:<16}{cells[2]:<17}"
+              f"{cells[3]:<14}{cells[4]:<14}")
     overall = overall_means(rows)
     print(f"mDSC {overall['mDSC']:.3f}   mHD (pooled HD95) {overall['mHD_pooled_mm']:.2f} mm")
     empties = [r for r in results if r.comparison.status != "both_present"]
