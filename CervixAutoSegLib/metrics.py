@@ -191,7 +191,7 @@ def check_spacing_zyx(shape_zyx: Sequence[int], spacing_zyx: Sequence[float]) ->
         raise InputError(
             f"spacing_zyx {tuple(spacing)} gives a {extent[2]:.0f} x {extent[1]:.0f} x {extent[0]:.0f} mm "
             f"(x, y, z) image of shape (z, y, x) {tuple(shape_zyx)}: no patient is that size; the spacing "
-            "is probably in (x, y, z) order (Volume.spacing) instead of (z, y, x)"
+            "is probably in the wrong axis order (Volume.spacing is (x, y, z), spacing_zyx is (z, y, x))"
         )
     return spacing
 

@@ -158,9 +158,20 @@ def test_spacing_in_xyz_order_for_a_ct_layout_is_refused():
     """(x, y, z) spacing of a 0.9 x 0.9 x 3 mm CT passed as (z, y, x): 1.5 m wide image."""
     truth = np.zeros((40, 400, 400), bool)
     truth[10:20, 100:200, 100:200] = True
-    with pytest.raises(InputError, match="order"):
+    with pytest.raises(InputError, match="axis order"):
         compare_masks(truth, truth, spacing_zyx=(0.9, 0.9, 3.0))
     assert compare_masks(truth, truth, spacing_zyx=(3.0, 0.9, 0.9)).dsc == 1.0
+
+
+def test_volume_with_permuted_spacing_is_refused():
+    """A CT Volume built with spacing (3, 0.9, 0.9) for its (x, y, z) axes: 1.2 m wide."""
+    labels = np.zeros((40, 400, 400), np.uint8)
+    labels[10:20, 100:200, 100:200] = 1
+    wrong = Volume(labels, spacing=(3.0, 0.9, 0.9), origin=(0, 0, 0), direction=np.eye(3))
+    with pytest.raises(InputError, match="axis order"):
+        compare_volumes(wrong, wrong, truth_values=1)
+    right = Volume(labels, spacing=(0.9, 0.9, 3.0), origin=(0, 0, 0), direction=np.eye(3))
+    assert compare_volumes(right, right, truth_values=1).dsc == 1.0
 
 
 def test_volume_passed_to_raw_api_is_refused():
