@@ -26,10 +26,12 @@ one-line message.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -117,13 +119,34 @@ class SeriesInfo:
 
 
 # ----------------------------------------------------------------- headers
+@contextlib.contextmanager
+def _quiet_pydicom():
+    """Keep pydicom's own logging and warnings off the user's stderr.
+
+    pydicom logs decoder failures with a full traceback and warns about odd values; the
+    product reports problems as one InputError line instead, so both go to our debug log.
+    """
+    pydicom_logger = logging.getLogger("pydicom")
+    previous = pydicom_logger.level
+    pydicom_logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        for warning in caught:
+            log.debug("pydicom: %s", warning.message)
+    finally:
+        pydicom_logger.setLevel(previous)
+
+
 def _read_header(path: Path):
     """The dataset of ``path`` without pixel data, or None when it is not a DICOM file."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        with _quiet_pydicom():
+            return pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError, AttributeError):
         return None
     except Exception as error:  # malformed element values raise many different types
@@ -455,7 +478,8 @@ def _pixels(path: Path) -> tuple[np.ndarray, Any]:
     import pydicom
 
     try:
-        ds = pydicom.dcmread(path)
+        with _quiet_pydicom():
+            ds = pydicom.dcmread(path)
     except Exception as error:
         raise InputError(f"cannot read DICOM file {path}: {_one_line(error)}") from error
     if "PixelData" not in ds:
@@ -463,7 +487,8 @@ def _pixels(path: Path) -> tuple[np.ndarray, Any]:
     if int(getattr(ds, "SamplesPerPixel", 1) or 1) != 1:
         raise InputError(f"{path} is a colour image ({ds.SamplesPerPixel} samples per pixel); CT/MR must be greyscale")
     try:
-        array = ds.pixel_array
+        with _quiet_pydicom():
+            array = ds.pixel_array
     except Exception as error:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", str(syntax))
