@@ -13,7 +13,7 @@ import pytest
 SimpleITK = pytest.importorskip("SimpleITK")
 
 from CervixAutoSegLib.cli import main  # noqa: E402
-from CervixAutoSegLib.evaluation import case_id_for, pair_cases  # noqa: E402
+from CervixAutoSegLib.evaluation import SUMMARY_FILES, case_id_for, pair_cases  # noqa: E402
 from CervixAutoSegLib.metrics import compare_volumes  # noqa: E402
 from CervixAutoSegLib.structures import CT_STRUCTURES, write_labels_json  # noqa: E402
 from CervixAutoSegLib.volume import Volume  # noqa: E402
@@ -71,6 +71,7 @@ def test_cohort_report_contents(cohort, capsys, caplog):
     assert code == 0, captured.err
     assert "orphan" in caplog.text  # unmatched case announced, not silently dropped
     out = cohort["out"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(SUMMARY_FILES)  # no temporary files left
 
     rows = read_csv(out / "metrics.csv")
     assert len(rows) == 3 * len(CT_STRUCTURES)
