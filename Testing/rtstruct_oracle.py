@@ -2,8 +2,6 @@
 
 * :func:`write_series` writes a small CT/MR image series with pydicom, with any
   orientation, per-slice positions (tilt, non-uniform gaps) and shuffled file names.
-* :func:`load_series` reads such a folder back into a ``Volume`` whose ``meta`` follows
-  the DICOM reader contract (sorted along the slice normal, not by file name).
 * :func:`oracle_masks` rasterises an RTSTRUCT with a plain point-in-polygon test
   (matplotlib ``Path.contains_points`` on pixel centres), placing each contour on the
   image it references and projecting it with that image's own IPP/IOP/Pixel Spacing
@@ -95,42 +93,6 @@ def write_series(
         save_file(ds, path)
         paths.append(path)
     return paths
-
-
-def load_series(folder: Path) -> Volume:
-    """Volume of a series written by :func:`write_series`, slices sorted along the normal."""
-    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(folder.glob("*.dcm"))]
-    orientation = np.array([float(v) for v in headers[0].ImageOrientationPatient])
-    row, column = orientation[:3], orientation[3:]
-    normal = np.cross(row, column)
-    headers.sort(key=lambda h: float(np.dot([float(v) for v in h.ImagePositionPatient], normal)))
-    positions = np.array([[float(v) for v in h.ImagePositionPatient] for h in headers])
-    row_spacing, column_spacing = (float(v) for v in headers[0].PixelSpacing)
-    if len(positions) > 1:
-        slice_axis = positions[-1] - positions[0]
-        slice_spacing = np.linalg.norm(slice_axis) / (len(positions) - 1)
-        slice_axis = slice_axis / np.linalg.norm(slice_axis)
-    else:
-        slice_axis, slice_spacing = normal, 1.0
-    first = headers[0]
-    return Volume(
-        array=np.zeros((len(headers), int(first.Rows), int(first.Columns)), dtype=np.int16),
-        spacing=(column_spacing, row_spacing, slice_spacing),
-        origin=positions[0],
-        direction=np.stack([row, column, slice_axis], axis=1),
-        modality=str(first.Modality),
-        meta={
-            "source": "dicom",
-            "series_instance_uid": str(first.SeriesInstanceUID),
-            "study_instance_uid": str(first.StudyInstanceUID),
-            "frame_of_reference_uid": str(first.FrameOfReferenceUID),
-            "sop_class_uid": str(first.SOPClassUID),
-            "sop_instance_uids": [str(h.SOPInstanceUID) for h in headers],
-            "slice_positions": positions.tolist(),
-            "files": [str(h.filename) for h in headers],
-            "modality": str(first.Modality),
-        },
-    )
 
 
 def oracle_masks(rtstruct_path: Path, series_folder: Path) -> dict[str, dict[str, np.ndarray]]:

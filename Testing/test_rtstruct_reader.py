@@ -13,7 +13,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from CervixAutoSegLib.errors import InputError
 from CervixAutoSegLib.rtstruct import read_rtstruct, read_rtstruct_masks, roi_names
 from CervixAutoSegLib.structures import CT_STRUCTURES
-from rtstruct_oracle import load_series, save_file, write_series
+from CervixAutoSegLib.dicom_series import read_dicom_series
+from rtstruct_oracle import save_file, write_series
 
 ROWS, COLUMNS, SLICES = 20, 26, 4
 PIXEL_SPACING = (0.8, 1.25)  # (row, column) mm
@@ -27,7 +28,7 @@ def series(tmp_path):
     folder = tmp_path / "series"
     write_series(folder, ROWS, COLUMNS, positions, row_direction=(-1.0, 0, 0), pixel_spacing=PIXEL_SPACING,
                  patient_position="FFS", shuffle_seed=5)
-    return load_series(folder)
+    return read_dicom_series(folder)
 
 
 def _to_lps(reference, k: int, pixels) -> np.ndarray:

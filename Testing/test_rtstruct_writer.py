@@ -17,7 +17,8 @@ from CervixAutoSegLib.rtstruct.uids import (
 )
 from CervixAutoSegLib.structures import CT_STRUCTURES, MR_STRUCTURES
 from CervixAutoSegLib.volume import Volume
-from rtstruct_oracle import assert_dciodvfy_clean, load_series, semantic_problems, write_series
+from CervixAutoSegLib.dicom_series import read_dicom_series
+from rtstruct_oracle import assert_dciodvfy_clean, semantic_problems, write_series
 
 ROWS, COLUMNS, SLICES = 24, 30, 5
 
@@ -27,7 +28,7 @@ def ct_series(tmp_path):
     positions = np.array([[-250.0, -250.0, -100.0 + 2.5 * k] for k in range(SLICES)])
     folder = tmp_path / "ct"
     write_series(folder, ROWS, COLUMNS, positions, pixel_spacing=(0.9765625, 0.9765625), shuffle_seed=1)
-    return folder, load_series(folder)
+    return folder, read_dicom_series(folder)
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def mr_series(tmp_path):
     positions = np.array([[-120.0, -90.0, 4.0 * k] for k in range(SLICES)])
     folder = tmp_path / "mr"
     write_series(folder, ROWS, COLUMNS, positions, modality="MR", pixel_spacing=(0.5, 0.5))
-    return folder, load_series(folder)
+    return folder, read_dicom_series(folder)
 
 
 def _ct_labels(reference: Volume) -> Volume:
@@ -196,21 +197,6 @@ def test_failed_write_leaves_the_existing_file_untouched(ct_series, tmp_path, mo
 # ------------------------------------------------------------------ export-rtstruct command
 
 
-@pytest.fixture
-def dicom_reader(monkeypatch):
-    """The product's DICOM series reader; the test loader stands in until that module exists."""
-    import importlib
-    import sys
-    import types
-
-    try:
-        importlib.import_module("CervixAutoSegLib.dicom_series")
-    except ImportError:
-        stand_in = types.ModuleType("CervixAutoSegLib.dicom_series")
-        stand_in.read_dicom_series = lambda folder, series_uid=None: load_series(folder)
-        monkeypatch.setitem(sys.modules, "CervixAutoSegLib.dicom_series", stand_in)
-
-
 def _save_labels(volume: Volume, path):
     import SimpleITK as sitk
 
@@ -219,7 +205,7 @@ def _save_labels(volume: Volume, path):
     return path
 
 
-def test_export_command_writes_a_valid_rtstruct_with_labels_json(ct_series, tmp_path, dicom_reader, capsys):
+def test_export_command_writes_a_valid_rtstruct_with_labels_json(ct_series, tmp_path, capsys):
     from CervixAutoSegLib.cli import main
     from CervixAutoSegLib.structures import write_labels_json
 
@@ -236,7 +222,7 @@ def test_export_command_writes_a_valid_rtstruct_with_labels_json(ct_series, tmp_
         "ct-resaunet-test")
 
 
-def test_export_command_applies_mr_organ_containment_without_labels_json(mr_series, tmp_path, dicom_reader):
+def test_export_command_applies_mr_organ_containment_without_labels_json(mr_series, tmp_path):
     from CervixAutoSegLib.cli import main
     from CervixAutoSegLib.rtstruct import read_rtstruct_masks
 
@@ -252,7 +238,7 @@ def test_export_command_applies_mr_organ_containment_without_labels_json(mr_seri
     assert np.array_equal(masks["GTVp"], labels == 2)
 
 
-def test_export_command_refuses_labels_off_the_grid_in_one_line(ct_series, tmp_path, dicom_reader, capsys):
+def test_export_command_refuses_labels_off_the_grid_in_one_line(ct_series, tmp_path, capsys):
     from CervixAutoSegLib.cli import main
 
     folder, reference = ct_series
@@ -279,14 +265,14 @@ def test_dciodvfy_has_no_warnings_either(ct_series, tmp_path):
     assert [line for line in lines if line.startswith(("Warning", "Error"))] == []
 
 
-def test_export_command_on_a_tilted_series_needs_nrrd_labels(tmp_path, dicom_reader, capsys):
+def test_export_command_on_a_tilted_series_needs_nrrd_labels(tmp_path, capsys):
     from CervixAutoSegLib.cli import main
 
     tilt = np.deg2rad(12.0)
     positions = np.array([[-100.0, -80.0, 5.0 * k] for k in range(SLICES)])
     folder = tmp_path / "tilted"
     write_series(folder, ROWS, COLUMNS, positions, column_direction=(0.0, np.cos(tilt), np.sin(tilt)))
-    reference = load_series(folder)
+    reference = read_dicom_series(folder)
     assert not reference.is_orthogonal
     labels = _ct_labels(reference)
     out = tmp_path / "rs.dcm"

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.dicom.is_dir():
         raise InputError(f"--dicom {args.dicom} is not a folder")
     reference = read_dicom_series(args.dicom, series_uid=args.series)
-    labels = load_label_map(args.labels)
+    labels = load_label_map(args.labels, reference.modality)
     if not labels.same_grid(reference, tolerance=GRID_TOLERANCE_MM):
         hint = "export labels on the image grid"
         if not reference.is_orthogonal and args.labels.name.lower().endswith((".nii", ".nii.gz")):
@@ -59,26 +59,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_label_map(path: Path):
-    """An integer label map (NIfTI or NRRD) as a Volume; one-line InputError otherwise."""
+def load_label_map(path: Path, modality: str = ""):
+    """An integer label map (NIfTI or NRRD) as a uint8 Volume; one-line InputError otherwise."""
     import numpy as np
-    import SimpleITK as sitk
 
     from ..errors import InputError
-    from ..volume import Volume
+    from ..image_io import load_image
 
     if not path.is_file():
-        raise InputError(f"--labels {path} does not exist")
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError:
-        raise InputError(f"cannot read {path} as a NIfTI or NRRD label map") from None
-    volume = Volume.from_sitk(image)
+        raise InputError(f"--labels {path} does not exist or is not a file")
+    # The modality is passed on so that the reader does not guess it from label values.
+    volume = load_image(path, modality=modality or None)
     array = volume.array
     if not np.issubdtype(array.dtype, np.integer):
         if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
             raise InputError(f"{path} holds non-integer values; a label map must hold label values 0, 1, 2, ...")
-        array = array.astype(np.int64)
     if array.size and (array.min() < 0 or array.max() > np.iinfo(np.uint8).max):
         raise InputError(f"{path} holds label values outside 0-255")
     return volume.with_array(array.astype(np.uint8))
