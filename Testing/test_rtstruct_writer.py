@@ -74,6 +74,13 @@ def test_ct_rtstruct_is_valid_and_references_its_series(ct_series, tmp_path):
     assert series.SeriesInstanceUID == image.SeriesInstanceUID
     assert [i.ReferencedSOPInstanceUID for i in series.ContourImageSequence] == reference.meta["sop_instance_uids"]
 
+    for roi in rs.ROIContourSequence:
+        for contour in getattr(roi, "ContourSequence", []):
+            assert contour.ContourGeometricType == "CLOSED_PLANAR"
+            points = np.array([float(v) for v in contour.ContourData]).reshape(-1, 3)
+            assert not np.allclose(points[0], points[-1]), "CLOSED_PLANAR must not repeat the first point"
+            assert np.all(np.linalg.norm(np.diff(points, axis=0), axis=1) > 0), "duplicate consecutive points"
+
 
 def test_rois_are_named_typed_coded_and_attributed_to_the_model(ct_series, tmp_path):
     _, reference = ct_series

@@ -275,6 +275,7 @@ def _fill_series_and_equipment(dataset, series_uid: str, model_name: str, model_
 
 
 def _fill_structure_set(dataset, model_name: str, model_version: str, now) -> None:
+    dataset.InstanceNumber = 1
     dataset.StructureSetLabel = STRUCTURE_SET_LABEL
     dataset.StructureSetName = _clip(f"{model_name} {model_version}".strip() or STRUCTURE_SET_LABEL, U.LO_MAX_LENGTH)
     dataset.StructureSetDescription = "Automatic contours; not reviewed. Check before clinical use."
