@@ -160,3 +160,30 @@ def test_a_file_that_is_not_an_rtstruct_is_refused(series, tmp_path):
     broken.write_bytes(b"not dicom at all")
     with pytest.raises(InputError, match="cannot read RTSTRUCT"):
         read_rtstruct(broken, series)
+
+
+def test_rois_sharing_a_name_stay_separate(series, tmp_path):
+    path = _write_rtstruct(tmp_path / "rs.dcm", series, {"Bladder": [_contour(series, 1, _box(2, 6, 2, 6))]})
+    rs = pydicom.dcmread(path)
+    # A second ROI with the same name covering the same square must not cancel the first (even-odd is per ROI).
+    roi = Dataset()
+    roi.ROINumber, roi.ROIName = 99, "Bladder"
+    roi.ReferencedFrameOfReferenceUID = series.meta["frame_of_reference_uid"]
+    rs.StructureSetROISequence.append(roi)
+    contours = Dataset()
+    contours.ReferencedROINumber = 99
+    contours.ContourSequence = [_contour(series, 1, _box(2, 6, 2, 6))]
+    rs.ROIContourSequence.append(contours)
+    save_file(rs, path)
+    masks = read_rtstruct_masks(path, series)
+    assert sorted(masks) == ["Bladder (ROI 10)", "Bladder (ROI 99)"]
+    assert masks["Bladder (ROI 10)"].sum() == masks["Bladder (ROI 99)"].sum() == 16
+
+
+def test_rtstruct_of_another_frame_of_reference_is_refused(series, tmp_path):
+    path = _write_rtstruct(tmp_path / "rs.dcm", series, {"Bladder": [_contour(series, 1, _box(2, 6, 2, 6))]})
+    rs = pydicom.dcmread(path)
+    rs.StructureSetROISequence[0].ReferencedFrameOfReferenceUID = generate_uid()
+    save_file(rs, path)
+    with pytest.raises(InputError, match="Frame of Reference"):
+        read_rtstruct(path, series)

@@ -43,28 +43,32 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
 
 def roi_names(path: str | Path) -> dict[int, str]:
     """ROI Number → ROI Name of an RTSTRUCT file."""
-    dataset = _read(path)
-    return {int(roi.ROINumber): str(roi.get("ROIName", "")) for roi in dataset.get("StructureSetROISequence", [])}
+    return _roi_names(_read(path))
 
 
 def read_rtstruct_masks(path: str | Path, reference: Volume) -> dict[str, np.ndarray]:
     """One boolean mask per ROI (name → mask, shape (z, y, x) of ``reference``).
 
     ROIs may overlap (e.g. an organ containing its tumour); ROIs without closed contours
-    give empty masks.  ``reference`` must come from the DICOM series the RTSTRUCT was
-    drawn on (its ``meta`` carries the per-image geometry).
+    give empty masks; a name used by several ROIs gets `` (ROI n)`` appended.
+    ``reference`` must come from the DICOM series the RTSTRUCT was drawn on (its
+    ``meta`` carries the per-image geometry).
+
+    Raises:
+        InputError: the RTSTRUCT is in another Frame of Reference than the images.
     """
     dataset = _read(path)
+    _check_frame_of_reference(dataset, reference, path)
     planes = image_planes(reference)
-    names = {int(roi.ROINumber): str(roi.get("ROIName", "")) for roi in dataset.get("StructureSetROISequence", [])}
-    masks: dict[str, np.ndarray] = {name: np.zeros(reference.shape, dtype=bool) for name in names.values()}
+    names = _unique_names(_roi_names(dataset))
+    masks = {number: np.zeros(reference.shape, dtype=bool) for number in names}
     for roi in dataset.get("ROIContourSequence", []):
         number = int(roi.ReferencedROINumber)
-        name = names.get(number, f"ROI {number}")
-        mask = masks.setdefault(name, np.zeros(reference.shape, dtype=bool))
+        names.setdefault(number, f"ROI {number}")
+        mask = masks.setdefault(number, np.zeros(reference.shape, dtype=bool))
         for contour in roi.get("ContourSequence", []):
-            _add_contour(mask, contour, planes, name)
-    return masks
+            _add_contour(mask, contour, planes, names[number])
+    return {names[number]: mask for number, mask in masks.items()}
 
 
 def read_rtstruct(
@@ -114,6 +118,33 @@ def _read(path: str | Path):
     if str(dataset.get("SOPClassUID", "")) != RT_STRUCTURE_SET_STORAGE:
         raise InputError(f"{path} is not an RT Structure Set (SOP Class {dataset.get('SOPClassUID', 'missing')})")
     return dataset
+
+
+def _roi_names(dataset) -> dict[int, str]:
+    return {int(roi.ROINumber): str(roi.get("ROIName", "")).strip()
+            for roi in dataset.get("StructureSetROISequence", [])}
+
+
+def _unique_names(names: dict[int, str]) -> dict[int, str]:
+    """Disambiguate ROI names used more than once (masks are returned by name)."""
+    counts: dict[str, int] = {}
+    for name in names.values():
+        counts[name] = counts.get(name, 0) + 1
+    return {number: name if counts[name] == 1 else f"{name} (ROI {number})" for number, name in names.items()}
+
+
+def _check_frame_of_reference(dataset, reference: Volume, path) -> None:
+    """Contours in another patient coordinate system would land in the wrong place: refuse them."""
+    image_frame = str(reference.meta.get("frame_of_reference_uid") or "")
+    frames = {str(item.FrameOfReferenceUID) for item in dataset.get("ReferencedFrameOfReferenceSequence", [])
+              if "FrameOfReferenceUID" in item}
+    frames |= {str(roi.ReferencedFrameOfReferenceUID) for roi in dataset.get("StructureSetROISequence", [])
+               if "ReferencedFrameOfReferenceUID" in roi}
+    if image_frame and frames and image_frame not in frames:
+        raise InputError(
+            f"{path} is drawn in Frame of Reference {sorted(frames)[0]}, the images are in {image_frame}: "
+            "it belongs to another image series"
+        )
 
 
 def _add_contour(mask: np.ndarray, contour, planes: ImagePlanes, name: str) -> None:
