@@ -18,7 +18,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import InputError
-from ..structures import Code, Structure
+from ..structures import GTV, ORGAN, Code, Structure
 from ..volume import Volume
 from . import uids as U
 from .contours import keyhole as join_holes
@@ -75,8 +75,6 @@ def organ_tumour_containment(structures: Sequence[Structure]) -> dict[int, tuple
     For the MR structures this is ``{1: (1, 2)}``: the uterus+cervix+vagina ROI includes
     the tumour painted over it in the label map.
     """
-    from ..structures import GTV, ORGAN
-
     tumours = tuple(s.value for s in structures if s.interpreted_type == GTV)
     if not tumours:
         return {}
