@@ -15,7 +15,11 @@ Reading rules (the places where DICOM readers silently go wrong):
   exactly, as a sheared grid: ``direction[:, 2]`` is the unit vector of the actual IPP
   step and ``spacing[2]`` its length. Nothing is resampled, so every voxel keeps its
   value and every slice its own plane; consumers that need an orthogonal grid resample
-  explicitly (``Volume.is_orthogonal`` tells them).
+  explicitly (``Volume.is_orthogonal`` tells them; ``meta["gantry_tilt"]`` is True).
+  A sideways drift below :data:`TILT_TOLERANCE_PIXELS` of a pixel over the whole stack
+  is IPP rounding, not tilt: the grid stays orthogonal and the drift is reported in
+  ``meta["slice_spacing_nonuniform"]``.
+* The same SOP Instance found twice (two copies of an export) counts once.
 * A single image is read as a 1-slice volume whose ``spacing[2]`` is Spacing Between
   Slices, else Slice Thickness, else 1 mm (``meta["single_slice"] = True``): 3D models
   must refuse it themselves.
@@ -54,8 +58,12 @@ DUPLICATE_POSITION_MM = 1e-3
 """Two slices closer than this along the normal are duplicates."""
 MISSING_SLICE_FACTOR = 1.5
 """A step larger than this many median steps means slices are missing."""
-TILT_TOLERANCE = 1e-4
-"""Lateral/axial ratio of the IPP step above which the grid is treated as sheared (≈0.006°)."""
+TILT_TOLERANCE_PIXELS = 0.2
+"""The grid is treated as sheared (gantry tilt) only when the IPPs drift sideways off the
+slice normal by more than this fraction of a pixel over the whole stack: rounding of
+Image Position (Patient) (some scanners write 0.1 mm) must not turn an ordinary series
+into a sheared grid (which, for one, NIfTI cannot store); any real tilt of a pelvic
+stack drifts by millimetres."""
 DEFAULT_SINGLE_SLICE_SPACING_MM = 1.0
 
 T2_MIN_ECHO_TIME_MS = 60.0
@@ -247,10 +255,17 @@ def _iter_files(paths: Iterable[Path]) -> Iterable[Path]:
 def _scan(paths: Iterable[Path]) -> dict[str, list[tuple[Path, Any]]]:
     """Headers of every DICOM image file under ``paths``, grouped by Series Instance UID."""
     groups: dict[str, list[tuple[Path, Any]]] = {}
+    seen_instances: set[str] = set()
     for path in _iter_files(paths):
         ds = _read_header(path)
         if ds is None or not _is_image(ds):
             continue
+        instance = _text(ds, "SOPInstanceUID")
+        if instance and instance in seen_instances:
+            # The same image copied twice (e.g. two exports in one tree) is one slice.
+            log.debug("skipping %s: SOP instance %s already seen", path, instance)
+            continue
+        seen_instances.add(instance)
         uid = str(getattr(ds, "SeriesInstanceUID", "") or f"(no series UID: {path.parent})")
         groups.setdefault(uid, []).append((path, ds))
     return groups
@@ -458,7 +473,8 @@ def _stack_geometry(
     step = (positions[-1] - positions[0]) / (nz - 1)
     axial = float(np.dot(step, normal))
     lateral = step - axial * normal
-    tilted = bool(np.linalg.norm(lateral) > TILT_TOLERANCE * axial)
+    drift = float(np.linalg.norm(lateral)) * (nz - 1)
+    tilted = drift > TILT_TOLERANCE_PIXELS * float(np.min(pixel_spacing))
     if tilted:
         slice_direction, slice_spacing = step / np.linalg.norm(step), float(np.linalg.norm(step))
     else:
@@ -536,6 +552,11 @@ def read_series_files(info: SeriesInfo, *, t2: bool | None = None) -> Volume:
         ds = _read_header(path)
         if ds is None:
             raise InputError(f"cannot read DICOM file {path}")
+        if int(_float(ds, "NumberOfFrames") or 1) > 1:
+            raise InputError(
+                f"{path} holds {int(_float(ds, 'NumberOfFrames'))} frames: multi-frame (enhanced) images are not "
+                "supported, export the series as one file per slice"
+            )
         members.append((path, ds))
     iop, pixel_spacing = _check_consistent(members)
     normal = np.cross(iop[:3], iop[3:])

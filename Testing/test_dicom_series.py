@@ -250,3 +250,46 @@ def test_pydicom_single_files_load_as_one_slice_volumes():
     np.testing.assert_array_equal(ct.array[0], ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept))
     mr = read_dicom_series(get_testdata_file("MR_small.dcm"))
     assert mr.shape == (1, 64, 64) and mr.modality == "MR"
+
+
+def test_rounded_positions_of_an_oblique_series_stay_an_orthogonal_grid(tmp_path):
+    """IPPs rounded to 0.1 mm (as some scanners write them) are not a gantry tilt."""
+    volume = make_volume((6, 8, 8), spacing_xyz=(0.9, 0.9, 5.0), direction=rotation(17, -9, 4))
+    exact = volume.index_to_physical(np.column_stack([np.zeros(6), np.zeros(6), np.arange(6)]))
+    positions = np.round(exact, 1)
+    step = (positions[-1] - positions[0]) / 5
+    assert np.linalg.norm(np.cross(step, volume.slice_normal)) > 1e-4 * 5.0  # rounding does bend the step
+    write(volume, tmp_path, slice_positions=positions)
+    loaded = read_dicom_series(tmp_path)
+    assert loaded.meta["gantry_tilt"] is False and loaded.is_orthogonal
+    np.testing.assert_allclose(loaded.direction[:, :2], volume.direction[:, :2], atol=1e-9)
+    np.testing.assert_allclose(loaded.direction[:, 2], volume.slice_normal, atol=1e-9)
+    assert 0 < loaded.meta["slice_spacing_nonuniform"] < 0.2
+    np.testing.assert_array_equal(loaded.array, volume.array)
+
+
+def test_one_degree_tilt_is_still_detected(tmp_path):
+    volume = make_volume((20, 8, 8), spacing_xyz=(0.9, 0.9, 3.0))
+    step = np.array([0.0, 3.0 * np.tan(np.deg2rad(1.0)), 3.0])
+    write(volume, tmp_path, slice_positions=np.asarray(volume.origin) + np.arange(20)[:, None] * step)
+    loaded = read_dicom_series(tmp_path)
+    assert loaded.meta["gantry_tilt"] is True
+    np.testing.assert_allclose(loaded.direction[:, 2], step / np.linalg.norm(step), atol=1e-9)
+
+
+def test_duplicate_copies_of_a_series_count_once(tmp_path):
+    import shutil
+
+    volume = make_volume((4, 6, 6))
+    write(volume, tmp_path / "export1")
+    shutil.copytree(tmp_path / "export1", tmp_path / "export2")
+    infos = find_series(tmp_path)
+    assert len(infos) == 1 and infos[0].n_files == 4
+    np.testing.assert_array_equal(read_dicom_series(tmp_path).array, volume.array)
+
+
+def test_multi_frame_image_is_refused_clearly(tmp_path):
+    paths = write(make_volume((2, 6, 6)), tmp_path)
+    edit_files(paths, lambda ds: setattr(ds, "NumberOfFrames", 2))
+    with pytest.raises(InputError, match="multi-frame"):
+        read_dicom_series(tmp_path)
