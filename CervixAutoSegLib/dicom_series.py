@@ -98,6 +98,10 @@ class SeriesInfo:
     files: list[Path]
     pixel_spacing: tuple[float, float] | None = None
     slice_thickness: float | None = None
+    slice_spacing: float | None = None
+    """Median distance (mm) between slice positions along the normal; None for 1 slice or mixed planes."""
+    parallel: bool = True
+    """False when the files have different orientations (e.g. a 3-plane localizer)."""
     orientation: tuple[float, ...] | None = None
     sop_class_uid: str = ""
     frame_of_reference_uid: str = ""
@@ -115,6 +119,8 @@ class SeriesInfo:
         """Nearest anatomical plane of the slices: ``axial``, ``coronal``, ``sagittal`` or ``oblique``."""
         if self.orientation is None:
             return "?"
+        if not self.parallel:
+            return "mixed planes"
         row, column = np.asarray(self.orientation[:3]), np.asarray(self.orientation[3:])
         normal = np.abs(np.cross(row, column))
         axis = int(np.argmax(normal))
@@ -278,6 +284,12 @@ def _info(uid: str, members: list[tuple[Path, Any]]) -> SeriesInfo:
     positions = {_floats(getattr(ds, "ImagePositionPatient", None)) for _, ds in members}
     spacing = _floats(getattr(first, "PixelSpacing", None))
     image_type = _text(first, "ImageType").upper()
+    orientations = [_floats(getattr(ds, "ImageOrientationPatient", None)) for _, ds in members]
+    parallel = all(
+        o is not None and orientations[0] is not None and len(o) == len(orientations[0])
+        and np.max(np.abs(np.subtract(o, orientations[0]))) <= ORIENTATION_TOLERANCE
+        for o in orientations
+    ) or all(o is None for o in orientations)
     return SeriesInfo(
         series_instance_uid=uid,
         modality=modality,
@@ -292,6 +304,8 @@ def _info(uid: str, members: list[tuple[Path, Any]]) -> SeriesInfo:
         files=[path for path, _ in members],
         pixel_spacing=tuple(spacing[:2]) if spacing and len(spacing) >= 2 else None,
         slice_thickness=_float(first, "SliceThickness"),
+        slice_spacing=_median_step(members) if parallel else None,
+        parallel=parallel,
         orientation=_floats(getattr(first, "ImageOrientationPatient", None)),
         sop_class_uid=_text(first, "SOPClassUID"),
         frame_of_reference_uid=_text(first, "FrameOfReferenceUID"),
@@ -300,6 +314,21 @@ def _info(uid: str, members: list[tuple[Path, Any]]) -> SeriesInfo:
         echo_time=_float(first, "EchoTime"),
         repetition_time=_float(first, "RepetitionTime"),
     )
+
+
+def _median_step(members: list[tuple[Path, Any]]) -> float | None:
+    """Median spacing along the first slice's normal, from headers only (listing, no checks)."""
+    iop = _floats(getattr(members[0][1], "ImageOrientationPatient", None))
+    if iop is None or len(iop) != 6:
+        return None
+    normal = np.cross(iop[:3], iop[3:])
+    along = []
+    for _, ds in members:
+        position = _floats(getattr(ds, "ImagePositionPatient", None))
+        if position is not None and len(position) == 3:
+            along.append(float(np.dot(position, normal)))
+    steps = np.diff(np.unique(np.round(along, 3)))
+    return float(np.median(steps)) if steps.size else None
 
 
 def find_series(folder: Path | str | Sequence[Path | str]) -> list[SeriesInfo]:
@@ -329,7 +358,8 @@ def choose_series(
 ) -> SeriesInfo:
     """Pick the series to segment.
 
-    ``series_uid`` wins. Otherwise, among CT/MR series that are not localizers (filtered
+    ``series_uid`` wins. Otherwise, among CT/MR series that are not localizers or mixed
+    planes (filtered
     by ``modality``, and for MR by ``t2`` when that leaves a choice): the only one; else the only CT
     and/or the only T2w MR — ``preferred`` (``"CT"``/``"MR"``) breaks a tie between them.
     Anything else is ambiguous: InputError listing the series and asking for --series.
@@ -349,7 +379,8 @@ def choose_series(
             f"unsupported modality {', '.join(unsupported)} in {where}: only CT and MR image series can be "
             f"segmented (found {_listing(infos)})"
         )
-    candidates = [info for info in supported if not info.is_localizer] or supported
+    # Localizers and multi-plane series are never what a user wants contoured.
+    candidates = [info for info in supported if not info.is_localizer and info.parallel] or supported
     if modality:
         candidates = [info for info in candidates if info.modality == modality.upper()]
         if not candidates:

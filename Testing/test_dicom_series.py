@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import types
 
@@ -195,6 +196,8 @@ def test_choose_series_rules():
     ct, t2, t1, scout, dose = (_info("ct", "CT"), _info("t2", "MR", True), _info("t1", "MR", False),
                                _info("scout", "CT", localizer=True), _info("dose", "RTDOSE"))
     assert choose_series([ct, scout, dose]).series_instance_uid == "ct"
+    three_plane = dataclasses.replace(_info("pilot", "CT"), parallel=False)
+    assert choose_series([three_plane, ct]).series_instance_uid == "ct"
     assert choose_series([t2, t1]).series_instance_uid == "t2"
     assert choose_series([ct, t2], preferred="MR").series_instance_uid == "t2"
     assert choose_series([ct, t2], modality="ct").series_instance_uid == "ct"
@@ -216,6 +219,9 @@ def test_pydicom_dicomdir_tests_find_every_image_series():
     assert modalities.count("CT") == 3 and modalities.count("MR") == 7
     ct = [info for info in infos.values() if info.description.startswith("SmartScore")]
     assert len(ct) == 1 and ct[0].n_slices == 5 and ct[0].patient_position == "FFS"
+    assert ct[0].slice_spacing == pytest.approx(2.5) and ct[0].parallel
+    pilots = [info for info in infos.values() if info.description == "T/S/C RF FAST PILOT"]
+    assert pilots and all(not info.parallel and info.orientation_label == "mixed planes" for info in pilots)
 
 
 def test_pydicom_feet_first_ct_series_loads_sorted_along_normal():

@@ -45,8 +45,8 @@ def _row(info) -> dict:
     spacing = "?"
     if info.pixel_spacing:
         row_spacing, column_spacing = info.pixel_spacing
-        thickness = f"x{info.slice_thickness:g}" if info.slice_thickness else ""
-        spacing = f"{column_spacing:g}x{row_spacing:g}{thickness}"  # shown in (x, y, z) order
+        between = info.slice_spacing or info.slice_thickness
+        spacing = f"{column_spacing:g}x{row_spacing:g}" + (f"x{between:.3g}" if between else "")  # (x, y, z) order
     return {
         "UID": info.series_instance_uid,
         "modality": info.modality or "?",
