@@ -292,3 +292,23 @@ def test_export_command_on_a_tilted_series_needs_nrrd_labels(tmp_path, capsys):
     assert main(["export-rtstruct", "--dicom", str(folder), "--labels", str(nrrd), "--out", str(out)]) == 0
     assert_dciodvfy_clean(out)
     assert semantic_problems(out, folder) == []
+
+
+@pytest.mark.parametrize("join", [False, True], ids=["holes", "keyhole"])
+def test_polygons_of_random_masks_rasterise_back_exactly(join):
+    """Many holes per region, islands in holes, diagonal contacts: both polygon forms are exact."""
+    from matplotlib.path import Path as PolygonPath
+    from scipy import ndimage
+
+    rng = np.random.default_rng(2024)
+    rows, columns = 31, 43
+    centres = np.stack(np.mgrid[0:rows, 0:columns], axis=-1).reshape(-1, 2)
+    for trial in range(12):
+        mask = ndimage.gaussian_filter(rng.standard_normal((rows, columns)), 1.0 + trial % 3 * 0.5) > 0.05
+        polygons = mask_polygons(mask)
+        if join:
+            polygons = keyhole(polygons)
+        filled = np.zeros(rows * columns, dtype=bool)
+        for polygon in polygons:
+            filled ^= PolygonPath(polygon).contains_points(centres)
+        assert np.array_equal(filled.reshape(rows, columns), mask), f"trial {trial}"

@@ -147,11 +147,46 @@ def _enclosing(index: int, depth: int, polygons: list[np.ndarray], depths: list[
 
 
 def _splice(outer: np.ndarray, hole: np.ndarray) -> np.ndarray:
-    """``outer`` with ``hole`` inserted via a there-and-back cut between their closest vertices."""
-    distances = ((outer[:, np.newaxis, :] - hole[np.newaxis, :, :]) ** 2).sum(axis=2)
-    outer_index, hole_index = np.unravel_index(int(np.argmin(distances)), distances.shape)
+    """``outer`` with ``hole`` inserted via a there-and-back cut between two close vertices.
+
+    The cut is the shortest one that passes through no pixel centre: a point-in-polygon
+    test on a centre lying exactly on the zero-width cut is undefined, and planning
+    systems rasterise exactly that way.
+    """
+    distances = ((outer[:, np.newaxis, :] - hole[np.newaxis, :, :]) ** 2).sum(axis=2).ravel()
+    candidates = min(_MAX_CUT_CANDIDATES, distances.size)
+    nearest = np.argpartition(distances, candidates - 1)[:candidates]
+    order = nearest[np.argsort(distances[nearest], kind="stable")]
+    shape = (len(outer), len(hole))
+    outer_index, hole_index = np.unravel_index(int(order[0]), shape)
+    for flat in order.tolist():
+        i, j = np.unravel_index(flat, shape)
+        if not _crosses_pixel_centre(outer[i], hole[j]):
+            outer_index, hole_index = i, j
+            break
     hole_loop = np.roll(hole, -hole_index, axis=0)
     return np.concatenate(
         [outer[: outer_index + 1], hole_loop, hole_loop[:1], outer[outer_index:]],
         axis=0,
     )
+
+
+_MAX_CUT_CANDIDATES = 4096
+"""Closest vertex pairs tried for a keyhole cut before settling for the closest one."""
+
+
+def _crosses_pixel_centre(start: np.ndarray, end: np.ndarray) -> bool:
+    """Whether the open segment start→end passes through an integer (row, column) point.
+
+    Marching-squares vertices lie on half-integers, so in doubled coordinates both ends
+    are integers and the lattice points of the segment are ``a + m·d/g`` (g = gcd of
+    the step); a pixel centre is one whose doubled coordinates are both even.
+    """
+    a = np.rint(2 * np.asarray(start)).astype(np.int64)
+    b = np.rint(2 * np.asarray(end)).astype(np.int64)
+    step = b - a
+    count = int(np.gcd(abs(int(step[0])), abs(int(step[1]))))
+    if count < 2:
+        return False
+    points = a + np.outer(np.arange(1, count), step // count)
+    return bool(np.any(np.all(points % 2 == 0, axis=1)))
