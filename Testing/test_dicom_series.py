@@ -299,3 +299,15 @@ def test_multi_frame_image_is_refused_clearly(tmp_path):
     edit_files(paths, lambda ds: setattr(ds, "NumberOfFrames", 2))
     with pytest.raises(InputError, match="multi-frame"):
         read_dicom_series(tmp_path)
+
+
+def test_implicit_vr_series_reads_the_same(tmp_path):
+    volume = make_volume((4, 6, 10), direction=direction_for("HFP"))
+    paths = write(volume, tmp_path, patient_position="HFP")
+    edit_files(paths, lambda ds: setattr(ds.file_meta, "TransferSyntaxUID", pydicom.uid.ImplicitVRLittleEndian))
+    assert pydicom.dcmread(paths[0]).file_meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian
+    specific_character_set_explicit = b"\x08\x00\x05\x00CS"  # tag (0008,0005) followed by its VR
+    assert specific_character_set_explicit not in paths[0].read_bytes()
+    loaded = read_dicom_series(tmp_path)
+    assert loaded.same_grid(volume, tolerance=1e-6)
+    np.testing.assert_array_equal(loaded.array, volume.array)

@@ -113,3 +113,15 @@ def test_writer_rejects_bad_arguments(tmp_path):
     with pytest.raises(InputError, match="NaN"):
         write_dicom_series(volume.with_array(np.full((2, 4, 4), np.nan)), tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_non_integer_ct_is_quantised_within_half_a_step(tmp_path):
+    from CervixAutoSegLib.dicom_series import read_dicom_series
+
+    values = np.linspace(-1500.25, 2500.75, 2 * 6 * 6).reshape(2, 6, 6)
+    volume = make_volume((2, 6, 6)).with_array(values)
+    path = write_dicom_series(volume, tmp_path)[0]
+    slope = float(pydicom.dcmread(path).RescaleSlope)
+    loaded = read_dicom_series(tmp_path)
+    assert loaded.array.dtype == np.float32
+    np.testing.assert_allclose(loaded.array, values, atol=slope / 2 + 1e-3)
