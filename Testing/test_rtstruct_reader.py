@@ -178,6 +178,9 @@ def test_rois_sharing_a_name_stay_separate(series, tmp_path):
     masks = read_rtstruct_masks(path, series)
     assert sorted(masks) == ["Bladder (ROI 10)", "Bladder (ROI 99)"]
     assert masks["Bladder (ROI 10)"].sum() == masks["Bladder (ROI 99)"].sum() == 16
+    labels = read_rtstruct(path, series, CT_STRUCTURES)
+    assert labels.meta["labels"] == {"Bladder (ROI 10)": 1, "Bladder (ROI 99)": 1}
+    assert (labels.array == 1).sum() == 16
 
 
 def test_rtstruct_of_another_frame_of_reference_is_refused(series, tmp_path):

@@ -9,6 +9,7 @@ non-uniform series work) and filled even-odd with the other contours of that ima
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -125,6 +126,10 @@ def _roi_names(dataset) -> dict[int, str]:
             for roi in dataset.get("StructureSetROISequence", [])}
 
 
+_DISAMBIGUATION = re.compile(r" \(ROI \d+\)$")
+"""Suffix :func:`_unique_names` adds to a name several ROIs share."""
+
+
 def _unique_names(names: dict[int, str]) -> dict[int, str]:
     """Disambiguate ROI names used more than once (masks are returned by name)."""
     counts: dict[str, int] = {}
@@ -234,7 +239,7 @@ def _name_lookup(names: Mapping[str, int] | Sequence[Structure] | None, found: l
 
 
 def _match(name: str, lookup: Mapping[str, int]) -> int | None:
-    key = " ".join(name.lower().split())
+    key = " ".join(_DISAMBIGUATION.sub("", name).lower().split())
     if key in lookup:
         return lookup[key]
     for canonical, synonyms in SYNONYMS.items():
