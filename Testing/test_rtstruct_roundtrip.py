@@ -230,3 +230,22 @@ def test_round_trip_on_real_ct_tissue_classes(tmp_path):
         assert truth.sum() > 20, structure.name
         assert dice(oracle_volume_mask(oracle[structure.name], reference), truth) >= MIN_DICE, structure.name
     assert np.array_equal(product, labels)
+
+
+def test_rtstruct_is_found_next_to_its_images_by_series(tmp_path):
+    from CervixAutoSegLib.rtstruct import find_rtstructs, referenced_series
+
+    geometry = _geometry("hfs")
+    export = tmp_path / "clinic_export"
+    write_series(export / "ct", ROWS, COLUMNS, geometry.pop("positions"), shuffle_seed=1, **geometry)
+    reference = read_dicom_series(export / "ct")
+    labels = np.zeros(reference.shape, dtype=np.uint8)
+    labels[2:4, 5:9, 5:9] = 1
+    path = write_rtstruct(export / "RS.dcm", reference.with_array(labels), reference, CT_STRUCTURES,
+                          model_name="m", model_version="1")
+    (export / "notes.txt").write_text("not DICOM")
+
+    assert referenced_series(path) == {reference.meta["series_instance_uid"]}
+    assert find_rtstructs(export) == [path]
+    assert find_rtstructs(export, reference.meta["series_instance_uid"]) == [path]
+    assert find_rtstructs(export, "1.2.3.4") == []

@@ -47,6 +47,33 @@ def roi_names(path: str | Path) -> dict[int, str]:
     return _roi_names(_read(path))
 
 
+def referenced_series(path: str | Path) -> set[str]:
+    """Series Instance UIDs of the image series an RTSTRUCT file was drawn on."""
+    return _referenced_series(_read(path))
+
+
+def find_rtstructs(folder: str | Path, series_instance_uid: str | None = None) -> list[Path]:
+    """RT Structure Set files under ``folder`` (recursive), sorted by path.
+
+    With ``series_instance_uid``, only those that reference that image series — how a
+    clinic's DICOM export (images + RTSTRUCT in one folder) is paired for training.
+    Files that are not DICOM, or not RTSTRUCT, are skipped silently.
+    """
+    import pydicom
+
+    found = []
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        try:
+            header = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SOPClassUID"])
+        except (OSError, pydicom.errors.InvalidDicomError, ValueError, EOFError):
+            continue
+        if str(header.get("SOPClassUID", "")) != RT_STRUCTURE_SET_STORAGE:
+            continue
+        if series_instance_uid is None or series_instance_uid in referenced_series(path):
+            found.append(path)
+    return found
+
+
 def read_rtstruct_masks(path: str | Path, reference: Volume) -> dict[str, np.ndarray]:
     """One boolean mask per ROI (name → mask, shape (z, y, x) of ``reference``).
 
@@ -119,6 +146,16 @@ def _read(path: str | Path):
     if str(dataset.get("SOPClassUID", "")) != RT_STRUCTURE_SET_STORAGE:
         raise InputError(f"{path} is not an RT Structure Set (SOP Class {dataset.get('SOPClassUID', 'missing')})")
     return dataset
+
+
+def _referenced_series(dataset) -> set[str]:
+    return {
+        str(series.SeriesInstanceUID)
+        for frame in dataset.get("ReferencedFrameOfReferenceSequence", [])
+        for study in frame.get("RTReferencedStudySequence", [])
+        for series in study.get("RTReferencedSeriesSequence", [])
+        if "SeriesInstanceUID" in series
+    }
 
 
 def _roi_names(dataset) -> dict[int, str]:
