@@ -65,6 +65,8 @@ Image Position (Patient) (some scanners write 0.1 mm) must not turn an ordinary 
 into a sheared grid (which, for one, NIfTI cannot store); any real tilt of a pelvic
 stack drifts by millimetres."""
 DEFAULT_SINGLE_SLICE_SPACING_MM = 1.0
+OBLIQUE_LIMIT_DEGREES = 10.0
+"""Slices tilted more than this from the nearest anatomical plane are listed as oblique."""
 
 T2_MIN_ECHO_TIME_MS = 60.0
 T2_MIN_REPETITION_TIME_MS = 1500.0
@@ -72,7 +74,7 @@ SHORT_ECHO_TIME_MS = 30.0
 T2_POSITIVE_WORDS = ("t2", "tse", "fse", "haste", "space", "ciss", "blade", "propeller", "frfse", "ssfse", "cube")
 T2_NEGATIVE_WORDS = (
     "t1", "flair", "dwi", "diff", "adc", "trace", "dixon", "vibe", "mprage", "dce", "perf",
-    "localizer", "localiser", "loc", "scout", "survey", "pd", "t2star", "t2*", "swi", "stir", "tirm",
+    "localizer", "localiser", "loc", "scout", "survey", "pd", "t2star", "swi", "stir", "tirm",
 )
 
 
@@ -125,7 +127,7 @@ class SeriesInfo:
         normal = np.abs(np.cross(row, column))
         axis = int(np.argmax(normal))
         plane = ("sagittal", "coronal", "axial")[axis]
-        return plane if normal[axis] > np.cos(np.deg2rad(10)) else f"oblique {plane}"
+        return plane if normal[axis] > np.cos(np.deg2rad(OBLIQUE_LIMIT_DEGREES)) else f"oblique {plane}"
 
     def summary(self) -> str:
         """One-line description used in error messages that list series."""
@@ -190,10 +192,12 @@ def _float(ds, keyword: str) -> float | None:
 
 
 def _text(ds, keyword: str) -> str:
+    from pydicom.multival import MultiValue
+
     value = getattr(ds, keyword, "")
     if value is None:
         return ""
-    if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, (str, bytes))):
+    if isinstance(value, (list, tuple, MultiValue)):
         return "\\".join(str(v) for v in value)
     return str(value).strip()
 
@@ -227,11 +231,11 @@ def detect_t2(ds) -> bool | None:
             return any(w.startswith(word) and (len(w) == 2 or not w[2].isdigit()) for w in words)
         return word in words
 
-    if any(has(word) for word in T2_NEGATIVE_WORDS if word != "t2*"):
+    if any(has(word) for word in T2_NEGATIVE_WORDS):
         return False
     echo, repetition = _float(ds, "EchoTime"), _float(ds, "RepetitionTime")
     scanning = _text(ds, "ScanningSequence").upper().split("\\")
-    if "EP" in scanning and not has("haste"):
+    if "EP" in scanning:
         return False
     if echo is not None and repetition is not None:
         if echo >= T2_MIN_ECHO_TIME_MS and repetition >= T2_MIN_REPETITION_TIME_MS:

@@ -91,6 +91,7 @@ def test_meta_has_what_rtstruct_needs(tmp_path):
         "1.2.3.4", "1.2.3.5", "1.2.3.6")
     assert meta["sop_class_uid"] == CT_IMAGE_STORAGE
     assert meta["series_description"] == "Pelvis 3mm"
+    assert (meta["patient_name"], meta["patient_id"]) == ("CervixAutoSeg^Phantom", "CAS-PHANTOM")
     by_file = {str(p): pydicom.dcmread(p) for p in paths}
     for k, (file, uid, position) in enumerate(zip(meta["files"], meta["sop_instance_uids"], meta["slice_positions"])):
         assert by_file[file].SOPInstanceUID == uid
