@@ -373,6 +373,7 @@ def _rt_roi_observation(structure: Structure):
     observation = Dataset()
     observation.ObservationNumber = structure.value
     observation.ReferencedROINumber = structure.value
+    observation.ROIObservationLabel = structure.name
     observation.RTROIInterpretedType = structure.interpreted_type
     observation.ROIInterpreter = ""
     observation.RTROIIdentificationCodeSequence = [_code_item(structure.type)]
