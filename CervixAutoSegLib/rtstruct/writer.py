@@ -133,7 +133,7 @@ def build_rtstruct_dataset(
 
     _check_same_grid(labels, reference)
     values = [s.value for s in structures]
-    if len(set(values)) != len(values) or min(values, default=1) < 1:
+    if not values or len(set(values)) != len(values) or min(values) < 1:
         raise ValueError(f"structures need distinct positive label values (they become ROI numbers), got {values}")
     planes = image_planes(reference)
     header = image_header if image_header is not None else _read_image_header(reference)
