@@ -20,7 +20,7 @@ from ..atomic import atomic_path
 from ..errors import InputError
 from ..structures import GTV, ORGAN, Code, Structure
 from ..volume import Volume
-from . import uids as U
+from . import uids
 from .contours import keyhole as join_holes
 from .contours import mask_polygons
 from .decimal_strings import ds_bytes, format_ds_values
@@ -165,7 +165,7 @@ def build_rtstruct_dataset(
         _roi_contour(s, slice_contours(masks[s.value], planes, keyhole=keyhole), planes) for s in structures
     ]
     dataset.RTROIObservationsSequence = [_rt_roi_observation(s) for s in structures]
-    dataset.ApprovalStatus = U.APPROVAL_UNAPPROVED
+    dataset.ApprovalStatus = uids.APPROVAL_UNAPPROVED
     _mark_contour_data_raw(dataset)
     return dataset
 
@@ -237,12 +237,12 @@ def _new_file_dataset(sop_instance_uid: str):
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
     file_meta = FileMetaDataset()
-    file_meta.MediaStorageSOPClassUID = U.RT_STRUCTURE_SET_STORAGE
+    file_meta.MediaStorageSOPClassUID = uids.RT_STRUCTURE_SET_STORAGE
     file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    file_meta.TransferSyntaxUID = U.IMPLICIT_VR_LITTLE_ENDIAN
+    file_meta.TransferSyntaxUID = uids.IMPLICIT_VR_LITTLE_ENDIAN
     file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     dataset = FileDataset(None, {}, file_meta=file_meta, preamble=b"\0" * 128)
-    dataset.SOPClassUID = U.RT_STRUCTURE_SET_STORAGE
+    dataset.SOPClassUID = uids.RT_STRUCTURE_SET_STORAGE
     dataset.SOPInstanceUID = sop_instance_uid
     return dataset
 
@@ -261,21 +261,21 @@ def _fill_series_and_equipment(dataset, series_uid: str, model_name: str, model_
 
     dataset.InstanceCreationDate = now.strftime("%Y%m%d")
     dataset.InstanceCreationTime = now.strftime("%H%M%S")
-    dataset.Modality = U.RTSTRUCT_MODALITY
+    dataset.Modality = uids.RTSTRUCT_MODALITY
     dataset.SeriesInstanceUID = series_uid
     dataset.SeriesNumber = RTSTRUCT_SERIES_NUMBER
-    dataset.SeriesDescription = _clip(f"Auto-contours {model_name} {model_version}", U.LO_MAX_LENGTH)
+    dataset.SeriesDescription = _clip(f"Auto-contours {model_name} {model_version}", uids.LO_MAX_LENGTH)
     dataset.OperatorsName = ""
     dataset.Manufacturer = MANUFACTURER
-    dataset.ManufacturerModelName = _clip(model_name or MANUFACTURER, U.LO_MAX_LENGTH)
-    dataset.SoftwareVersions = [_clip(f"CervixAutoSeg {__version__}", U.LO_MAX_LENGTH),
-                                _clip(f"{model_name} {model_version}", U.LO_MAX_LENGTH)]
+    dataset.ManufacturerModelName = _clip(model_name or MANUFACTURER, uids.LO_MAX_LENGTH)
+    dataset.SoftwareVersions = [_clip(f"CervixAutoSeg {__version__}", uids.LO_MAX_LENGTH),
+                                _clip(f"{model_name} {model_version}", uids.LO_MAX_LENGTH)]
 
 
 def _fill_structure_set(dataset, model_name: str, model_version: str, now) -> None:
     dataset.InstanceNumber = 1
     dataset.StructureSetLabel = STRUCTURE_SET_LABEL
-    dataset.StructureSetName = _clip(f"{model_name} {model_version}".strip() or STRUCTURE_SET_LABEL, U.LO_MAX_LENGTH)
+    dataset.StructureSetName = _clip(f"{model_name} {model_version}".strip() or STRUCTURE_SET_LABEL, uids.LO_MAX_LENGTH)
     dataset.StructureSetDescription = "Automatic contours; not reviewed. Check before clinical use."
     dataset.StructureSetDate = now.strftime("%Y%m%d")
     dataset.StructureSetTime = now.strftime("%H%M%S")
@@ -294,7 +294,7 @@ def _referenced_frame_of_reference(frame_of_reference: str, study_uid: str, seri
     series.SeriesInstanceUID = series_uid
     series.ContourImageSequence = images
     study = Dataset()
-    study.ReferencedSOPClassUID = U.DETACHED_STUDY_MANAGEMENT
+    study.ReferencedSOPClassUID = uids.DETACHED_STUDY_MANAGEMENT
     study.ReferencedSOPInstanceUID = study_uid
     study.RTReferencedSeriesSequence = [series]
     frame = Dataset()
@@ -311,13 +311,13 @@ def _structure_set_roi(structure: Structure, frame_of_reference: str, model_name
     roi.ROINumber = structure.value
     roi.ReferencedFrameOfReferenceUID = frame_of_reference
     roi.ROIName = structure.name
-    roi.ROIDescription = _clip(structure.paper_name, U.LO_MAX_LENGTH)
-    roi.ROIGenerationAlgorithm = U.ROI_GENERATION_AUTOMATIC
-    roi.ROIGenerationDescription = _clip(algorithm, U.LO_MAX_LENGTH)
+    roi.ROIDescription = _clip(structure.paper_name, uids.LO_MAX_LENGTH)
+    roi.ROIGenerationAlgorithm = uids.ROI_GENERATION_AUTOMATIC
+    roi.ROIGenerationDescription = _clip(algorithm, uids.LO_MAX_LENGTH)
     identification = Dataset()
-    identification.AlgorithmFamilyCodeSequence = [_code_item(U.SEGMENTATION_ALGORITHM_FAMILY)]
-    identification.AlgorithmName = _clip(model_name or MANUFACTURER, U.LO_MAX_LENGTH)
-    identification.AlgorithmVersion = _clip(model_version or "unknown", U.LO_MAX_LENGTH)
+    identification.AlgorithmFamilyCodeSequence = [_code_item(uids.SEGMENTATION_ALGORITHM_FAMILY)]
+    identification.AlgorithmName = _clip(model_name or MANUFACTURER, uids.LO_MAX_LENGTH)
+    identification.AlgorithmVersion = _clip(model_version or "unknown", uids.LO_MAX_LENGTH)
     roi.ROIDerivationAlgorithmIdentificationSequence = [identification]
     return roi
 
@@ -343,7 +343,7 @@ def _contour(number: int, k: int, points: np.ndarray, planes: ImagePlanes):
     image.ReferencedSOPInstanceUID = planes.sop_instance_uids[k]
     contour = Dataset()
     contour.ContourImageSequence = [image]
-    contour.ContourGeometricType = U.CLOSED_PLANAR
+    contour.ContourGeometricType = uids.CLOSED_PLANAR
     contour.NumberOfContourPoints = len(points)
     contour.ContourNumber = number
     # Formatted once as bytes: building a pydicom DS object per coordinate would cost
