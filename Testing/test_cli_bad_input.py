@@ -6,6 +6,7 @@ pydicom the way broken exports look in practice.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -97,9 +98,7 @@ def test_non_parallel_slice(ct_series, capsys):
 
 
 def test_mixed_sizes_in_one_series(ct_series, capsys):
-    import pydicom as _pydicom
-
-    uid = _pydicom.dcmread(ct_series[0]).SeriesInstanceUID
+    uid = pydicom.dcmread(ct_series[0]).SeriesInstanceUID
     other = make_volume((1, 10, 16), spacing_xyz=(0.8, 0.8, 2.5), origin=(-101.3, -57.25, 33.5 + 8 * 2.5))
     write(other, ct_series[0].parent, series_instance_uid=uid, file_names=["extra.dcm"])
     code, _, err = run_cli(capsys, str(ct_series[0].parent), "--check")
@@ -172,6 +171,9 @@ def test_listing_describes_each_series(tmp_path, capsys):
     assert "20x12" in ct_row and "0.7x1.1x3" in ct_row and "FFS" in ct_row and "axial" in ct_row
     mr_row = next(row for row in rows if "T2 TSE ax" in row)
     assert " yes " in mr_row
+    code, out, err = run_cli(capsys, str(tmp_path), "--json")
+    listed = {row["description"]: row for row in json.loads(out)}
+    assert code == 0 and listed["T2 TSE ax"]["is_t2"] is True and listed["Pelvis CT"]["slices"] == "5"
 
 
 def _console(folder: Path, *options: str) -> subprocess.CompletedProcess:

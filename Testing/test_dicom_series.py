@@ -312,3 +312,15 @@ def test_implicit_vr_series_reads_the_same(tmp_path):
     loaded = read_dicom_series(tmp_path)
     assert loaded.same_grid(volume, tolerance=1e-6)
     np.testing.assert_array_equal(loaded.array, volume.array)
+
+
+def test_scout_and_structure_set_next_to_the_ct_do_not_confuse_the_choice(tmp_path):
+    axial = make_volume((4, 8, 8))
+    write(axial, tmp_path / "ct", series_description="Pelvis")
+    scout_paths = write(make_volume((1, 8, 8), seed=3), tmp_path / "scout", series_description="Topogram")
+    edit_files(scout_paths, lambda ds: setattr(ds, "ImageType", ["ORIGINAL", "PRIMARY", "LOCALIZER"]))
+    infos = find_series(tmp_path)
+    assert sorted(info.is_localizer for info in infos) == [False, True]
+    loaded = read_dicom_series(tmp_path)
+    assert loaded.meta["series_description"] == "Pelvis"
+    np.testing.assert_array_equal(loaded.array, axial.array)
