@@ -55,6 +55,14 @@ def _geometry(case: str) -> dict:
         spacing = (0.7, 1.3)
     elif case == "non_uniform":
         normal_steps = np.array([0.0, 2.5, 5.4, 7.5, 9.8, 12.5, 15.3])  # jittered table positions
+    elif case == "decubitus":  # HFDL: the patient lies on the left side, rows run posterior
+        row, column, position = np.array([0, 1.0, 0]), np.array([-1.0, 0, 0]), "HFDL"
+    elif case == "sagittal_mr":  # the usual T2w pelvis plane: rows run posterior, columns to the feet
+        row, column, modality = np.array([0, 1.0, 0]), np.array([0, 0, -1.0]), "MR"
+        spacing, normal_steps = (0.5, 0.5), steps * 4.0
+    elif case == "coronal_mr":
+        row, column, modality = np.array([1.0, 0, 0]), np.array([0, 0, -1.0]), "MR"
+        spacing, normal_steps = (0.6, 0.6), -steps * 4.5
     elif case == "oblique_mr":
         rotation = _rotation([1.0, 0.3, 0.2], 23.0)
         row, column = rotation @ row, rotation @ column
@@ -102,7 +110,8 @@ def _label_map(masks: dict[int, np.ndarray]) -> np.ndarray:
     return labels
 
 
-CASES = ["hfs", "ffs", "hfp", "anisotropic", "non_uniform", "gantry_tilt", "oblique_mr"]
+CASES = ["hfs", "ffs", "hfp", "decubitus", "anisotropic", "non_uniform", "gantry_tilt", "sagittal_mr", "coronal_mr",
+         "oblique_mr"]
 
 
 @pytest.mark.parametrize("case", CASES)
