@@ -155,14 +155,56 @@ def _quiet_pydicom():
         pydicom_logger.setLevel(previous)
 
 
+RAW_DATASET_START = b"\x08\x00"
+"""Little-endian group 0x0008: how a DICOM dataset written without the Part 10 preamble
+(older ACR-NEMA style exports) begins."""
+PREAMBLE_LENGTH = 128
+
+
+def _has_part10_preamble(path: Path) -> bool:
+    with open(path, "rb") as stream:
+        return stream.read(PREAMBLE_LENGTH + 4)[PREAMBLE_LENGTH:] == b"DICM"
+
+
+def _looks_like_raw_dataset(path: Path) -> bool:
+    with open(path, "rb") as stream:
+        return stream.read(len(RAW_DATASET_START)) == RAW_DATASET_START
+
+
+def _dcmread(path: Path, *, stop_before_pixels: bool = False):
+    """Read a Part 10 file, or a raw dataset without preamble (only when it starts like one)."""
+    import pydicom
+
+    force = not _has_part10_preamble(path) and _looks_like_raw_dataset(path)
+    with _quiet_pydicom():
+        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=force)
+    if force and "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+        _set_transfer_syntax_from_encoding(ds)
+    return ds
+
+
+def _set_transfer_syntax_from_encoding(ds) -> None:
+    """A raw dataset has no file meta: record the encoding it was parsed with so pixels decode."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    if hasattr(ds, "original_encoding"):  # pydicom >= 3
+        implicit, little = ds.original_encoding
+    else:  # pragma: no cover - pydicom 2.4
+        implicit, little = ds.is_implicit_VR, ds.is_little_endian
+    if not hasattr(ds, "file_meta"):
+        ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    )
+
+
 def _read_header(path: Path):
     """The dataset of ``path`` without pixel data, or None when it is not a DICOM file."""
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        with _quiet_pydicom():
-            return pydicom.dcmread(path, stop_before_pixels=True)
+        return _dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError, AttributeError):
         return None
     except Exception as error:  # malformed element values raise many different types
@@ -526,11 +568,8 @@ def _stack_geometry(
 # ----------------------------------------------------------------- pixels
 def _pixels(path: Path) -> tuple[np.ndarray, Any]:
     """(rows, columns) stored pixel values and the full dataset of one file."""
-    import pydicom
-
     try:
-        with _quiet_pydicom():
-            ds = pydicom.dcmread(path)
+        ds = _dcmread(path)
     except Exception as error:
         raise InputError(f"cannot read DICOM file {path}: {_one_line(error)}") from error
     if "PixelData" not in ds:

@@ -324,3 +324,18 @@ def test_scout_and_structure_set_next_to_the_ct_do_not_confuse_the_choice(tmp_pa
     loaded = read_dicom_series(tmp_path)
     assert loaded.meta["series_description"] == "Pelvis"
     np.testing.assert_array_equal(loaded.array, axial.array)
+
+
+def test_files_without_part10_preamble_are_read(tmp_path):
+    """Older exports write the bare dataset (no preamble, no file meta)."""
+    volume = make_volume((3, 6, 8), direction=direction_for("FFS"))
+    paths = write(volume, tmp_path, patient_position="FFS")
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        del ds.file_meta
+        ds.preamble = None
+        pydicom.dcmwrite(path, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+        assert path.read_bytes()[128:132] != b"DICM"
+    loaded = read_dicom_series(tmp_path)
+    assert loaded.same_grid(volume, tolerance=1e-6)
+    np.testing.assert_array_equal(loaded.array, volume.array)
