@@ -152,6 +152,15 @@ def _file_names(count: int, file_names: Sequence[str] | None, rng: np.random.Gen
     return [f"IMG{k + 1:05d}.dcm" for k in range(count)]
 
 
+def _check_keywords(attributes: Mapping[str, Any], what: str) -> None:
+    """Refuse misspelt attribute names: pydicom would only warn and drop them."""
+    from pydicom.datadict import tag_for_keyword
+
+    unknown = sorted(keyword for keyword in attributes if tag_for_keyword(keyword) is None)
+    if unknown:
+        raise InputError(f"unknown DICOM keyword(s) in {what}: {', '.join(unknown)}")
+
+
 def _common_dataset(
     modality: str,
     patient: Mapping[str, Any],
@@ -169,6 +178,7 @@ def _common_dataset(
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID = SOP_CLASS_BY_MODALITY[modality]
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    _check_keywords(patient, "patient")
     for keyword, value in {**DEFAULT_PATIENT, **dict(patient)}.items():
         setattr(ds, keyword, value)
     ds.StudyInstanceUID = study_instance_uid
@@ -200,6 +210,7 @@ def _common_dataset(
 def _add_mr_attributes(ds, mr_sequence: Mapping[str, Any], slice_gap: float) -> None:
     """MR Image module: sequence description + timing (type 1/2 attributes always present)."""
     attributes = {**DEFAULT_T2_TSE, **dict(mr_sequence)}
+    _check_keywords(attributes, "mr_sequence")
     for keyword, value in attributes.items():
         if keyword in ("EchoTime", "RepetitionTime", "InversionTime", "MagneticFieldStrength", "FlipAngle"):
             value = format_ds(value) if value not in ("", None) else ""

@@ -76,6 +76,13 @@ def test_shuffled_names_and_instance_numbers_carry_no_order(tmp_path):
     assert [p.name for p in paths] != sorted(p.name for p in paths)
 
 
+def test_patient_attributes_are_written(tmp_path):
+    path = write_dicom_series(make_volume((1, 4, 4)), tmp_path,
+                              patient={"PatientName": "Doe^Jane", "PatientID": "123", "PatientBirthDate": "19700101"})[0]
+    ds = pydicom.dcmread(path)
+    assert (str(ds.PatientName), ds.PatientID, ds.PatientBirthDate, ds.PatientSex) == ("Doe^Jane", "123", "19700101", "F")
+
+
 def test_uids_are_shared_per_series_and_unique_per_instance(tmp_path):
     volume = make_volume((3, 4, 4))
     paths = write_dicom_series(volume, tmp_path, study_instance_uid="1.2.3", frame_of_reference_uid="1.2.4")
@@ -110,6 +117,8 @@ def test_writer_rejects_bad_arguments(tmp_path):
         write_dicom_series(volume, tmp_path, patient_position="UPSIDE")
     with pytest.raises(InputError, match="slice_positions"):
         write_dicom_series(volume, tmp_path, slice_positions=np.zeros((3, 3)))
+    with pytest.raises(InputError, match="unknown DICOM keyword.*EchoTme"):
+        write_dicom_series(volume, tmp_path, modality="MR", mr_sequence={"EchoTme": 90})
     with pytest.raises(InputError, match="NaN"):
         write_dicom_series(volume.with_array(np.full((2, 4, 4), np.nan)), tmp_path)
     assert list(tmp_path.iterdir()) == []
