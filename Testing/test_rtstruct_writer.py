@@ -312,3 +312,17 @@ def test_polygons_of_random_masks_rasterise_back_exactly(join):
         for polygon in polygons:
             filled ^= PolygonPath(polygon).contains_points(centres)
         assert np.array_equal(filled.reshape(rows, columns), mask), f"trial {trial}"
+
+
+def test_grid_check_bounds_the_misplacement_in_millimetres(ct_series):
+    from CervixAutoSegLib.rtstruct.writer import grid_offset_mm
+
+    _, reference = ct_series
+    assert grid_offset_mm(reference, reference) == 0.0
+    shifted = dataclasses.replace(reference, origin=reference.origin + [0.0, 0.0005, 0.0])
+    assert grid_offset_mm(shifted, reference) == pytest.approx(0.0005)
+    # A direction error of 1e-4 looks tiny as a number but moves the far corner of a
+    # 30-pixel row by ~3e-3 mm: more than the 1e-3 mm tolerance.
+    tilted = dataclasses.replace(reference, direction=reference.direction + [[0, 0, 0], [1e-4, 0, 0], [0, 0, 0]])
+    assert grid_offset_mm(tilted, reference) > 1e-3
+    assert grid_offset_mm(dataclasses.replace(reference, array=reference.array[1:]), reference) == float("inf")

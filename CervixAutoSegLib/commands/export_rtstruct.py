@@ -33,12 +33,13 @@ def run(args: argparse.Namespace) -> int:
     from ..dicom_series import read_dicom_series
     from ..errors import InputError
     from ..rtstruct import organ_tumour_containment, write_rtstruct
+    from ..rtstruct.writer import grid_offset_mm
 
     if not args.dicom.is_dir():
         raise InputError(f"--dicom {args.dicom} is not a folder")
     reference = read_dicom_series(args.dicom, series_uid=args.series)
     labels = load_label_map(args.labels, reference.modality)
-    if not labels.same_grid(reference, tolerance=GRID_TOLERANCE_MM):
+    if grid_offset_mm(labels, reference) > GRID_TOLERANCE_MM:
         hint = "export labels on the image grid"
         if not reference.is_orthogonal and args.labels.name.lower().endswith((".nii", ".nii.gz")):
             # ITK coerces a NIfTI direction to orthogonal, so a tilted grid cannot survive it.

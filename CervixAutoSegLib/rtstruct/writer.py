@@ -212,10 +212,25 @@ def save_implicit_little_endian(dataset, path: str | Path) -> None:
 # --------------------------------------------------------------------------- modules
 
 
+def grid_offset_mm(a: Volume, b: Volume) -> float:
+    """Largest distance (mm) between the same corner voxel centre of two grids; inf if shapes differ.
+
+    Comparing positions (not spacing and direction numbers) bounds the misplacement
+    anywhere in the volume, since grid positions are affine in the voxel index.
+    """
+    if a.shape != b.shape:
+        return float("inf")
+    nz, ny, nx = a.shape
+    corners = np.array([[i, j, k] for i in (0, nx - 1) for j in (0, ny - 1) for k in (0, nz - 1)], dtype=np.float64)
+    return float(np.max(np.linalg.norm(a.index_to_physical(corners) - b.index_to_physical(corners), axis=1)))
+
+
 def _check_same_grid(labels: Volume, reference: Volume) -> None:
-    if not labels.same_grid(reference, tolerance=GRID_TOLERANCE_MM):
+    offset = grid_offset_mm(labels, reference)
+    if offset > GRID_TOLERANCE_MM:
+        where = "has another shape" if not np.isfinite(offset) else f"is off by up to {offset:.3g} mm"
         raise InputError(
-            f"the label map is not on the image grid (labels {labels!r}, image {reference!r}); "
+            f"the label map is not on the image grid: it {where} (labels {labels!r}, image {reference!r}); "
             "resample it onto the images first"
         )
 
