@@ -152,6 +152,18 @@ def _file_names(count: int, file_names: Sequence[str] | None, rng: np.random.Gen
     return [f"IMG{k + 1:05d}.dcm" for k in range(count)]
 
 
+def _slice_gap(positions: np.ndarray, normal: np.ndarray, volume: Volume) -> float:
+    """Distance (mm) between neighbouring slice planes, measured along the plane normal.
+
+    It is shorter than the IPP step for a tilted gantry; with explicit ``positions`` it
+    is their median step along the normal.
+    """
+    along = np.diff(positions @ normal)
+    if along.size:
+        return float(np.median(np.abs(along)))
+    return abs(float(np.dot(volume.direction[:, 2], normal))) * float(volume.spacing[2])
+
+
 def _check_keywords(attributes: Mapping[str, Any], what: str) -> None:
     """Refuse misspelt attribute names: pydicom would only warn and drop them."""
     from pydicom.datadict import tag_for_keyword
@@ -294,9 +306,7 @@ def write_dicom_series(
     row_direction, column_direction = volume.direction[:, 0], volume.direction[:, 1]
     normal = np.cross(row_direction, column_direction)
     normal /= np.linalg.norm(normal)
-    # Slice thickness is measured perpendicular to the image plane (smaller than the
-    # IPP step for a tilted gantry).
-    slice_gap = abs(float(np.dot(volume.direction[:, 2], normal))) * float(volume.spacing[2])
+    slice_gap = _slice_gap(positions, normal, volume)
 
     study_instance_uid = study_instance_uid or _new_uid()
     series_instance_uid = series_instance_uid or _new_uid()

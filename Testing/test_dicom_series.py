@@ -106,6 +106,7 @@ def test_gantry_tilt_is_kept_as_a_sheared_grid(tmp_path):
     step = np.array([0.0, 2.5 * np.tan(tilt), 2.5])  # 2.5 mm between planes, shifted posteriorly
     positions = np.asarray(volume.origin) + np.arange(6)[:, None] * step
     write(volume, tmp_path, slice_positions=positions, shuffle_seed=1)
+    assert {float(pydicom.dcmread(p).SliceThickness) for p in tmp_path.iterdir()} == {2.5}
     loaded = read_dicom_series(tmp_path)
     assert loaded.meta["gantry_tilt"] is True and not loaded.is_orthogonal
     np.testing.assert_array_equal(loaded.array, volume.array)
