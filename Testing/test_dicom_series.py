@@ -340,3 +340,25 @@ def test_files_without_part10_preamble_are_read(tmp_path):
     loaded = read_dicom_series(tmp_path)
     assert loaded.same_grid(volume, tolerance=1e-6)
     np.testing.assert_array_equal(loaded.array, volume.array)
+
+
+KNOWN_REFUSALS = ("unsupported modality", "slices are not parallel", "missing slices")
+
+
+def test_every_pydicom_dicomdir_series_loads_or_is_refused_with_a_known_reason():
+    outcomes = {}
+    for info in find_series(DICOMDIR_TESTS):
+        try:
+            volume = read_dicom_series(DICOMDIR_TESTS, series_uid=info.series_instance_uid)
+        except InputError as error:
+            message = str(error)
+            assert "\n" not in message and any(reason in message for reason in KNOWN_REFUSALS), message
+            outcomes[info.description] = message.split(":")[0]
+        else:
+            assert volume.shape[0] == info.n_slices and volume.shape[1:] == (info.rows, info.columns)
+            outcomes[info.description] = "loaded"
+    assert outcomes["SmartScore - Gated 0.5 sec"] == "loaded"
+    assert outcomes["FAST LOCALIZER"] == "loaded"
+    assert outcomes["Routine Brain"] == "missing slices"  # 4 files: two pairs 202 mm apart
+    assert outcomes["Cervical LAT"].startswith("unsupported modality CR")
+    assert outcomes["ANGIO Projected from   C"] == "slices are not parallel"
