@@ -9,12 +9,12 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from rtstruct_oracle import save_file, write_series
 
+from CervixAutoSegLib.dicom_series import read_dicom_series
 from CervixAutoSegLib.errors import InputError
 from CervixAutoSegLib.rtstruct import read_rtstruct, read_rtstruct_masks, roi_names
 from CervixAutoSegLib.structures import CT_STRUCTURES
-from CervixAutoSegLib.dicom_series import read_dicom_series
-from rtstruct_oracle import save_file, write_series
 
 ROWS, COLUMNS, SLICES = 20, 26, 4
 PIXEL_SPACING = (0.8, 1.25)  # (row, column) mm

@@ -13,14 +13,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rtstruct_oracle import (
+    assert_dciodvfy_clean,
+    dice,
+    oracle_masks,
+    oracle_volume_mask,
+    semantic_problems,
+    write_series,
+)
 from scipy import ndimage
 
 from CervixAutoSegLib.dicom_series import read_dicom_series
 from CervixAutoSegLib.rtstruct import read_rtstruct, read_rtstruct_masks, write_rtstruct
 from CervixAutoSegLib.structures import CT_STRUCTURES, MR_STRUCTURES
-from rtstruct_oracle import (
-    assert_dciodvfy_clean, dice, oracle_masks, oracle_volume_mask, semantic_problems, write_series,
-)
 
 ROWS, COLUMNS, SLICES = 37, 52, 7
 MIN_DICE = 0.999
@@ -75,13 +80,13 @@ def _geometry(case: str) -> dict:
     else:
         normal = np.cross(row, column)
         positions = start + np.outer(normal_steps, normal)
-    return dict(row_direction=row, column_direction=column, pixel_spacing=spacing,
-                patient_position=position, modality=modality, positions=positions)
+    return {"row_direction": row, "column_direction": column, "pixel_spacing": spacing,
+            "patient_position": position, "modality": modality, "positions": positions}
 
 
 def _shapes(shape: tuple[int, int, int], seed: int) -> dict[int, np.ndarray]:
     """Masks that stress contouring: holes, nested islands, border contact, single voxels, noise."""
-    nz, ny, nx = shape
+    nz, ny, _ = shape
     ring = np.zeros(shape, dtype=bool)
     ring[1:6, 3:28, 3:26] = True          # outer region
     ring[1:6, 7:24, 7:22] = False         # hole

@@ -7,18 +7,20 @@ import dataclasses
 import numpy as np
 import pydicom
 import pytest
+from rtstruct_oracle import assert_dciodvfy_clean, semantic_problems, write_series
 
+from CervixAutoSegLib.dicom_series import read_dicom_series
 from CervixAutoSegLib.errors import InputError
 from CervixAutoSegLib.rtstruct import build_rtstruct_dataset, write_rtstruct
 from CervixAutoSegLib.rtstruct.contours import keyhole, mask_polygons
 from CervixAutoSegLib.rtstruct.decimal_strings import format_ds, format_ds_values
 from CervixAutoSegLib.rtstruct.uids import (
-    IMPLICIT_VR_LITTLE_ENDIAN, MR_IMAGE_STORAGE, RT_STRUCTURE_SET_STORAGE,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    MR_IMAGE_STORAGE,
+    RT_STRUCTURE_SET_STORAGE,
 )
 from CervixAutoSegLib.structures import CT_STRUCTURES, MR_STRUCTURES
 from CervixAutoSegLib.volume import Volume
-from CervixAutoSegLib.dicom_series import read_dicom_series
-from rtstruct_oracle import assert_dciodvfy_clean, semantic_problems, write_series
 
 ROWS, COLUMNS, SLICES = 24, 30, 5
 
@@ -326,3 +328,14 @@ def test_grid_check_bounds_the_misplacement_in_millimetres(ct_series):
     tilted = dataclasses.replace(reference, direction=reference.direction + [[0, 0, 0], [1e-4, 0, 0], [0, 0, 0]])
     assert grid_offset_mm(tilted, reference) > 1e-3
     assert grid_offset_mm(dataclasses.replace(reference, array=reference.array[1:]), reference) == float("inf")
+
+
+def test_export_command_refuses_a_probability_map_as_labels(ct_series, tmp_path, capsys):
+    from CervixAutoSegLib.cli import main
+
+    folder, reference = ct_series
+    probabilities = reference.with_array(np.full(reference.shape, 0.7, dtype=np.float32))
+    labels_path = _save_labels(probabilities, tmp_path / "probabilities.nii.gz")
+    out = tmp_path / "rs.dcm"
+    code = main(["export-rtstruct", "--dicom", str(folder), "--labels", str(labels_path), "--out", str(out)])
+    assert code != 0 and "non-integer" in capsys.readouterr().err and not out.exists()

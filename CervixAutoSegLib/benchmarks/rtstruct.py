@@ -79,9 +79,9 @@ def pelvic_labels(shape: tuple[int, int, int]) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     from ..atomic import write_text_atomic
-    from ..structures import CT_STRUCTURES
     from ..rtstruct.reader import read_rtstruct
     from ..rtstruct.writer import build_rtstruct_dataset, save_implicit_little_endian
+    from ..structures import CT_STRUCTURES
 
     reference, header = synthetic_ct_reference(args.size, args.slices)
     labels = reference.with_array(pelvic_labels(reference.shape))

@@ -72,9 +72,11 @@ def load_label_map(path: Path, modality: str = ""):
     # The modality is passed on so that the reader does not guess it from label values.
     volume = load_image(path, modality=modality or None)
     array = volume.array
-    if not np.issubdtype(array.dtype, np.integer):
-        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
-            raise InputError(f"{path} holds non-integer values; a label map must hold label values 0, 1, 2, ...")
+    integral = np.issubdtype(array.dtype, np.integer) or (
+        np.all(np.isfinite(array)) and np.all(array == np.round(array))
+    )
+    if not integral:
+        raise InputError(f"{path} holds non-integer values; a label map must hold label values 0, 1, 2, ...")
     if array.size and (array.min() < 0 or array.max() > np.iinfo(np.uint8).max):
         raise InputError(f"{path} holds label values outside 0-255")
     return volume.with_array(array.astype(np.uint8))

@@ -6,7 +6,7 @@ refuse the file, so the writer formats every coordinate itself.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -122,7 +122,7 @@ def read_rtstruct(
     lookup = _name_lookup(names, list(masks))
     labels = np.zeros(reference.shape, dtype=np.uint8)
     found: dict[str, int] = {}
-    for name, mask in masks.items():
+    for name in masks:
         value = _match(name, lookup)
         if value is None:
             log.warning("RTSTRUCT ROI %r matches no known structure; skipped", name)
@@ -184,7 +184,7 @@ def _check_frame_of_reference(dataset, reference: Volume, path) -> None:
                if "ReferencedFrameOfReferenceUID" in roi}
     if image_frame and frames and image_frame not in frames:
         raise InputError(
-            f"{path} is drawn in Frame of Reference {sorted(frames)[0]}, the images are in {image_frame}: "
+            f"{path} is drawn in Frame of Reference {min(frames)}, the images are in {image_frame}: "
             "it belongs to another image series"
         )
 
