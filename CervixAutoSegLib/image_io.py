@@ -22,6 +22,10 @@ from .volume import Volume
 
 ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 """File name endings read through SimpleITK."""
+SOURCE_BY_SUFFIX = {
+    ".nii": "nifti", ".nii.gz": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "metaimage", ".mhd": "metaimage",
+}
+"""``Volume.meta["source"]`` of an image read from each format (DICOM input says ``"dicom"``)."""
 WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 """Single-file formats :func:`write_image` produces (atomically)."""
 
@@ -67,7 +71,7 @@ def _read_itk(path: Path, modality: str | None) -> Volume:
         raise InputError(f"{path} is a {image.GetDimension()}D image; a 3D image is needed")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar image is needed")
-    meta = {"source": image_suffix(path).lstrip(".").split(".")[0], "files": [str(path)]}
+    meta = {"source": SOURCE_BY_SUFFIX[image_suffix(path)], "files": [str(path)]}
     volume = Volume.from_sitk(image, meta=meta)
     if modality:
         chosen, how = modality.upper(), "given"

@@ -40,6 +40,7 @@ def test_round_trip_keeps_voxels_and_oblique_geometry(tmp_path, name):
     volume = oblique_volume()
     write_image(volume, tmp_path / name)
     loaded = load_image(tmp_path / name)
+    assert loaded.meta["source"] == {"nii": "nifti", "nrrd": "nrrd", "mha": "metaimage"}[name.split(".")[1]]
     np.testing.assert_array_equal(loaded.array, volume.array)
     assert loaded.array.dtype == volume.array.dtype
     tolerance = 1e-6 if not name.startswith("image.nii") else 1e-6 + FLOAT32_RELATIVE * 50
