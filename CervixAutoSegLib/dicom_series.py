@@ -52,6 +52,8 @@ MEDIA_STORAGE_DIRECTORY_STORAGE = "1.2.840.10008.1.3.10"
 
 ORIENTATION_TOLERANCE = 1e-4
 """Max difference of direction cosines for two slices to count as parallel."""
+IOP_UNIT_TOLERANCE = 1e-2
+"""Image Orientation (Patient) cosines are rounded by scanners; beyond this they are corrupt."""
 SPACING_TOLERANCE_MM = 1e-3
 """Max difference of pixel spacings (mm) within one series."""
 DUPLICATE_POSITION_MM = 1e-3
@@ -478,9 +480,13 @@ def _orientation(ds, path: Path) -> np.ndarray:
     if iop is None or len(iop) != 6:
         raise InputError(f"{path.name} has no Image Orientation (Patient): cannot place it in space")
     row, column = np.asarray(iop[:3]), np.asarray(iop[3:])
-    if np.linalg.norm(row) < 0.5 or np.linalg.norm(column) < 0.5:
-        raise InputError(f"{path.name} has an invalid Image Orientation (Patient) {iop}")
-    return np.concatenate([row / np.linalg.norm(row), column / np.linalg.norm(column)])
+    lengths = np.array([np.linalg.norm(row), np.linalg.norm(column)])
+    if np.any(np.abs(lengths - 1) > IOP_UNIT_TOLERANCE) or abs(np.dot(row, column)) > IOP_UNIT_TOLERANCE:
+        raise InputError(
+            f"{path.name} has an invalid Image Orientation (Patient) {list(iop)}: "
+            "row and column must be perpendicular unit vectors"
+        )
+    return np.concatenate([row / lengths[0], column / lengths[1]])
 
 
 def _position(ds, path: Path) -> np.ndarray:

@@ -204,3 +204,23 @@ def test_console_undecodable_pixels_print_one_line(ct_series):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert lines[0].startswith("cervixautoseg series: error: cannot decode pixel data of")
+
+
+@pytest.mark.parametrize(
+    "keyword, value, message",
+    [
+        ("ImageOrientationPatient", [1, 0, 0, 1, 0, 0], "invalid Image Orientation (Patient)"),
+        ("ImagePositionPatient", None, "has no Image Position (Patient)"),
+        ("PixelSpacing", None, "has no valid Pixel Spacing"),
+    ],
+)
+def test_broken_geometry_tags(ct_series, capsys, keyword, value, message):
+    def damage(ds):
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+
+    edit_files(ct_series, damage)
+    code, _, err = run_cli(capsys, str(ct_series[0].parent), "--check")
+    assert_one_line_error(code, err, message)
