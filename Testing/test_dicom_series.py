@@ -362,3 +362,14 @@ def test_every_pydicom_dicomdir_series_loads_or_is_refused_with_a_known_reason()
     assert outcomes["Routine Brain"] == "missing slices"  # 4 files: two pairs 202 mm apart
     assert outcomes["Cervical LAT"].startswith("unsupported modality CR")
     assert outcomes["ANGIO Projected from   C"] == "slices are not parallel"
+
+
+def test_rle_compressed_series_reads_the_same(tmp_path):
+    """PACS exports are often compressed; RLE Lossless decodes with pydicom alone."""
+    volume = make_volume((3, 10, 12), direction=direction_for("HFP"))
+    paths = write(volume, tmp_path, patient_position="HFP")
+    edit_files(paths, lambda ds: ds.compress(pydicom.uid.RLELossless))
+    assert pydicom.dcmread(paths[0]).file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
+    loaded = read_dicom_series(tmp_path)
+    assert loaded.same_grid(volume, tolerance=1e-6)
+    np.testing.assert_array_equal(loaded.array, volume.array)
