@@ -133,16 +133,23 @@ def test_truncated_pixel_data(ct_series, capsys):
     assert_one_line_error(code, err, "cannot decode pixel data of", ct_series[5].name)
 
 
-def test_compressed_pixel_data_that_cannot_be_decoded(ct_series, capsys):
+@pytest.mark.parametrize(
+    "syntax, name",
+    [
+        (pydicom.uid.JPEG2000Lossless, "JPEG 2000"),  # a decoder exists (Pillow) but the data is corrupt
+        (pydicom.uid.JPEGLSLossless, "JPEG-LS"),  # no decoder installed here
+    ],
+)
+def test_compressed_pixel_data_that_cannot_be_decoded(ct_series, capsys, syntax, name):
     from pydicom.encaps import encapsulate
 
-    def fake_jpeg2000(ds):
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEG2000Lossless
+    def fake_compressed(ds):
+        ds.file_meta.TransferSyntaxUID = syntax
         ds.PixelData = encapsulate([b"\xff\x4f\xff\x51not really a codestream"])
 
-    edit_files(ct_series[1:2], fake_jpeg2000)
+    edit_files(ct_series[1:2], fake_compressed)
     code, _, err = run_cli(capsys, str(ct_series[0].parent), "--check")
-    assert_one_line_error(code, err, "cannot decode pixel data of", "JPEG 2000")
+    assert_one_line_error(code, err, "cannot decode pixel data of", ct_series[1].name, name)
 
 
 def test_several_series_need_series_option(tmp_path, capsys):
