@@ -373,3 +373,29 @@ def test_rle_compressed_series_reads_the_same(tmp_path):
     loaded = read_dicom_series(tmp_path)
     assert loaded.same_grid(volume, tolerance=1e-6)
     np.testing.assert_array_equal(loaded.array, volume.array)
+
+
+def _dicom_pixel_position(path, row: int, column: int) -> np.ndarray:
+    """LPS of pixel (row, column) of one file by the DICOM PS3.3 C.7.6.2.1.1 equation."""
+    ds = pydicom.dcmread(path)
+    ipp = np.array([float(v) for v in ds.ImagePositionPatient])
+    iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+    row_spacing, column_spacing = (float(v) for v in ds.PixelSpacing)
+    return ipp + column * column_spacing * iop[:3] + row * row_spacing * iop[3:]
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_bright_voxel_position_matches_the_dicom_equation(tmp_path, layout):
+    volume = make_volume((5, 14, 22), spacing_xyz=(0.6, 1.3, 4.0), direction=LAYOUTS[layout])
+    array = np.zeros(volume.shape, np.int16)
+    array[3, 11, 2] = 1000
+    paths = write(volume.with_array(array), tmp_path, shuffle_seed=8)
+    def hu(path):
+        ds = pydicom.dcmread(path)
+        return ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+
+    (bright,) = [path for path in paths if hu(path).max() == 1000]
+    expected = _dicom_pixel_position(bright, row=11, column=2)
+    loaded = read_dicom_series(tmp_path)
+    k, j, i = np.argwhere(loaded.array == 1000)[0]
+    np.testing.assert_allclose(loaded.index_to_physical([i, j, k]), expected, atol=1e-6)
