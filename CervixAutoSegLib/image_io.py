@@ -108,8 +108,8 @@ def load_image(
         return dicom_series.read_dicom_series(path, series_uid=series_uid, modality=modality, t2=t2, preferred=preferred)
     if image_suffix(path):
         volume = _read_itk(path, modality)
-        if t2 is not None and volume.modality == "MR":
-            volume.meta["is_t2"] = t2
+        # No sequence information in these formats: T2w is only known when the user says so.
+        volume.meta["is_t2"] = t2 if volume.modality == "MR" else None
         return volume
     if dicom_series.find_series([path]):
         return dicom_series.read_dicom_series([path], series_uid=series_uid, modality=modality, t2=t2, preferred=preferred)

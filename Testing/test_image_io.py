@@ -132,8 +132,9 @@ def test_modality_is_given_or_guessed(tmp_path):
     assert load_image(tmp_path / "ct.nrrd").modality == "CT"
     loaded = load_image(tmp_path / "mr.nrrd")
     assert loaded.modality == "MR" and loaded.meta["modality_source"] == "guessed"
-    forced = load_image(tmp_path / "ct.nrrd", modality="mr")
-    assert forced.modality == "MR" and forced.meta["modality_source"] == "given"
+    assert loaded.meta["is_t2"] is None
+    forced = load_image(tmp_path / "ct.nrrd", modality="mr", t2=True)
+    assert forced.modality == "MR" and forced.meta["modality_source"] == "given" and forced.meta["is_t2"] is True
 
 
 def test_real_ct_test_image_reads_in_lps(tmp_path):
