@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -134,3 +135,26 @@ def test_non_integer_ct_is_quantised_within_half_a_step(tmp_path):
     loaded = read_dicom_series(tmp_path)
     assert loaded.array.dtype == np.float32
     np.testing.assert_allclose(loaded.array, values, atol=slope / 2 + 1e-3)
+
+
+REAL_IMAGES = Path("/work/shared/testdata")
+
+
+@pytest.mark.parametrize("name, modality", [("real_ct_abdomen_pelvis_3mm.nii.gz", "CT"),
+                                            ("real_mr_abdomen_3mm.nii.gz", "MR")])
+def test_real_scans_survive_nifti_to_dicom_to_volume(tmp_path, name, modality):
+    from CervixAutoSegLib.dicom_series import read_dicom_series
+    from CervixAutoSegLib.image_io import load_image
+
+    if not (REAL_IMAGES / name).exists():
+        pytest.skip("shared test data not present")
+    original = load_image(REAL_IMAGES / name, modality=modality)
+    paths = write_dicom_series(original, tmp_path, modality=modality, shuffle_seed=0)
+    if DCIODVFY:
+        assert dciodvfy_errors(paths[0]) == []
+    loaded = read_dicom_series(tmp_path)
+    assert loaded.modality == modality
+    np.testing.assert_array_equal(loaded.array, original.array)
+    np.testing.assert_allclose(loaded.direction, original.direction, atol=1e-6)
+    np.testing.assert_allclose(loaded.origin, original.origin, atol=1e-6)
+    np.testing.assert_allclose(loaded.spacing, original.spacing, atol=1e-6)
