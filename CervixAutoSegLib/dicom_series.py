@@ -66,6 +66,8 @@ slice normal by more than this fraction of a pixel over the whole stack: roundin
 Image Position (Patient) (some scanners write 0.1 mm) must not turn an ordinary series
 into a sheared grid (which, for one, NIfTI cannot store); any real tilt of a pelvic
 stack drifts by millimetres."""
+NONUNIFORM_WARNING_FRACTION = 0.05
+"""Warn when slice positions deviate from the uniform grid by more than this fraction of a step."""
 DEFAULT_SINGLE_SLICE_SPACING_MM = 1.0
 OBLIQUE_LIMIT_DEGREES = 10.0
 """Slices tilted more than this from the nearest anatomical plane are listed as oblique."""
@@ -608,18 +610,48 @@ def _rescale(ds) -> tuple[float, float]:
 
 
 def _to_output_values(stored: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> np.ndarray:
-    """Apply per-slice rescale; int16 (or the stored type) when exact, else float32."""
+    """Apply the per-slice rescale to ``stored`` (z, y, x).
+
+    Returns the stored array itself for an identity rescale, int16 when the result is
+    exact and fits (CT in HU), float32 otherwise. Works slice by slice so a large
+    series never needs a 64-bit copy.
+    """
     if np.all(slopes == 1.0) and np.all(intercepts == 0.0):
         return stored
-    if np.all(slopes == 1.0) and np.all(intercepts == np.round(intercepts)):
-        values = stored.astype(np.int64) + intercepts.astype(np.int64)[:, None, None]
-        if values.min(initial=0) >= np.iinfo(np.int16).min and values.max(initial=0) <= np.iinfo(np.int16).max:
-            return values.astype(np.int16)
-        return values.astype(np.float32)
-    return (stored.astype(np.float64) * slopes[:, None, None] + intercepts[:, None, None]).astype(np.float32)
+    if stored.size and np.all(slopes == 1.0) and np.all(intercepts == np.round(intercepts)):
+        low = int(stored.min()) + int(intercepts.min())
+        high = int(stored.max()) + int(intercepts.max())
+        if np.iinfo(np.int16).min <= low and high <= np.iinfo(np.int16).max:
+            values = np.empty(stored.shape, np.int16)
+            for k, intercept in enumerate(intercepts):
+                values[k] = stored[k].astype(np.int32) + int(intercept)
+            return values
+    values = np.empty(stored.shape, np.float32)
+    for k, (slope, intercept) in enumerate(zip(slopes, intercepts)):
+        values[k] = stored[k].astype(np.float64) * slope + intercept
+    return values
 
 
 # ----------------------------------------------------------------- reading
+def _read_pixels(paths: Sequence[Path], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stored values (z, y, x) of ``paths`` in order, with per-slice rescale slopes and intercepts."""
+    stored: np.ndarray | None = None
+    slopes, intercepts = np.ones(len(paths)), np.zeros(len(paths))
+    for k, path in enumerate(paths):
+        array, ds = _pixels(path)
+        if array.shape != size:
+            raise InputError(f"pixel data of {path} is {array.shape[0]}x{array.shape[1]}, header says {size[0]}x{size[1]}")
+        if stored is None:
+            stored = np.empty((len(paths), *size), array.dtype)
+        elif not np.can_cast(array.dtype, stored.dtype, "safe"):
+            # Signed and unsigned slices in one series: widen instead of wrapping.
+            stored = stored.astype(np.result_type(stored.dtype, array.dtype))
+        stored[k] = array
+        slopes[k], intercepts[k] = _rescale(ds)
+    assert stored is not None  # a series has at least one file
+    return stored, slopes, intercepts
+
+
 def read_series_files(info: SeriesInfo, *, t2: bool | None = None) -> Volume:
     """Read the files of one series (as found by :func:`find_series`) into a Volume.
 
@@ -648,18 +680,8 @@ def read_series_files(info: SeriesInfo, *, t2: bool | None = None) -> Volume:
     )
     geometry = _stack_geometry(positions, iop, pixel_spacing, [p.name for p, _ in members], single_spacing)
 
-    rows, columns = int(first.Rows), int(first.Columns)
-    slices, slopes, intercepts = [], [], []
-    for path, _ in members:
-        array, ds = _pixels(path)
-        if array.shape != (rows, columns):
-            raise InputError(f"pixel data of {path} is {array.shape}, header says {rows}x{columns}")
-        slope, intercept = _rescale(ds)
-        slices.append(array)
-        slopes.append(slope)
-        intercepts.append(intercept)
-    stored = np.stack(slices)
-    values = _to_output_values(stored, np.asarray(slopes), np.asarray(intercepts))
+    stored, slopes, intercepts = _read_pixels([path for path, _ in members], (int(first.Rows), int(first.Columns)))
+    values = _to_output_values(stored, slopes, intercepts)
 
     is_t2 = t2 if (t2 is not None and info.modality == "MR") else info.is_t2
     meta = {
@@ -685,7 +707,7 @@ def read_series_files(info: SeriesInfo, *, t2: bool | None = None) -> Volume:
     }
     if info.modality == "MR":
         meta.update(echo_time=info.echo_time, repetition_time=info.repetition_time)
-    if geometry.nonuniform_mm > 0.01:
+    if geometry.nonuniform_mm > NONUNIFORM_WARNING_FRACTION * geometry.spacing[2]:
         log.warning("slice positions deviate up to %.3f mm from a uniform grid", geometry.nonuniform_mm)
     return Volume(
         array=values, spacing=geometry.spacing, origin=geometry.origin, direction=geometry.direction,

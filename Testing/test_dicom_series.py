@@ -399,3 +399,14 @@ def test_bright_voxel_position_matches_the_dicom_equation(tmp_path, layout):
     loaded = read_dicom_series(tmp_path)
     k, j, i = np.argwhere(loaded.array == 1000)[0]
     np.testing.assert_allclose(loaded.index_to_physical([i, j, k]), expected, atol=1e-6)
+
+
+def test_rescale_is_applied_per_slice(tmp_path):
+    volume = make_volume((4, 6, 6))
+    paths = write(volume, tmp_path)
+    edit_files(paths[2:3], lambda ds: setattr(ds, "RescaleIntercept", "-1000"))
+    loaded = read_dicom_series(tmp_path)
+    assert loaded.array.dtype == np.int16
+    expected = volume.array.astype(np.int32)
+    expected[2] += 24
+    np.testing.assert_array_equal(loaded.array, expected)
