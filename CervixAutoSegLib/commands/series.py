@@ -18,6 +18,9 @@ import json
 
 HELP = "list the DICOM image series in a folder (UID, modality, T2w?, description, size, spacing)"
 
+REPORT_NONUNIFORM_MM = 0.01
+"""Slice-position deviations above this are mentioned in the --check summary."""
+
 COLUMNS = ("UID", "modality", "T2w", "description", "slices", "size", "spacing mm", "orientation", "position")
 
 
@@ -81,7 +84,7 @@ def describe_volume(volume) -> str:
     ]
     if meta.get("gantry_tilt"):
         lines.append("gantry tilt kept as a sheared grid (slices not perpendicular to the slice axis)")
-    if meta.get("slice_spacing_nonuniform", 0.0) > 0.01:
+    if meta.get("slice_spacing_nonuniform", 0.0) > REPORT_NONUNIFORM_MM:
         lines.append(f"slice positions deviate up to {meta['slice_spacing_nonuniform']:.3f} mm from a uniform grid")
     if volume.modality == "MR":
         lines.append(f"T2w         {_t2_label(meta.get('is_t2'), 'MR')}")
