@@ -231,3 +231,15 @@ def test_broken_geometry_tags(ct_series, capsys, keyword, value, message):
     edit_files(ct_series, damage)
     code, _, err = run_cli(capsys, str(ct_series[0].parent), "--check")
     assert_one_line_error(code, err, message)
+
+
+def test_check_prints_the_grid_and_flags_gantry_tilt(tmp_path, capsys):
+    volume = make_volume((5, 8, 10), spacing_xyz=(0.75, 0.75, 1.0), origin=(10.0, -20.0, 30.0))
+    step = np.array([0.0, 1.0, 3.0])  # 3 mm planes, 18.4° tilt
+    write(volume, tmp_path, slice_positions=np.asarray(volume.origin) + np.arange(5)[:, None] * step)
+    code, out, err = run_cli(capsys, str(tmp_path), "--check")
+    assert code == 0 and err == ""
+    assert "size x,y,z  10 x 8 x 5" in out
+    assert f"spacing mm  0.75, 0.75, {np.linalg.norm(step):.4g}" in out
+    assert "origin LPS  10.000, -20.000, 30.000" in out
+    assert "gantry tilt kept as a sheared grid" in out
