@@ -1,0 +1,479 @@
+"""MRML glue: the one module of the package that talks to Slicer's scene.
+
+Everything here needs only what the ``slicer-core`` wheel provides (MRML nodes,
+segmentations, subject hierarchy, VTK), so the same code runs inside Slicer and under
+pytest.  ``slicer.util`` is not used: most of it needs a running Slicer application;
+voxels move between numpy and VTK through ``vtk.util.numpy_support``.
+
+Frames and orders:
+
+* A Slicer volume node stores voxels in a ``vtkImageData`` with origin 0 and spacing 1;
+  its geometry is the 4x4 IJK→RAS matrix.  :class:`~CervixAutoSegLib.volume.Volume`
+  keeps LPS; :attr:`Volume.ijk_to_ras` / :meth:`Volume.from_ijk_to_ras` convert exactly.
+* VTK point order has i (x) fastest, which is a C-order (z, y, x) numpy array flattened.
+
+Segmentations made here hold one segment per structure (TG-263 name, model-card colour,
+terminology tag), each labelmap on the grid the labels were computed on, collapsed into
+the fewest shared layers without merging overlapping segments (the MR organ and the
+tumour inside it end up in two layers).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from .errors import InputError
+from .segfile import TERMINOLOGY_CONTEXT, SegmentSpec, structure_segments
+from .structures import Structure, structures_from_json
+from .volume import Volume
+
+log = logging.getLogger(__name__)
+
+BINARY_LABELMAP = "Binary labelmap"
+TERMINOLOGY_TAG = "TerminologyEntry"
+
+# Attributes/tags this module writes, namespaced so they never clash with Slicer's own.
+SOURCE_VOLUME_REFERENCE = "CervixAutoSeg.SourceVolume"
+"""Node reference role: segmentation node → the volume node it was computed from."""
+MODEL_ATTRIBUTE = "CervixAutoSeg.Model"
+"""Segmentation node attribute: id of the model that drew it."""
+LABELS_ATTRIBUTE = "CervixAutoSeg.Labels"
+"""Segmentation node attribute: the labels.json document (structures) of that model."""
+LABEL_VALUE_TAG = "CervixAutoSeg.LabelValue"
+"""Segment tag: the structure's label value; marks the segment as ours (replaced on re-run)."""
+
+DICOM_INSTANCE_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"
+"""Volume node attribute Slicer's DICOM plugin sets: space-separated SOP Instance UIDs."""
+DICOM_MODALITY_ATTRIBUTE = "DICOM.Modality"
+"""Subject hierarchy series-item attribute Slicer's DICOM plugin sets."""
+
+GRID_INDEX_TOLERANCE = 1e-3
+"""Index-space distance below which a voxel centre counts as lying on the other grid."""
+
+_NUMPY_SAFE_TYPES = {np.dtype(np.float16): np.float32, np.dtype(np.bool_): np.uint8}
+"""numpy types VTK has no array for → the type they are stored as."""
+
+
+# --------------------------------------------------------------- numpy ↔ VTK
+def matrix_to_vtk(matrix: np.ndarray) -> "vtk.vtkMatrix4x4":
+    """4x4 numpy → ``vtkMatrix4x4``."""
+    result = vtk.vtkMatrix4x4()
+    for row in range(4):
+        for column in range(4):
+            result.SetElement(row, column, float(matrix[row, column]))
+    return result
+
+
+def matrix_from_vtk(matrix: "vtk.vtkMatrix4x4") -> np.ndarray:
+    """``vtkMatrix4x4`` → 4x4 float64 numpy."""
+    return np.array([[matrix.GetElement(row, column) for column in range(4)] for row in range(4)])
+
+
+def image_data_from_array(array: np.ndarray, image: "vtk.vtkImageData | None" = None) -> "vtk.vtkImageData":
+    """A deep copy of a (z, y, x) array as single-component ``vtkImageData`` (origin 0, spacing 1).
+
+    ``image`` may be given to fill a subclass (``vtkOrientedImageData``).
+    """
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise InputError(f"a 3D array is needed, got shape {array.shape}")
+    target_type = _NUMPY_SAFE_TYPES.get(array.dtype, array.dtype)
+    flat = np.ascontiguousarray(array, dtype=target_type).reshape(-1)
+    image = image if image is not None else vtk.vtkImageData()
+    nz, ny, nx = array.shape
+    image.SetDimensions(nx, ny, nz)
+    image.SetOrigin(0.0, 0.0, 0.0)
+    image.SetSpacing(1.0, 1.0, 1.0)
+    scalars = numpy_support.numpy_to_vtk(flat, deep=True)
+    scalars.SetName("ImageScalars")
+    image.GetPointData().SetScalars(scalars)
+    return image
+
+
+def array_from_image_data(image: "vtk.vtkImageData") -> np.ndarray:
+    """Copy of a single-component ``vtkImageData``'s voxels as a (z, y, x) array."""
+    scalars = image.GetPointData().GetScalars() if image is not None else None
+    if scalars is None:
+        raise InputError("the volume has no voxel data")
+    if scalars.GetNumberOfComponents() != 1:
+        raise InputError(f"a scalar volume is needed, this one has {scalars.GetNumberOfComponents()} components")
+    extent = image.GetExtent()
+    nx, ny, nz = (extent[1] - extent[0] + 1, extent[3] - extent[2] + 1, extent[5] - extent[4] + 1)
+    return numpy_support.vtk_to_numpy(scalars).reshape(nz, ny, nx).copy()
+
+
+# --------------------------------------------------------------- volume nodes
+def _series_item_attribute(node, name: str) -> str:
+    scene = node.GetScene()
+    if scene is None:
+        return ""
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    item = hierarchy.GetItemByDataNode(node) if hierarchy else 0
+    return hierarchy.GetItemAttribute(item, name) if item else ""
+
+
+def node_modality(node) -> str:
+    """``"CT"``/``"MR"`` from the DICOM attributes Slicer's DICOM import sets, else ``""``."""
+    modality = _series_item_attribute(node, DICOM_MODALITY_ATTRIBUTE) or (node.GetAttribute(DICOM_MODALITY_ATTRIBUTE) or "")
+    return modality.upper() if modality.upper() in ("CT", "MR") else ""
+
+
+def volume_from_node(node) -> Volume:
+    """The voxels and geometry of a scalar volume node as a :class:`Volume` (copy, LPS).
+
+    The geometry is the node's own IJK→RAS, i.e. in the frame of its parent transform;
+    results built from it are placed under the same transform.  ``meta`` carries the
+    node ID, name, modality source and, for DICOM-loaded volumes, the SOP Instance UIDs.
+    """
+    if node is None or not node.IsA("vtkMRMLScalarVolumeNode"):
+        raise InputError("select a scalar volume (CT or MR image) as input")
+    array = array_from_image_data(node.GetImageData())
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(ijk_to_ras)
+    modality = node_modality(node)
+    meta = {"node_id": node.GetID(), "name": node.GetName() or "", "modality_source": "dicom" if modality else ""}
+    uids = node.GetAttribute(DICOM_INSTANCE_UIDS_ATTRIBUTE)
+    if uids:
+        meta["sop_instance_uids"] = uids.split()
+    return Volume.from_ijk_to_ras(array, matrix_from_vtk(ijk_to_ras), modality=modality, meta=meta)
+
+
+def node_from_volume(scene, volume: Volume, name: str, *, labelmap: bool = False):
+    """Add a ``vtkMRMLScalarVolumeNode`` (or labelmap node) holding ``volume`` exactly.
+
+    IJK→RAS comes from :attr:`Volume.ijk_to_ras` (works for sheared grids too); the
+    voxels are deep-copied.  Display nodes are created when the scene can (slicer-core
+    without colour tables simply leaves them out).
+    """
+    node = slicer.vtkMRMLLabelMapVolumeNode() if labelmap else slicer.vtkMRMLScalarVolumeNode()
+    node.SetName(scene.GenerateUniqueName(name) if scene.GetFirstNodeByName(name) else name)
+    node.SetIJKToRASMatrix(matrix_to_vtk(volume.ijk_to_ras))
+    node.SetAndObserveImageData(image_data_from_array(volume.array))
+    scene.AddNode(node)
+    try:
+        node.CreateDefaultDisplayNodes()
+    except Exception as error:  # display needs colour logic a bare scene may lack; data is complete
+        log.debug("no display node for %s: %s", node.GetName(), error)
+    return node
+
+
+# --------------------------------------------------------------- segmentations
+def oriented_image(mask: np.ndarray, grid: Volume) -> "slicer.vtkOrientedImageData":
+    """uint8 ``vtkOrientedImageData`` of a (z, y, x) mask placed on ``grid`` (RAS)."""
+    image = image_data_from_array(np.asarray(mask, dtype=np.uint8), slicer.vtkOrientedImageData())
+    image.SetImageToWorldMatrix(matrix_to_vtk(grid.ijk_to_ras))
+    return image
+
+
+def _segment(spec: SegmentSpec, grid: Volume) -> "slicer.vtkSegment":
+    segment = slicer.vtkSegment()
+    segment.SetName(spec.name)
+    segment.SetNameAutoGenerated(False)
+    segment.SetColor(*spec.color)
+    segment.SetColorAutoGenerated(False)
+    segment.SetLabelValue(1)
+    if spec.terminology:
+        segment.SetTag(TERMINOLOGY_TAG, spec.terminology)
+    segment.SetTag(LABEL_VALUE_TAG, str(spec.label_value))
+    segment.AddRepresentation(BINARY_LABELMAP, oriented_image(spec.mask, grid))
+    return segment
+
+
+def our_segment_ids(segmentation_node) -> list[str]:
+    """IDs of the segments a previous run of ours made (they carry :data:`LABEL_VALUE_TAG`)."""
+    segmentation = segmentation_node.GetSegmentation()
+    ids = []
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(index)
+        value = vtk.reference("")
+        if segment.GetTag(LABEL_VALUE_TAG, value):
+            ids.append(segmentation.GetNthSegmentID(index))
+    return ids
+
+
+def find_result_node(scene, volume_node):
+    """The segmentation node a previous run made for ``volume_node``, or None."""
+    # GetNthNodeByClass, unlike GetNodesByClass, returns no new collection to release.
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLSegmentationNode")
+        if node.GetNodeReferenceID(SOURCE_VOLUME_REFERENCE) == volume_node.GetID():
+            return node
+    return None
+
+
+def place_in_study(scene, node, reference_node) -> None:
+    """Put ``node`` in the subject hierarchy next to ``reference_node`` (same study folder)."""
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    reference_item = hierarchy.GetItemByDataNode(reference_node)
+    if not reference_item:
+        return
+    parent = hierarchy.GetItemParent(reference_item)
+    item = hierarchy.GetItemByDataNode(node)
+    if item:
+        hierarchy.SetItemParent(item, parent)
+    else:
+        hierarchy.CreateItem(parent, node)
+
+
+def _fill(segmentation_node, segments: Sequence["slicer.vtkSegment"], names: Sequence[str]) -> list[str]:
+    """Add ready-made segments (IDs from their names, made unique); return the IDs."""
+    segmentation = segmentation_node.GetSegmentation()
+    ids = []
+    for segment, name in zip(segments, names):
+        segment_id = name if segmentation.GetSegment(name) is None else segmentation.GenerateUniqueSegmentID(name)
+        segmentation.AddSegment(segment, segment_id)
+        ids.append(segment_id)
+    # Shared layers save memory; overlapping segments still get layers of their own.
+    segmentation.CollapseBinaryLabelmaps(False)
+    return ids
+
+
+def add_segmentation(
+    scene,
+    volume_node,
+    labels: Volume,
+    structures: Sequence[Structure],
+    *,
+    containment: Mapping[int, Sequence[int]] | None = None,
+    model_id: str = "",
+    name: str | None = None,
+):
+    """Put a run's label map into the scene as segments; return the segmentation node.
+
+    The new segments are built completely before the scene is touched.  If a previous
+    run made a segmentation for ``volume_node``, its segments from that run (and only
+    those: ones the user added stay) are then replaced in one modification; otherwise a
+    new node is added, with the input's reference geometry and parent transform, in the
+    input's study of the subject hierarchy.
+
+    Args:
+        labels: integer label map; any grid in the volume node's frame (normally the
+            node's own grid).  Each segment keeps exactly this grid.
+        structures: names, colours, codes of the label values.
+        containment: structure value → label values its segment covers (MR organ ⊃ tumour).
+    """
+    specs = structure_segments(labels, structures, containment)
+    segments = [_segment(spec, labels) for spec in specs]  # may raise: the scene is still untouched
+    labels_json = json.dumps({"model": model_id, "labels": [s.to_json() for s in structures]})
+
+    node = find_result_node(scene, volume_node)
+    if node is not None:
+        was_modifying = node.StartModify()
+        try:
+            for segment_id in our_segment_ids(node):
+                node.GetSegmentation().RemoveSegment(segment_id)
+            _fill(node, segments, [spec.name for spec in specs])
+            node.SetAttribute(MODEL_ATTRIBUTE, model_id)
+            node.SetAttribute(LABELS_ATTRIBUTE, labels_json)
+        finally:
+            node.EndModify(was_modifying)
+        return node
+
+    node = slicer.vtkMRMLSegmentationNode()
+    node.SetName(name or f"{volume_node.GetName()} auto-contours")
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+    _fill(node, segments, [spec.name for spec in specs])
+    node.SetAttribute(MODEL_ATTRIBUTE, model_id)
+    node.SetAttribute(LABELS_ATTRIBUTE, labels_json)
+    scene.AddNode(node)
+    node.SetNodeReferenceID(SOURCE_VOLUME_REFERENCE, volume_node.GetID())
+    if volume_node.GetTransformNodeID():
+        node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+    node.CreateDefaultDisplayNodes()
+    place_in_study(scene, node, volume_node)
+    return node
+
+
+# ------------------------------------------------------ segments → label maps
+def _index_map(source_ijk_to_ras: np.ndarray, grid: Volume) -> np.ndarray:
+    """4x4 affine: (i, j, k) of ``grid`` → continuous (i, j, k) of the source image."""
+    return np.linalg.inv(source_ijk_to_ras) @ grid.ijk_to_ras
+
+
+def resample_nearest(source: np.ndarray, source_ijk_to_ras: np.ndarray, grid: Volume) -> np.ndarray:
+    """Nearest-neighbour copy of a (z, y, x) ``source`` array onto ``grid`` (0 outside).
+
+    Exact (no interpolation) when the grids' voxel centres coincide, whatever the axis
+    order or flips; computed slice by slice to bound memory.
+    """
+    mapping = _index_map(source_ijk_to_ras, grid)
+    nz, ny, nx = grid.shape
+    sz, sy, sx = source.shape
+    result = np.zeros(grid.shape, dtype=source.dtype)
+    j, i = np.mgrid[0:ny, 0:nx]
+    plane = np.stack([i.ravel(), j.ravel(), np.zeros(i.size), np.ones(i.size)])
+    for k in range(nz):
+        plane[2] = k
+        si, sj, sk = np.rint(mapping[:3] @ plane).astype(np.int64)
+        inside = (si >= 0) & (si < sx) & (sj >= 0) & (sj < sy) & (sk >= 0) & (sk < sz)
+        values = np.zeros(i.size, dtype=source.dtype)
+        values[inside] = source[sk[inside], sj[inside], si[inside]]
+        result[k] = values.reshape(ny, nx)
+    return result
+
+
+def segment_mask(segmentation_node, segment_id: str, grid: Volume) -> np.ndarray:
+    """Boolean (z, y, x) mask of one segment on ``grid`` (in the node's frame)."""
+    segmentation = segmentation_node.GetSegmentation()
+    segment = segmentation.GetSegment(segment_id)
+    if segment is None:
+        raise InputError(f"segment {segment_id!r} does not exist")
+    image = segment.GetRepresentation(BINARY_LABELMAP)
+    if image is None or image.GetPointData().GetScalars() is None:
+        return np.zeros(grid.shape, dtype=bool)
+    extent = image.GetExtent()
+    if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]:
+        return np.zeros(grid.shape, dtype=bool)
+    voxels = array_from_image_data(image) == segment.GetLabelValue()
+    image_to_world = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(image_to_world)
+    # The stored array starts at the extent's lower corner, not at index 0.
+    shift = np.eye(4)
+    shift[:3, 3] = (extent[0], extent[2], extent[4])
+    return resample_nearest(voxels, matrix_from_vtk(image_to_world) @ shift, grid)
+
+
+def node_structures(segmentation_node) -> tuple[Structure, ...]:
+    """The structures recorded on a segmentation we made (empty for others)."""
+    document = segmentation_node.GetAttribute(LABELS_ATTRIBUTE)
+    return structures_from_json(json.loads(document)) if document else ()
+
+
+def labels_from_segmentation(segmentation_node, grid: Volume) -> tuple[Volume, tuple[Structure, ...], list[str]]:
+    """Our segments as a uint8 label map on ``grid``, painted in structure order.
+
+    Returns ``(labels, structures, skipped)``: ``skipped`` names segments that are not a
+    structure of the model (user-added), which a label map cannot name.  Painting in
+    structure order restores the MR convention: the tumour is painted over the organ.
+    """
+    structures = node_structures(segmentation_node)
+    if not structures:
+        raise InputError(f"{segmentation_node.GetName()} was not made by CervixAutoSeg (no structure list)")
+    by_value = {s.value: s for s in structures}
+    segmentation = segmentation_node.GetSegmentation()
+    found: dict[int, str] = {}
+    skipped = []
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(index)
+        value = vtk.reference("")
+        if segment.GetTag(LABEL_VALUE_TAG, value) and int(str(value)) in by_value:
+            found[int(str(value))] = segmentation.GetNthSegmentID(index)
+        else:
+            skipped.append(segment.GetName())
+    array = np.zeros(grid.shape, dtype=np.uint8)
+    for structure in structures:
+        if structure.value in found:
+            array[segment_mask(segmentation_node, found[structure.value], grid)] = structure.value
+    return grid.with_array(array), structures, skipped
+
+
+# ------------------------------------------------------------------ terminology
+def register_terminology(terminology_logic, path) -> str:
+    """Load our ``.term.json`` into a ``vtkSlicerTerminologiesModuleLogic``; return the context name."""
+    name = terminology_logic.LoadTerminologyFromFile(str(path))
+    if not name:
+        raise InputError(f"cannot load terminology {path}")
+    return name
+
+
+# ----------------------------------------------------------------- the logic
+ProgressCallback = Callable[[str, float, str], None]
+
+
+class AutoContourLogic:
+    """Auto-contouring over MRML, usable from Slicer's Python console without the GUI.
+
+    >>> logic = AutoContourLogic(slicer.mrmlScene)
+    >>> segmentation = logic.run(slicer.util.getNode("CT"), model="auto", device="cpu")
+
+    ``segment`` is the pipeline function (:func:`CervixAutoSegLib.pipeline.segment` by
+    default, injectable for tests); it runs in this process.  The module widget uses the
+    same :meth:`apply_result` after running the pipeline in a background process.
+    """
+
+    def __init__(self, scene, segment: Callable | None = None):
+        self.scene = scene
+        self._segment = segment
+
+    def _pipeline(self) -> Callable:
+        if self._segment is None:
+            from .pipeline import segment
+
+            self._segment = segment
+        return self._segment
+
+    def run(self, volume_node, out_dir, *, model: str = "auto", device: str = "auto",
+            progress: ProgressCallback | None = None, cancel: Callable[[], bool] | None = None):
+        """Segment ``volume_node``; outputs go to ``out_dir``; return the segmentation node.
+
+        Any exception (including :class:`~CervixAutoSegLib.errors.Cancelled`) propagates
+        before the scene is touched.
+        """
+        volume = volume_from_node(volume_node)
+        result = self._pipeline()(volume, out_dir, model=model, device=device, progress=progress, cancel=cancel)
+        labels, structures, model_id, containment = result_parts(result)
+        return add_segmentation(self.scene, volume_node, labels, structures,
+                                containment=containment, model_id=model_id)
+
+    def apply_result(self, volume_node, out_dir):
+        """Load a finished run's ``segmentation.seg.nrrd`` + ``labels.json`` into the scene."""
+        labels, structures, model_id, containment = read_result_dir(out_dir)
+        return add_segmentation(self.scene, volume_node, labels, structures,
+                                containment=containment, model_id=model_id)
+
+
+def result_parts(result) -> tuple[Volume, tuple[Structure, ...], str, dict]:
+    """(labels, structures, model id, containment) from a pipeline result.
+
+    Accepts the pipeline's result object (attributes ``labels``, ``structures``,
+    ``model``/``card``) or an output folder path.
+    """
+    from pathlib import Path
+
+    if isinstance(result, (str, Path)):
+        return read_result_dir(result)
+    labels = getattr(result, "labels")
+    card = getattr(result, "card", None) or getattr(result, "model", None)
+    structures = tuple(getattr(result, "structures", None) or getattr(card, "structures"))
+    model_id = getattr(card, "id", str(card or ""))
+    return labels, structures, model_id, containment_for(structures)
+
+
+def containment_for(structures: Sequence[Structure]) -> dict:
+    """Organ segments cover the tumour painted over them (MR); nothing for CT."""
+    from .rtstruct.writer import organ_tumour_containment
+
+    return organ_tumour_containment(structures)
+
+
+def read_result_dir(out_dir) -> tuple[Volume, tuple[Structure, ...], str, dict]:
+    """(labels, structures, model id, containment) from a ``segment`` output folder.
+
+    Labels come from ``segmentation.seg.nrrd`` (exact geometry, sheared grids included),
+    falling back to ``labels.nii.gz``.
+    """
+    from pathlib import Path
+
+    from .segfile import read_segmentation_nrrd
+
+    out_dir = Path(out_dir)
+    labels_json = out_dir / "labels.json"
+    if not labels_json.is_file():
+        raise InputError(f"{out_dir} holds no labels.json: the run did not finish")
+    document = json.loads(labels_json.read_text(encoding="utf-8"))
+    structures = structures_from_json(document)
+    seg_file = out_dir / "segmentation.seg.nrrd"
+    if seg_file.is_file():
+        labels = read_segmentation_nrrd(seg_file).label_map()
+    else:
+        from .image_io import load_image
+
+        labels = load_image(out_dir / "labels.nii.gz")
+    return labels, structures, str(document.get("model", "")), containment_for(structures)

@@ -1,0 +1,299 @@
+"""mrml: Volume ↔ volume node, segments in the scene, re-runs, failures — on real MRML (slicer-core)."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+vtk = pytest.importorskip("vtk")
+
+from CervixAutoSegLib import mrml  # noqa: E402
+from CervixAutoSegLib.errors import Cancelled, InputError, ModelError  # noqa: E402
+from CervixAutoSegLib.models import resources_dir  # noqa: E402
+from CervixAutoSegLib.rtstruct import organ_tumour_containment  # noqa: E402
+from CervixAutoSegLib.structures import CT_STRUCTURES, MR_STRUCTURES  # noqa: E402
+from CervixAutoSegLib.volume import Volume  # noqa: E402
+from test_segfile import (  # noqa: E402
+    GEOMETRIES,
+    expected_lps_points,
+    labels_on,
+    mr_labels,
+    segment_tag,
+    slicer_segment_lps_points,
+)
+
+
+def ct_image(geometry: str, dtype=np.int16) -> Volume:
+    labels = labels_on(geometry)
+    rng = np.random.default_rng(3)
+    array = (rng.integers(-1000, 1500, size=labels.shape)).astype(dtype)
+    return labels.with_array(array)
+
+
+def scene_state(scene) -> tuple:
+    """Everything a failed run must not change: node IDs and each segmentation's segment IDs."""
+    ids = []
+    for index in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(index)
+        segments = ()
+        if node.IsA("vtkMRMLSegmentationNode"):
+            segmentation = node.GetSegmentation()
+            segments = tuple(segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments()))
+        ids.append((node.GetID(), segments))
+    return tuple(ids)
+
+
+@pytest.fixture
+def scene():
+    return slicer.vtkMRMLScene()
+
+
+@pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
+@pytest.mark.parametrize("dtype", [np.int16, np.float32, np.uint8])
+def test_volume_node_round_trip_keeps_voxels_and_geometry(scene, geometry, dtype):
+    volume = ct_image(geometry, dtype)
+    node = mrml.node_from_volume(scene, volume, "CT")
+    back = mrml.volume_from_node(node)
+    assert back.array.dtype == volume.array.dtype
+    assert np.array_equal(back.array, volume.array)
+    assert np.allclose(back.spacing, volume.spacing, atol=1e-6)
+    assert np.allclose(back.origin, volume.origin, atol=1e-6)
+    assert np.allclose(back.direction, volume.direction, atol=1e-6)
+    # The node itself places voxel (i, j, k) where the Volume says, in RAS.
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    corner = np.array(matrix.MultiplyPoint((12.0, 10.0, 6.0, 1.0)))[:3]
+    assert np.allclose(np.diag([-1, -1, 1]) @ corner, volume.index_to_physical([12, 10, 6]), atol=1e-6)
+    assert node.GetImageData().GetDimensions() == volume.size_ijk
+
+
+def test_volume_from_node_refuses_a_non_scalar_node(scene):
+    with pytest.raises(InputError, match="scalar volume"):
+        mrml.volume_from_node(slicer.vtkMRMLSegmentationNode())
+    with pytest.raises(InputError, match="no voxel data"):
+        empty = slicer.vtkMRMLScalarVolumeNode()
+        scene.AddNode(empty)
+        mrml.volume_from_node(empty)
+
+
+def test_modality_comes_from_the_dicom_series_item(scene):
+    node = mrml.node_from_volume(scene, ct_image("axial_head_first"), "MR series")
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    item = hierarchy.GetItemByDataNode(node) or hierarchy.CreateItem(hierarchy.GetSceneItemID(), node)
+    assert mrml.volume_from_node(node).modality == ""
+    hierarchy.SetItemAttribute(item, "DICOM.Modality", "MR")
+    node.SetAttribute("DICOM.instanceUIDs", "1.2.3 1.2.4")
+    volume = mrml.volume_from_node(node)
+    assert volume.modality == "MR" and volume.meta["sop_instance_uids"] == ["1.2.3", "1.2.4"]
+
+
+def study_with_volume(scene, volume: Volume):
+    """Patient → study → volume, as Slicer's DICOM import builds it."""
+    node = mrml.node_from_volume(scene, volume, "CT 2mm")
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "Patient 1")
+    study = hierarchy.CreateStudyItem(patient, "Planning study")
+    item = hierarchy.GetItemByDataNode(node) or hierarchy.CreateItem(study, node)
+    hierarchy.SetItemParent(item, study)
+    return node, hierarchy, study
+
+
+@pytest.mark.parametrize("geometry", ["oblique", "feet_first_prone", "gantry_tilt_sheared"])
+def test_ct_segments_named_coloured_coded_and_placed(scene, geometry):
+    labels = labels_on(geometry)
+    volume_node, hierarchy, study = study_with_volume(scene, ct_image(geometry))
+    node = mrml.add_segmentation(scene, volume_node, labels, CT_STRUCTURES, model_id="ct-resaunet-1")
+
+    segmentation = node.GetSegmentation()
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == \
+        [s.name for s in CT_STRUCTURES]
+    assert segmentation.GetNumberOfLayers() == 1
+    for structure in CT_STRUCTURES:
+        segment = segmentation.GetSegment(structure.name)
+        assert np.allclose(segment.GetColor(), structure.color_float)
+        assert segment_tag(segment, "TerminologyEntry") == mrml.structure_segments(
+            labels, [structure])[0].terminology
+        assert np.allclose(slicer_segment_lps_points(node, structure.name),
+                           expected_lps_points(labels, labels.array == structure.value), atol=1e-6)
+    assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(node)) == study
+    assert node.GetNodeReferenceID(mrml.SOURCE_VOLUME_REFERENCE) == volume_node.GetID()
+    assert node.GetDisplayNode() is not None
+    # Reference geometry = the input volume's grid.
+    reference = segmentation.GetConversionParameter("Reference image geometry")
+    ijk_to_ras = np.array([float(v) for v in reference.split(";")[:16]]).reshape(4, 4)
+    assert np.allclose(ijk_to_ras, labels.ijk_to_ras, atol=1e-6)
+
+
+def test_mr_organ_and_tumour_stay_overlapping_segments(scene):
+    labels = mr_labels("oblique")
+    volume_node, _, _ = study_with_volume(scene, ct_image("oblique"))
+    node = mrml.add_segmentation(scene, volume_node, labels, MR_STRUCTURES,
+                                 containment=organ_tumour_containment(MR_STRUCTURES), model_id="mr-pocketnet")
+    segmentation = node.GetSegmentation()
+    assert segmentation.GetNumberOfLayers() == 2
+    organ, tumour = (slicer_segment_lps_points(node, s.name) for s in MR_STRUCTURES)
+    assert np.allclose(organ, expected_lps_points(labels, labels.array > 0), atol=1e-6)
+    assert np.allclose(tumour, expected_lps_points(labels, labels.array == 2), atol=1e-6)
+    # Back to a label map on another grid of the same voxels (flipped k): tumour over organ, exact.
+    flipped = Volume(array=np.zeros(labels.shape, np.uint8), spacing=labels.spacing,
+                     origin=labels.index_to_physical([0, 0, labels.shape[0] - 1]),
+                     direction=labels.direction @ np.diag([1, 1, -1]))
+    back, structures, skipped = mrml.labels_from_segmentation(node, flipped)
+    assert skipped == [] and [s.name for s in structures] == [s.name for s in MR_STRUCTURES]
+    assert np.array_equal(back.array, labels.array[::-1])
+
+
+def test_rerun_replaces_only_our_segments_in_the_same_node(scene):
+    volume_node, _, _ = study_with_volume(scene, ct_image("axial_head_first"))
+    first = labels_on("axial_head_first")
+    node = mrml.add_segmentation(scene, volume_node, first, CT_STRUCTURES, model_id="ct-1")
+    user = node.GetSegmentation().AddEmptySegment("MyBowel", "MyBowel")
+    assert user == "MyBowel"
+    nodes_before = scene.GetNumberOfNodes()
+
+    second = first.with_array(np.roll(first.array, 2, axis=2))
+    again = mrml.add_segmentation(scene, volume_node, second, CT_STRUCTURES, model_id="ct-2")
+    assert again is node and scene.GetNumberOfNodes() == nodes_before
+    segmentation = node.GetSegmentation()
+    ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    assert sorted(ids) == sorted(["MyBowel"] + [s.name for s in CT_STRUCTURES])
+    assert node.GetAttribute(mrml.MODEL_ATTRIBUTE) == "ct-2"
+    assert np.allclose(slicer_segment_lps_points(node, "Rectum"),
+                       expected_lps_points(second, second.array == 2), atol=1e-6)
+    _, _, skipped = mrml.labels_from_segmentation(node, second)
+    assert skipped == ["MyBowel"]
+
+
+class FakePipeline:
+    """Stands in for pipeline.segment: returns ``labels`` or raises ``error``."""
+
+    def __init__(self, labels=None, error=None):
+        self.labels, self.error, self.calls = labels, error, []
+
+    def __call__(self, volume, out_dir, **kwargs):
+        self.calls.append((volume, out_dir, kwargs))
+        if self.error is not None:
+            raise self.error
+        card = types.SimpleNamespace(id="ct-fake", structures=CT_STRUCTURES)
+        return types.SimpleNamespace(labels=self.labels, card=card)
+
+
+@pytest.mark.parametrize("error", [ModelError("weights corrupt"), Cancelled(), RuntimeError("out of memory")])
+def test_cancel_or_failure_leaves_the_scene_exactly_as_it_was(scene, tmp_path, error):
+    volume_node, _, _ = study_with_volume(scene, ct_image("oblique"))
+    logic = mrml.AutoContourLogic(scene, segment=FakePipeline(labels_on("oblique")))
+    logic.run(volume_node, tmp_path)  # a previous, successful run
+    before = scene_state(scene)
+
+    failing = mrml.AutoContourLogic(scene, segment=FakePipeline(error=error))
+    with pytest.raises(type(error)):
+        failing.run(volume_node, tmp_path)
+    assert scene_state(scene) == before
+
+
+def test_failure_while_building_segments_leaves_the_scene_untouched(scene, monkeypatch):
+    volume_node, _, _ = study_with_volume(scene, ct_image("oblique"))
+    mrml.add_segmentation(scene, volume_node, labels_on("oblique"), CT_STRUCTURES, model_id="ct-1")
+    before = scene_state(scene)
+    built = []
+    real = mrml.oriented_image
+
+    def out_of_memory_on_third(mask, grid):
+        built.append(mask)
+        if len(built) == 3:
+            raise MemoryError("cannot allocate labelmap")
+        return real(mask, grid)
+
+    monkeypatch.setattr(mrml, "oriented_image", out_of_memory_on_third)
+    with pytest.raises(MemoryError):
+        mrml.add_segmentation(scene, volume_node, labels_on("oblique"), CT_STRUCTURES, model_id="ct-2")
+    assert scene_state(scene) == before
+    node = mrml.find_result_node(scene, volume_node)
+    assert node.GetAttribute(mrml.MODEL_ATTRIBUTE) == "ct-1"
+
+
+def test_logic_passes_the_node_volume_and_options_to_the_pipeline(scene, tmp_path):
+    image = ct_image("feet_first_prone")
+    volume_node, _, _ = study_with_volume(scene, image)
+    fake = FakePipeline(labels_on("feet_first_prone"))
+    node = mrml.AutoContourLogic(scene, segment=fake).run(volume_node, tmp_path, model="ct", device="cpu")
+    volume, out_dir, kwargs = fake.calls[0]
+    assert np.array_equal(volume.array, image.array) and volume.same_grid(image, 1e-6)
+    assert out_dir == tmp_path and kwargs["model"] == "ct" and kwargs["device"] == "cpu"
+    assert node.GetAttribute(mrml.MODEL_ATTRIBUTE) == "ct-fake"
+
+
+def test_apply_result_reads_a_segment_output_folder(scene, tmp_path):
+    from CervixAutoSegLib.segfile import write_segmentation_nrrd
+    from CervixAutoSegLib.structures import write_labels_json
+
+    labels = mr_labels("gantry_tilt_sheared")
+    write_segmentation_nrrd(tmp_path / "segmentation.seg.nrrd", labels, MR_STRUCTURES,
+                            organ_tumour_containment(MR_STRUCTURES))
+    write_labels_json(tmp_path / "labels.json", "mr-pocketnet-1", MR_STRUCTURES)
+    volume_node, _, _ = study_with_volume(scene, ct_image("gantry_tilt_sheared"))
+    node = mrml.AutoContourLogic(scene).apply_result(volume_node, tmp_path)
+    assert node.GetSegmentation().GetNumberOfLayers() == 2
+    assert np.allclose(slicer_segment_lps_points(node, "Uterus_Cx_Vagina"),
+                       expected_lps_points(labels, labels.array > 0), atol=1e-6)
+    with pytest.raises(InputError, match="did not finish"):
+        mrml.AutoContourLogic(scene).apply_result(volume_node, tmp_path / "missing")
+
+
+def test_segmentation_saves_and_loads_back_identically(scene, tmp_path):
+    labels = mr_labels("oblique")
+    volume_node, _, _ = study_with_volume(scene, ct_image("oblique"))
+    node = mrml.add_segmentation(scene, volume_node, labels, MR_STRUCTURES,
+                                 containment=organ_tumour_containment(MR_STRUCTURES), model_id="mr-1")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(tmp_path / "saved.seg.nrrd"))
+    assert storage.WriteData(node) == 1
+
+    fresh = slicer.vtkMRMLScene()
+    loaded = slicer.vtkMRMLSegmentationNode()
+    fresh.AddNode(loaded)
+    reader = slicer.vtkMRMLSegmentationStorageNode()
+    fresh.AddNode(reader)
+    reader.SetFileName(str(tmp_path / "saved.seg.nrrd"))
+    assert reader.ReadData(loaded) == 1
+    for structure in MR_STRUCTURES:
+        original, copy = node.GetSegmentation().GetSegment(structure.name), loaded.GetSegmentation().GetSegment(
+            structure.name)
+        assert copy.GetName() == original.GetName()
+        assert np.allclose(copy.GetColor(), original.GetColor())
+        assert segment_tag(copy, "TerminologyEntry") == segment_tag(original, "TerminologyEntry")
+        assert np.allclose(slicer_segment_lps_points(loaded, structure.name),
+                           slicer_segment_lps_points(node, structure.name), atol=1e-6)
+
+
+def loaded_codes(logic, context: str) -> set[tuple[str, str, str, str]]:
+    """(category scheme, category value, type scheme, type value) of every type in a loaded context."""
+    codes = set()
+    for c in range(logic.GetNumberOfCategoriesInTerminology(context)):
+        category = slicer.vtkSlicerTerminologyCategory()
+        assert logic.GetNthCategoryInTerminology(context, c, category)
+        for t in range(logic.GetNumberOfTypesInTerminologyCategory(context, category)):
+            found = slicer.vtkSlicerTerminologyType()
+            assert logic.GetNthTypeInTerminologyCategory(context, category, t, found)
+            codes.add((category.GetCodingSchemeDesignator(), category.GetCodeValue(),
+                       found.GetCodingSchemeDesignator(), found.GetCodeValue()))
+    return codes
+
+
+def test_our_terminology_file_resolves_every_structure_code():
+    logic = slicer.vtkSlicerTerminologiesModuleLogic()
+    context = mrml.register_terminology(logic, resources_dir() / "CervixAutoSeg.term.json")
+    assert context == mrml.TERMINOLOGY_CONTEXT
+    codes = loaded_codes(logic, context)
+    for structure in CT_STRUCTURES + MR_STRUCTURES:
+        assert (structure.category.scheme, structure.category.value,
+                structure.type.scheme, structure.type.value) in codes, structure.name
+        entry = slicer.vtkSlicerTerminologyEntry()
+        tag = mrml.structure_segments(labels_on("oblique"), [structure])[0].terminology
+        assert logic.DeserializeTerminologyEntry(tag, entry)
+        assert entry.GetTerminologyContextName() == context
+        assert entry.GetTypeObject().GetCodeValue() == structure.type.value
