@@ -36,8 +36,9 @@ import logging
 import os
 import re
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -209,9 +210,9 @@ def _read_header(path: Path):
 
     try:
         return _dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError, AttributeError):
+    except (InvalidDicomError, OSError, EOFError):
         return None
-    except Exception as error:  # malformed element values raise many different types
+    except Exception as error:  # noqa: BLE001 — malformed elements raise many types; a scan skips the file
         log.debug("skipping unreadable DICOM %s: %s", path, error)
         return None
 
@@ -283,10 +284,10 @@ def detect_t2(ds) -> bool | None:
     scanning = _text(ds, "ScanningSequence").upper().split("\\")
     if "EP" in scanning:
         return False
-    if echo is not None and repetition is not None:
-        if echo >= T2_MIN_ECHO_TIME_MS and repetition >= T2_MIN_REPETITION_TIME_MS:
-            return True
-    if echo is not None and echo < SHORT_ECHO_TIME_MS and echo > 0:
+    long_echo = echo is not None and echo >= T2_MIN_ECHO_TIME_MS
+    if long_echo and repetition is not None and repetition >= T2_MIN_REPETITION_TIME_MS:
+        return True
+    if echo is not None and 0 < echo < SHORT_ECHO_TIME_MS:
         return False
     if any(has(word) for word in T2_POSITIVE_WORDS):
         return True

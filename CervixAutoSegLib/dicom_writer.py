@@ -19,8 +19,9 @@ Every file goes through :func:`~CervixAutoSegLib.atomic.atomic_path`.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

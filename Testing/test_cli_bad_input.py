@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from dicom_factory import edit_files, make_volume, write
 
 from CervixAutoSegLib import cli
-from dicom_factory import edit_files, make_volume, write
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -37,7 +37,7 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
 
 # ---------------------------------------------------------------- not a series
 def test_empty_folder(tmp_path, capsys):
-    code, out, err = run_cli(capsys, str(tmp_path))
+    code, _, err = run_cli(capsys, str(tmp_path))
     assert_one_line_error(code, err, "no DICOM image series found in", str(tmp_path))
 
 

@@ -9,12 +9,12 @@ import types
 import numpy as np
 import pydicom
 import pytest
+from dicom_factory import assert_same_image_in_lps, direction_for, edit_files, make_volume, rotation, write
 from pydicom.data import get_testdata_file
 
 from CervixAutoSegLib.dicom_series import choose_series, detect_t2, find_series, read_dicom_series
 from CervixAutoSegLib.dicom_writer import CT_IMAGE_STORAGE
 from CervixAutoSegLib.errors import InputError
-from dicom_factory import assert_same_image_in_lps, direction_for, edit_files, make_volume, rotation, write
 
 PYDICOM_TEST_FILES = os.path.dirname(get_testdata_file("CT_small.dcm"))
 DICOMDIR_TESTS = os.path.join(PYDICOM_TEST_FILES, "dicomdirtests")
@@ -170,18 +170,18 @@ def _header(**values):
 @pytest.mark.parametrize(
     "header, expected",
     [
-        (dict(SeriesDescription="t2_tse_tra", EchoTime=101, RepetitionTime=4500), True),
-        (dict(SeriesDescription="Pelvis AX", EchoTime=95, RepetitionTime=3000), True),
-        (dict(SeriesDescription="AX T2 FRFSE"), True),
-        (dict(SeriesDescription="sag HASTE", EchoTime=None, RepetitionTime=None), True),
-        (dict(SeriesDescription="t1_tse_tra", EchoTime=11, RepetitionTime=600), False),
-        (dict(SeriesDescription="T2 FLAIR", EchoTime=120, RepetitionTime=9000), False),
-        (dict(SeriesDescription="ep2d_diff b800", ScanningSequence=["EP"], EchoTime=70, RepetitionTime=5000), False),
-        (dict(SeriesDescription="ADC"), False),
-        (dict(SeriesDescription="t2_dixon_tra_W", EchoTime=90, RepetitionTime=4000), False),
-        (dict(SeriesDescription="T2* GRE", EchoTime=20, RepetitionTime=700), False),
-        (dict(SeriesDescription="Pelvis", EchoTime=5, RepetitionTime=200), False),
-        (dict(SeriesDescription="Pelvis"), None),
+        ({"SeriesDescription": "t2_tse_tra", "EchoTime": 101, "RepetitionTime": 4500}, True),
+        ({"SeriesDescription": "Pelvis AX", "EchoTime": 95, "RepetitionTime": 3000}, True),
+        ({"SeriesDescription": "AX T2 FRFSE"}, True),
+        ({"SeriesDescription": "sag HASTE", "EchoTime": None, "RepetitionTime": None}, True),
+        ({"SeriesDescription": "t1_tse_tra", "EchoTime": 11, "RepetitionTime": 600}, False),
+        ({"SeriesDescription": "T2 FLAIR", "EchoTime": 120, "RepetitionTime": 9000}, False),
+        ({"SeriesDescription": "ep2d_diff b800", "ScanningSequence": ["EP"], "EchoTime": 70, "RepetitionTime": 5000}, False),
+        ({"SeriesDescription": "ADC"}, False),
+        ({"SeriesDescription": "t2_dixon_tra_W", "EchoTime": 90, "RepetitionTime": 4000}, False),
+        ({"SeriesDescription": "T2* GRE", "EchoTime": 20, "RepetitionTime": 700}, False),
+        ({"SeriesDescription": "Pelvis", "EchoTime": 5, "RepetitionTime": 200}, False),
+        ({"SeriesDescription": "Pelvis"}, None),
     ],
 )
 def test_t2_heuristic(header, expected):

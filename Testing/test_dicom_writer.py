@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from dicom_factory import make_volume, rotation
 
 from CervixAutoSegLib.dicom_writer import (
     CT_IMAGE_STORAGE,
@@ -17,7 +18,6 @@ from CervixAutoSegLib.dicom_writer import (
     write_dicom_series,
 )
 from CervixAutoSegLib.errors import InputError
-from dicom_factory import make_volume, rotation
 
 DCIODVFY = shutil.which("dciodvfy")
 

@@ -7,11 +7,11 @@ import struct
 
 import numpy as np
 import pytest
+from dicom_factory import make_volume, rotation, write
 
 from CervixAutoSegLib.errors import InputError
 from CervixAutoSegLib.image_io import guess_modality, load_image, write_image
 from CervixAutoSegLib.volume import Volume
-from dicom_factory import make_volume, rotation, write
 
 NIFTI_SROW_OFFSET = 280
 """Byte offset of srow_x in a NIfTI-1 header (then srow_y, srow_z: 4 float32 each)."""
