@@ -1,0 +1,394 @@
+"""The end-to-end ``segment`` flow, shared by the command line and the Slicer module.
+
+::
+
+    from CervixAutoSegLib.pipeline import segment
+    result = segment("patient/CT", "out/", model="auto", device="auto",
+                     progress=print, cancel=lambda: False)
+    result.labels          # Volume, uint8, exactly the input grid
+    result.files["rtstruct"]
+
+Steps: load (:mod:`.image_io`) → choose the model for the image's modality (never a CT
+model on MR or the reverse) → preprocess → network → labels back on the input grid →
+postprocess (:mod:`.postprocess`) → outputs.
+
+Outputs (DESIGN.md contract) in ``out_dir``: ``labels.nii.gz`` (``labels.nrrd`` for a
+gantry-tilted grid, which NIfTI cannot store), ``labels.json``, ``segmentation.seg.nrrd``,
+``rtstruct.dcm`` (DICOM input only), ``report.json``, ``preview.png``.
+
+Atomicity: every output is first written into a staging folder next to ``out_dir`` (same
+file system); only when all of them exist are they renamed into ``out_dir``, and outputs
+of an earlier run that this run does not produce (say an old ``rtstruct.dcm``) are
+removed, so the folder never mixes two runs.  A failure or a cancel before that point
+leaves ``out_dir`` exactly as it was; files in ``out_dir`` that are not ours are never touched.
+
+The network step is chosen per model family from :data:`FAMILY_RUNNERS`; a runner takes
+``(volume, card, device, options, report_fraction, cancel)`` and returns a :class:`NetworkOutput`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Union
+
+import numpy as np
+
+from .errors import Cancelled, InputError, ModelError
+from .progress import CancelCheck, ProgressCallback, StagedProgress, check_cancelled
+from .volume import Volume
+
+log = logging.getLogger(__name__)
+
+LABELS_FILE = "labels.nii.gz"
+LABELS_FILE_SHEARED = "labels.nrrd"
+LABELS_JSON = "labels.json"
+SEGMENTATION_FILE = "segmentation.seg.nrrd"
+RTSTRUCT_FILE = "rtstruct.dcm"
+REPORT_FILE = "report.json"
+PREVIEW_FILE = "preview.png"
+OUTPUT_FILES = (LABELS_FILE, LABELS_FILE_SHEARED, LABELS_JSON, SEGMENTATION_FILE, RTSTRUCT_FILE,
+                REPORT_FILE, PREVIEW_FILE)
+"""Every file name ``segment`` may write; stale ones of an earlier run are removed."""
+
+MODEL_CHOICES = ("auto", "ct", "mr")
+FAMILY_OF_MODALITY = {"CT": "ct", "MR": "mr"}
+MODALITY_OF_FAMILY = {family: modality for modality, family in FAMILY_OF_MODALITY.items()}
+
+FAMILY_RUNNERS: dict[str, str] = {
+    "ct": "CervixAutoSegLib.pipeline:run_ct_network",
+    "mr": "CervixAutoSegLib.mr.inference:run_mr_network",
+}
+"""Model family → ``"module:function"`` running its network on a Volume (see module docstring)."""
+
+
+@dataclasses.dataclass
+class NetworkOutput:
+    """What a family runner returns.
+
+    Attributes:
+        labels: uint8 (z, y, x) on the input grid, before postprocessing.
+        crop_labels: the network's own field of view (n, H, W) for the crop-border QA, or None.
+        inference: device/precision/batch facts for the report.
+        preprocessing: JSON summary of the preprocessing context.
+        timings: seconds per sub-stage ("preprocess", "network", "restore").
+    """
+
+    labels: np.ndarray
+    crop_labels: Optional[np.ndarray]
+    inference: dict
+    preprocessing: dict
+    timings: dict
+
+
+@dataclasses.dataclass
+class SegmentationResult:
+    """The outcome of :func:`segment`: labels on the input grid, the report and the written files."""
+
+    labels: Volume
+    structures: tuple
+    model: Any
+    report: dict
+    out_dir: Optional[Path]
+    files: dict[str, Path]
+
+
+# ---------------------------------------------------------------- model choice
+def choose_model(volume: Volume, model: str = "auto", models_root: Optional[Union[str, Path]] = None):
+    """The model card for ``volume``; InputError when the model and the image modality disagree.
+
+    ``model``: ``"auto"`` (by the image's modality), ``"ct"``/``"mr"`` (best of that family)
+    or a model id.
+    """
+    from .models import find_model
+
+    modality = (volume.modality or "").upper()
+    requested = (model or "auto").strip()
+    if requested.lower() == "auto":
+        family = FAMILY_OF_MODALITY.get(modality)
+        if family is None:
+            raise InputError(
+                f"cannot tell whether the image is CT or MR (modality {modality or 'unknown'!r}); "
+                "use --model ct or --model mr"
+            )
+        try:
+            card = find_model(family, models_root)
+        except ModelError:
+            other = "CT" if family == "mr" else "MR"
+            raise InputError(
+                f"no {modality} model is installed; the {other} model cannot segment {modality} images "
+                f"(install a {modality} model in Resources/Models or give a {other} image)"
+            ) from None
+    else:
+        card = find_model(requested.lower() if requested.lower() in ("ct", "mr") else requested, models_root)
+    expected = MODALITY_OF_FAMILY[card.family]
+    if modality and modality != expected:
+        raise InputError(
+            f"model {card.id} segments {expected} images but the input is {modality}; "
+            f"give a {expected} image or choose a {modality} model"
+        )
+    return card
+
+
+# ---------------------------------------------------------------- network runners
+def run_ct_network(volume: Volume, card: Any, device: Any, options: Any,
+                   report_fraction: Callable[[float, str], None], cancel: Optional[CancelCheck]) -> NetworkOutput:
+    """ResAU-Net on every body slice: preprocess → batches → labels on the input grid."""
+    from .ct.inference import prepare_network, predict_slices
+    from .ct.preprocess import preprocess_ct, restore_labels
+    from .models import load_network
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    batch, context = preprocess_ct(volume, card.preprocessing)
+    timings["preprocess"] = time.perf_counter() - started
+    check_cancelled(cancel)
+
+    started = time.perf_counter()
+    network = prepare_network(load_network(card, "cpu"), device, options)
+    total = batch.shape[0]
+    crop_labels, info = predict_slices(
+        network, batch, device=device, options=options, cancel=cancel,
+        progress=lambda done, count: report_fraction(done / max(count, 1), f"slices {done}/{count}"),
+    )
+    del batch, network
+    timings["network"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    labels = restore_labels(crop_labels, context)
+    timings["restore"] = time.perf_counter() - started
+    log.info("network: %d slices in %.1f s", total, timings["network"])
+    return NetworkOutput(labels=labels, crop_labels=crop_labels, inference=info.to_json(),
+                         preprocessing=context.to_dict(), timings=timings)
+
+
+def _runner(family: str) -> Callable[..., NetworkOutput]:
+    module_name, function_name = FAMILY_RUNNERS[family].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise InputError(f"{family.upper()} segmentation is not available in this installation") from None
+    return getattr(module, function_name)
+
+
+# ---------------------------------------------------------------- the flow
+def load_input(source: Union[str, Path, Volume], *, series_uid: Optional[str] = None,
+               family: Optional[str] = None) -> tuple[Volume, Optional[str]]:
+    """A path (DICOM folder/file, NIfTI, NRRD) or a Volume → (Volume, path string or None).
+
+    When the family is fixed (``--model ct``) a DICOM folder's series choice is limited to that
+    modality; image files keep their own (guessed) modality so a mismatch is caught, not hidden.
+    """
+    from .image_io import guess_modality, load_image
+
+    if isinstance(source, Volume):
+        volume = source
+        if not volume.modality:
+            volume = volume.with_array(volume.array, modality=guess_modality(volume))
+        return volume, None
+    path = Path(source)
+    modality = MODALITY_OF_FAMILY.get(family or "") if path.is_dir() else None
+    return load_image(path, series_uid=series_uid, modality=modality), str(path)
+
+
+def labels_volume(volume: Volume, labels: np.ndarray, model_id: str) -> Volume:
+    """uint8 label map on exactly the grid of ``volume`` (geometry copied, not recomputed)."""
+    meta = {"source": "segment", "model": model_id}
+    for key in ("series_instance_uid", "frame_of_reference_uid", "study_instance_uid"):
+        if key in volume.meta:
+            meta[key] = volume.meta[key]
+    return Volume(array=np.ascontiguousarray(labels, dtype=np.uint8), spacing=volume.spacing.copy(),
+                  origin=volume.origin.copy(), direction=volume.direction.copy(), modality="", meta=meta)
+
+
+def segment(
+    source: Union[str, Path, Volume],
+    out_dir: Optional[Union[str, Path]],
+    *,
+    model: str = "auto",
+    device: str = "auto",
+    series_uid: Optional[str] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCheck] = None,
+    options: Any = None,
+    models_root: Optional[Union[str, Path]] = None,
+) -> SegmentationResult:
+    """Segment one image and write every output into ``out_dir`` (None: compute only).
+
+    Args:
+        source: DICOM folder or file, NIfTI/NRRD file, or a :class:`Volume` (Slicer).
+        out_dir: output folder (created); see the module docstring for its contents.
+        model: ``"auto"``, ``"ct"``, ``"mr"`` or a model id.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
+        series_uid: Series Instance UID when a DICOM folder holds several series.
+        progress: receives :class:`~CervixAutoSegLib.progress.ProgressEvent` objects.
+        cancel: polled between batches and stages; True → :class:`~CervixAutoSegLib.errors.Cancelled`,
+            nothing written.
+        options: :class:`~CervixAutoSegLib.ct.inference.InferenceOptions` (batch size, precision).
+        models_root: folder of model directories (default: the bundled ``Resources/Models``).
+
+    Raises:
+        InputError: unreadable input, modality without a model, bad device, ...
+        Cancelled: the user cancelled.
+    """
+    from .devices import describe_device, resolve_device
+
+    tracker = StagedProgress(progress, cancel)
+    timings: dict[str, float] = {}
+    job_started = time.perf_counter()
+    if out_dir is not None:
+        out_dir = _check_out_dir(Path(out_dir))
+
+    tracker.start("load", "reading image")
+    started = time.perf_counter()
+    requested_family = model.lower() if model.lower() in ("ct", "mr") else None
+    volume, input_path = load_input(source, series_uid=series_uid, family=requested_family)
+    card = choose_model(volume, model, models_root)
+    torch_device = resolve_device(device)
+    timings["load"] = time.perf_counter() - started
+
+    tracker.start("preprocess", f"model {card.id} on {describe_device(torch_device)}")
+    runner = _runner(card.family)
+    if options is None:
+        from .ct.inference import InferenceOptions
+
+        options = InferenceOptions()
+
+    def network_fraction(fraction: float, message: str) -> None:
+        if tracker.stage != "network":
+            tracker.start("network", message)
+        tracker.update(fraction, message)
+
+    output = runner(volume, card, torch_device, options, network_fraction, cancel)
+    timings["preprocess"] = output.timings.get("preprocess", 0.0)
+    timings["network"] = output.timings.get("network", 0.0)
+
+    tracker.start("postprocess", "cleaning contours")
+    started = time.perf_counter()
+    from .postprocess import postprocess_labels, rules_for
+
+    cleaned, cleanup = postprocess_labels(output.labels, rules_for(card.structures), volume.spacing, volume.direction)
+    labels = labels_volume(volume, cleaned, card.id)
+    timings["postprocess"] = time.perf_counter() - started + output.timings.get("restore", 0.0)
+
+    device_entry = {"requested": device, "used": output.inference.get("device", str(torch_device)),
+                    "description": describe_device(output.inference.get("device", torch_device)),
+                    **output.inference}
+    details = dict(volume=volume, input_path=input_path, card=card, device=device_entry, labels=labels,
+                   cleanup=cleanup, crop_labels=output.crop_labels, preprocessing=output.preprocessing)
+    if out_dir is None:
+        from .report import build_report
+
+        timings["total"] = time.perf_counter() - job_started
+        report = build_report(timings=timings, structures=card.structures, **details)
+        tracker.finish()
+        return SegmentationResult(labels, card.structures, card, report, None, {})
+
+    tracker.start("write", "writing outputs")
+    files, report = write_outputs(out_dir, timings=timings, job_started=job_started, cancel=cancel, **details)
+    tracker.finish(f"done: {out_dir}")
+    return SegmentationResult(labels, card.structures, card, report, out_dir, files)
+
+
+def _check_out_dir(out_dir: Path) -> Path:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"output {out_dir} exists and is not a folder")
+    return out_dir
+
+
+# ---------------------------------------------------------------- outputs
+def write_outputs(out_dir: Path, *, volume: Volume, input_path: Optional[str], card: Any, device: Mapping[str, Any],
+                  labels: Volume, cleanup: Mapping[int, Any], crop_labels: Optional[np.ndarray],
+                  preprocessing: Mapping[str, Any], timings: dict, job_started: float,
+                  cancel: Optional[CancelCheck] = None) -> tuple[dict[str, Path], dict]:
+    """Write all outputs into a staging folder, then move them into ``out_dir`` (see module docstring)."""
+    out_dir = Path(out_dir).absolute()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.segment-", dir=out_dir.parent))
+    try:
+        started = time.perf_counter()
+        written = _write_all(staging, volume=volume, input_path=input_path, card=card, device=device,
+                             labels=labels, cleanup=cleanup, crop_labels=crop_labels, preprocessing=preprocessing,
+                             timings=timings, job_started=job_started, write_started=started)
+        check_cancelled(cancel)
+        report = written.pop("_report")
+        files = _publish(staging, out_dir, written)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return files, report
+
+
+def _write_all(staging: Path, *, volume: Volume, input_path: Optional[str], card: Any, device: Mapping[str, Any],
+               labels: Volume, cleanup: Mapping[int, Any], crop_labels: Optional[np.ndarray],
+               preprocessing: Mapping[str, Any], timings: dict, job_started: float, write_started: float) -> dict:
+    """Every output file into ``staging``; returns {key: file name} plus ``_report`` (the document)."""
+    from .image_io import write_image
+    from .report import build_report, write_report
+    from .rtstruct import organ_tumour_containment
+    from .structures import write_labels_json
+
+    structures = card.structures
+    containment = organ_tumour_containment(structures)
+    names: dict[str, Any] = {}
+
+    names["labels"] = LABELS_FILE if labels.is_orthogonal else LABELS_FILE_SHEARED
+    write_image(labels, staging / names["labels"])
+    write_labels_json(staging / LABELS_JSON, card.id, structures)
+    names["labels_json"] = LABELS_JSON
+    names["segmentation"] = _write_segmentation(staging / SEGMENTATION_FILE, labels, structures, containment)
+    if volume.meta.get("source") == "dicom":
+        from .rtstruct import write_rtstruct
+
+        write_rtstruct(staging / RTSTRUCT_FILE, labels, volume, structures, model_name=card.id,
+                       model_version=card.version, containment=containment)
+        names["rtstruct"] = RTSTRUCT_FILE
+
+    report = build_report(volume=volume, input_path=input_path, card=card, device=device, timings=timings,
+                          labels=labels, structures=structures, cleanup=cleanup, crop_labels=crop_labels,
+                          preprocessing=preprocessing, outputs=[*[n for n in names.values() if n], PREVIEW_FILE,
+                                                                REPORT_FILE])
+    volumes = {entry["value"]: entry["volume_ml"] for entry in report["structures"]}
+    from .preview import write_preview
+
+    title = f"{card.id} v{card.version} — {'NOT FOR CLINICAL USE' if 'NOT FOR CLINICAL' in card.intended_use.upper() else card.family.upper()}"
+    write_preview(staging / PREVIEW_FILE, volume, labels, structures, volumes, title=title)
+    names["preview"] = PREVIEW_FILE
+
+    timings["write"] = time.perf_counter() - write_started
+    timings["total"] = time.perf_counter() - job_started
+    report["timings_s"] = {name: round(float(seconds), 3) for name, seconds in timings.items()}
+    write_report(staging / REPORT_FILE, report)
+    names["report"] = REPORT_FILE
+    names = {key: value for key, value in names.items() if value}
+    names["_report"] = report
+    return names
+
+
+def _write_segmentation(path: Path, labels: Volume, structures: tuple, containment: Mapping[int, Any]) -> Optional[str]:
+    try:
+        from .segfile import write_segmentation_nrrd
+    except ImportError:  # pragma: no cover - only while the writer is not installed
+        log.warning("segmentation.seg.nrrd not written: the .seg.nrrd writer is not available")
+        return None
+    write_segmentation_nrrd(path, labels, structures, containment)
+    return path.name
+
+
+def _publish(staging: Path, out_dir: Path, names: Mapping[str, str]) -> dict[str, Path]:
+    """Rename the staged files into ``out_dir``; remove our stale outputs of an earlier run."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    produced = set(names.values())
+    files = {}
+    for key, name in names.items():
+        os.replace(staging / name, out_dir / name)
+        files[key] = out_dir / name
+    for name in OUTPUT_FILES:
+        if name not in produced and (out_dir / name).exists():
+            (out_dir / name).unlink()
+    return files

@@ -1,0 +1,234 @@
+"""report.json of ``segment``: what ran, how long, what came out, and what looks suspicious.
+
+Document layout (all lengths mm, volumes ml, times s; slice indices ``k`` are indices of
+array axis 0 of the *input* grid, i.e. the acquired image planes)::
+
+    {
+      "format_version": 1,
+      "tool": {"name": "CervixAutoSeg", "version": "..."},
+      "created_utc": "2026-01-01T12:00:00Z",
+      "input": {"path", "source", "modality", "series_instance_uid", "shape_zyx", "spacing_xyz_mm", ...},
+      "model": {"id", "version", "family", "architecture", "weights_sha256", "intended_use"},
+      "device": {"requested", "used", "description", "precision", "batch_size", "fell_back_to_cpu", ...},
+      "timings_s": {"load", "preprocess", "network", "postprocess", "write", "total"},
+      "structures": [{"value", "name", "paper_name", "voxels", "volume_ml", "slices": [k_first, k_last],
+                      "centroid_lps_mm", "postprocess": {...}}],
+      "qa": {"absent": [names], "flags": [{"structure", "kind", "slices", "message"}]}
+    }
+
+QA flag kinds (:data:`QA_KINDS`) are hints for the reviewing physician, not errors.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .atomic import write_text_atomic
+from .postprocess import voxel_volume_ml
+from .structures import Structure
+from .volume import Volume
+
+REPORT_FORMAT_VERSION = 1
+
+AREA_JUMP_RATIO = 2.5
+"""Neighbouring slices whose structure areas differ by more than this factor are flagged."""
+MIN_AREA_FOR_JUMP_MM2 = 100.0
+"""Area jumps are only judged when the larger of the two areas is at least this (1 cm²):
+the tapering tips of an organ legitimately change area fast."""
+ABRUPT_END_FRACTION = 0.5
+"""A structure whose first or last slice still has this fraction of its largest area
+ends abruptly (real organs taper); flagged, and doubly suspicious at the volume's end."""
+
+QA_KINDS = {
+    "absent": "structure not found anywhere",
+    "gap": "structure disappears on some slices and reappears",
+    "area_jump": "implausible area change between neighbouring slices",
+    "abrupt_end": "structure ends abruptly instead of tapering",
+    "volume_end": "structure reaches the first or last image slice (may continue outside the scan)",
+    "crop_border": "structure touches the border of the network's field of view (may be cut off)",
+}
+
+
+def _per_slice_area_pixels(labels: np.ndarray, value: int) -> np.ndarray:
+    """Pixels of ``value`` in each slice k of a (z, y, x) label map, shape (z,)."""
+    return np.count_nonzero(labels == value, axis=(1, 2))
+
+
+def structure_statistics(labels: Volume, structures: Sequence[Structure],
+                         cleanup: Optional[Mapping[int, Any]] = None) -> list[dict]:
+    """Voxel count, volume (ml), slice range and LPS centroid of every structure."""
+    voxel_ml = voxel_volume_ml(labels.spacing, labels.direction)
+    counts = np.bincount(np.asarray(labels.array, dtype=np.uint8).ravel(), minlength=256)
+    entries = []
+    for structure in structures:
+        voxels = int(counts[structure.value])
+        entry: dict[str, Any] = {
+            "value": structure.value,
+            "name": structure.name,
+            "paper_name": structure.paper_name,
+            "voxels": voxels,
+            "volume_ml": round(voxels * voxel_ml, 3),
+            "slices": None,
+            "centroid_lps_mm": None,
+        }
+        if voxels:
+            k, j, i = np.nonzero(labels.array == structure.value)
+            entry["slices"] = [int(k.min()), int(k.max())]
+            centre_ijk = np.array([i.mean(), j.mean(), k.mean()])
+            entry["centroid_lps_mm"] = [round(float(v), 2) for v in labels.index_to_physical(centre_ijk)]
+        if cleanup is not None and structure.value in cleanup:
+            entry["postprocess"] = cleanup[structure.value].to_json()
+        entries.append(entry)
+    return entries
+
+
+def _runs(indices: Iterable[int]) -> list[list[int]]:
+    """Sorted integers → [[first, last], ...] of consecutive runs."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and index == runs[-1][1] + 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    return runs
+
+
+def slice_qa_flags(labels: Volume, structures: Sequence[Structure],
+                   crop_labels: Optional[np.ndarray] = None,
+                   crop_slice_indices: Optional[Sequence[int]] = None) -> list[dict]:
+    """Per-slice plausibility flags of every structure (see :data:`QA_KINDS`).
+
+    Args:
+        labels: final label map on the input grid, array (z, y, x).
+        structures: the model's structures.
+        crop_labels: the network's labels in its own crops, (n, H, W) — for ``crop_border``.
+        crop_slice_indices: unused for the decision; kept so callers can map crop rows to slices.
+    """
+    pixel_mm2 = float(labels.spacing[0] * labels.spacing[1])
+    flags: list[dict] = []
+    nz = labels.shape[0]
+    for structure in structures:
+        areas = _per_slice_area_pixels(labels.array, structure.value) * pixel_mm2
+        present = np.flatnonzero(areas > 0)
+        if present.size == 0:
+            flags.append({"structure": structure.name, "kind": "absent", "slices": [],
+                          "message": f"{structure.name} was not found"})
+            continue
+        runs = _runs(present.tolist())
+        if len(runs) > 1:
+            missing = [[a[1] + 1, b[0] - 1] for a, b in zip(runs, runs[1:])]
+            flags.append({"structure": structure.name, "kind": "gap", "slices": missing,
+                          "message": f"{structure.name} missing on slices " +
+                                     ", ".join(f"{m[0]}-{m[1]}" if m[0] != m[1] else str(m[0]) for m in missing)})
+        first, last = int(present[0]), int(present[-1])
+        jumps = []
+        for k in range(first, last):
+            small, large = sorted((areas[k], areas[k + 1]))
+            if large >= MIN_AREA_FOR_JUMP_MM2 and small > 0 and large / small > AREA_JUMP_RATIO:
+                jumps.append([k, k + 1])
+        if jumps:
+            flags.append({"structure": structure.name, "kind": "area_jump", "slices": jumps,
+                          "message": f"{structure.name} area changes more than {AREA_JUMP_RATIO:g}x between "
+                                     f"slices {', '.join(f'{a}/{b}' for a, b in jumps[:5])}"})
+        peak = float(areas.max())
+        abrupt = [k for k in sorted({first, last}) if areas[k] >= ABRUPT_END_FRACTION * peak and last > first]
+        at_end = [k for k in sorted({first, last}) if k in (0, nz - 1)]
+        if at_end:
+            flags.append({"structure": structure.name, "kind": "volume_end", "slices": at_end,
+                          "message": f"{structure.name} reaches image slice {', '.join(map(str, at_end))}: "
+                                     "it may continue outside the scan"})
+        elif abrupt:
+            flags.append({"structure": structure.name, "kind": "abrupt_end", "slices": abrupt,
+                          "message": f"{structure.name} ends abruptly on slice {', '.join(map(str, abrupt))}"})
+        if crop_labels is not None and crop_labels.size:
+            border = _touches_crop_border(crop_labels, structure.value)
+            if border.size:
+                batch_rows = border.tolist()
+                flags.append({"structure": structure.name, "kind": "crop_border", "slices": batch_rows,
+                              "message": f"{structure.name} touches the network's field-of-view border on "
+                                         f"{len(batch_rows)} slice(s): it may be cut off"})
+    return flags
+
+
+def _touches_crop_border(crop_labels: np.ndarray, value: int) -> np.ndarray:
+    """Batch rows (n) whose crop has ``value`` on its outermost rows or columns."""
+    edges = np.concatenate(
+        [crop_labels[:, 0, :], crop_labels[:, -1, :], crop_labels[:, :, 0], crop_labels[:, :, -1]], axis=1
+    )
+    return np.flatnonzero((edges == value).any(axis=1))
+
+
+def input_summary(volume: Volume, path: Optional[str]) -> dict:
+    """The ``input`` entry: where the image came from and its grid."""
+    meta = volume.meta
+    return {
+        "path": path,
+        "source": meta.get("source", "volume"),
+        "modality": volume.modality,
+        "series_instance_uid": meta.get("series_instance_uid") or meta.get("series_uid"),
+        "frame_of_reference_uid": meta.get("frame_of_reference_uid"),
+        "shape_zyx": list(volume.shape),
+        "spacing_xyz_mm": [round(float(v), 6) for v in volume.spacing],
+        "origin_lps_mm": [round(float(v), 4) for v in volume.origin],
+        "direction": [[round(float(v), 6) for v in row] for row in volume.direction],
+    }
+
+
+def model_summary(card: Any) -> dict:
+    """The ``model`` entry from a :class:`~CervixAutoSegLib.models.ModelCard`."""
+    return {
+        "id": card.id,
+        "version": card.version,
+        "family": card.family,
+        "architecture": card.architecture,
+        "weights_sha256": card.sha256,
+        "intended_use": card.intended_use,
+        "validation": card.validation,
+    }
+
+
+def build_report(*, volume: Volume, input_path: Optional[str], card: Any, device: Mapping[str, Any],
+                 timings: Mapping[str, float], labels: Volume, structures: Sequence[Structure],
+                 cleanup: Optional[Mapping[int, Any]] = None, crop_labels: Optional[np.ndarray] = None,
+                 preprocessing: Optional[Mapping[str, Any]] = None, outputs: Sequence[str] = ()) -> dict:
+    """Assemble the whole report document (layout in the module docstring)."""
+    from . import __version__
+
+    flags = slice_qa_flags(labels, structures, crop_labels)
+    return {
+        "format_version": REPORT_FORMAT_VERSION,
+        "tool": {"name": "CervixAutoSeg", "version": __version__},
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "input": input_summary(volume, input_path),
+        "model": model_summary(card),
+        "device": dict(device),
+        "preprocessing": dict(preprocessing or {}),
+        "timings_s": {name: round(float(seconds), 3) for name, seconds in timings.items()},
+        "structures": structure_statistics(labels, structures, cleanup),
+        "qa": {
+            "absent": [flag["structure"] for flag in flags if flag["kind"] == "absent"],
+            "flags": flags,
+            "kinds": QA_KINDS,
+        },
+        "outputs": list(outputs),
+    }
+
+
+def write_report(path: str | Path, report: Mapping[str, Any]) -> None:
+    """Write ``report`` as indented JSON, atomically."""
+    write_text_atomic(Path(path), json.dumps(report, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
