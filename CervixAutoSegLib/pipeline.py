@@ -40,7 +40,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 
-from .errors import Cancelled, InputError, ModelError
+from .errors import InputError, ModelError
 from .progress import CancelCheck, ProgressCallback, StagedProgress, check_cancelled
 from .volume import Volume
 
@@ -123,7 +123,7 @@ def choose_model(volume: Volume, model: str = "auto", models_root: Optional[Unio
             other = "CT" if family == "mr" else "MR"
             raise InputError(
                 f"no {modality} model is installed; the {other} model cannot segment {modality} images "
-                f"(install a {modality} model in Resources/Models or give a {other} image)"
+                f"(install an {modality} model in Resources/Models or give a {other} image)"
             ) from None
     else:
         card = find_model(requested.lower() if requested.lower() in ("ct", "mr") else requested, models_root)
@@ -245,12 +245,12 @@ def segment(
     if out_dir is not None:
         out_dir = _check_out_dir(Path(out_dir))
 
+    torch_device = resolve_device(device)  # before reading: a bad --device fails fast
     tracker.start("load", "reading image")
     started = time.perf_counter()
     requested_family = model.lower() if model.lower() in ("ct", "mr") else None
     volume, input_path = load_input(source, series_uid=series_uid, family=requested_family)
     card = choose_model(volume, model, models_root)
-    torch_device = resolve_device(device)
     timings["load"] = time.perf_counter() - started
 
     tracker.start("preprocess", f"model {card.id} on {describe_device(torch_device)}")
@@ -262,7 +262,7 @@ def segment(
 
     def network_fraction(fraction: float, message: str) -> None:
         if tracker.stage != "network":
-            tracker.start("network", message)
+            tracker.start("network", "running the network")
         tracker.update(fraction, message)
 
     output = runner(volume, card, torch_device, options, network_fraction, cancel)

@@ -141,6 +141,13 @@ class TextProgressBar:
 
     def __init__(self, stream: Optional[TextIO] = None):
         self._stream = stream
+        self._line_open = False
+
+    def close(self) -> None:
+        """End the bar's line (after an error, so the error message starts on its own line)."""
+        if self._line_open:
+            (self._stream or sys.stderr).write("\n")
+            self._line_open = False
 
     def __call__(self, event: ProgressEvent) -> None:
         stream = self._stream or sys.stderr
@@ -148,6 +155,7 @@ class TextProgressBar:
         bar = "#" * filled + "-" * (_BAR_WIDTH - filled)
         line = f"\r[{bar}] {event.fraction * 100:5.1f}% {event.stage:<11} {event.message[:40]:<40}"
         stream.write(line)
+        self._line_open = True
         if event.stage == "done":
-            stream.write("\n")
+            self.close()
         stream.flush()

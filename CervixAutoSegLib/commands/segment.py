@@ -1,13 +1,68 @@
-"""Placeholder for the `segment` sub-command (being built)."""
+"""``cervixautoseg segment INPUT --out DIR``: auto-contour one CT or T2w MR image.
 
-HELP = "(not available yet)"
+Writes labels.nii.gz, labels.json, segmentation.seg.nrrd, rtstruct.dcm (DICOM input),
+report.json and preview.png into DIR (see :mod:`CervixAutoSegLib.pipeline`).  A plain-text
+progress bar goes to stderr; ``--progress-json`` prints the machine-readable protocol of
+:mod:`CervixAutoSegLib.progress` on stdout instead (what the Slicer module reads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "auto-contour a CT or T2w MR image (DICOM folder, NIfTI or NRRD) and write all outputs"
+
+MODEL_HELP = "auto (by image modality), ct, mr, or a model id (default: auto)"
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="DICOM folder or file, or a NIfTI/NRRD/MetaImage file")
+    parser.add_argument("--out", required=True, help="output folder (created; our files in it are replaced)")
+    parser.add_argument("--model", default="auto", help=MODEL_HELP)
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="where the network runs (default: auto)")
+    parser.add_argument("--series", default=None, metavar="UID",
+                        help="Series Instance UID when the DICOM folder holds several series")
+    parser.add_argument("--progress-json", action="store_true",
+                        help="print one JSON progress object per line on stdout (for the Slicer module)")
+    parser.add_argument("--batch-size", type=int, default=0, help="slices per network batch (default: per device)")
+    parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                        help="network arithmetic: auto = fp16 on GPU, bf16 on CPUs with native bf16, else fp32")
+    parser.add_argument("--models", default=None, metavar="DIR",
+                        help="folder of model directories (default: the bundled Resources/Models)")
 
 
-def run(args):
-    from ..errors import InputError
+def run(args: argparse.Namespace) -> int:
+    from ..ct.inference import InferenceOptions
+    from ..pipeline import segment
+    from ..progress import JsonLinesReporter, TextProgressBar
 
-    raise InputError("this command is not available yet")
+    options = InferenceOptions(batch_size=args.batch_size, precision=args.precision)
+    reporter = JsonLinesReporter(sys.stdout) if args.progress_json else TextProgressBar(sys.stderr)
+    try:
+        result = segment(args.input, args.out, model=args.model, device=args.device, series_uid=args.series,
+                         progress=reporter, options=options, models_root=args.models)
+    finally:
+        if isinstance(reporter, TextProgressBar):
+            reporter.close()
+    if not args.progress_json:
+        _print_summary(result)
+    return 0
+
+
+def _print_summary(result) -> None:
+    report = result.report
+    print(f"model {report['model']['id']} v{report['model']['version']} on {report['device']['description']}, "
+          f"{report['timings_s'].get('total', 0):.1f} s")
+    for entry in report["structures"]:
+        print(f"  {entry['name']:<16} {entry['volume_ml']:10.1f} ml")
+    flags = [flag for flag in report["qa"]["flags"] if flag["kind"] != "absent"]
+    for flag in report["qa"]["flags"]:
+        if flag["kind"] == "absent":
+            print(f"  warning: {flag['message']}")
+    if flags:
+        print(f"  {len(flags)} QA flag(s) in report.json")
+    print(f"outputs in {result.out_dir}: " + ", ".join(sorted(path.name for path in result.files.values())))
+    sys.stdout.flush()

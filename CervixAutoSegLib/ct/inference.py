@@ -21,6 +21,7 @@ fewer passes over memory, identical output up to rounding.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from typing import Any, Callable, Optional
@@ -112,7 +113,7 @@ def choose_precision(requested: str, device: torch.device) -> str:
 
 def _autocast(device: torch.device, precision: str):
     if precision == "fp32":
-        return torch.autocast(device_type=device.type, enabled=False)
+        return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
