@@ -1,0 +1,396 @@
+"""What the module panel shows and does, without Qt: the widget only mirrors :class:`ViewState`.
+
+The widget calls the ``set_*`` methods when the user changes a selector, ``run_clicked``
+/ ``export_clicked`` for the buttons and :meth:`AutoContourController.poll` from a
+``qt.QTimer`` while :attr:`ViewState.polling` is True; after each call it copies
+:attr:`AutoContourController.view` into its widgets.  Every decision — which model fits
+the image, which device is offered, what the button says, what the status line reads —
+is made here and is tested without a GUI.
+
+Scene access is injected: :class:`RunInput` writes the selected volume for the child
+process and ``apply_result`` loads a finished output folder into the scene (normally
+:meth:`CervixAutoSegLib.mrml.AutoContourLogic.apply_result`), so this module never
+imports ``slicer``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Protocol
+
+from .errors import InputError
+from .worker import BackgroundJob, JobState, segment_command
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+CPU, CUDA, MPS = "cpu", "cuda", "mps"
+RUN_TEXT, CANCEL_TEXT, CANCELLING_TEXT = "Auto-contour", "Cancel", "Cancelling..."
+FAMILY_OF_MODALITY = {"CT": "ct", "MR": "mr"}
+MODALITY_OF_FAMILY = {family: modality for modality, family in FAMILY_OF_MODALITY.items()}
+STAGE_LABELS = {
+    "load": "Loading image",
+    "preprocess": "Preparing image",
+    "network": "Running network",
+    "postprocess": "Cleaning contours",
+    "write": "Writing outputs",
+    "done": "Done",
+}
+"""Stage names of :data:`CervixAutoSegLib.progress.STAGES` as the panel shows them."""
+REPORT_FILE = "report.json"
+PERCENT = 100
+
+
+# ------------------------------------------------------------------ inputs
+class RunInput(Protocol):
+    """The image to contour, as the panel knows it."""
+
+    name: str
+    modality: str
+    """``"CT"``, ``"MR"`` or ``""`` (unknown: the user must pick a model)."""
+
+    def write(self, folder: Path) -> Path:
+        """Write the image for the child process into ``folder``; return the path to pass it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceInfo:
+    """What accelerators this machine has, as described to the user."""
+
+    cpu: str = "CPU"
+    cuda: str = ""
+    """Description of the CUDA GPU ('' when none)."""
+    mps: bool = False
+    torch_missing: bool = False
+
+
+def detect_devices() -> DeviceInfo:
+    """Probe torch for CUDA/MPS (imports torch; call when the panel is first shown)."""
+    try:
+        import torch
+    except ImportError:
+        return DeviceInfo(torch_missing=True)
+    from .devices import describe_device
+
+    cuda = describe_device(torch.device(CUDA)) if torch.cuda.is_available() else ""
+    backend = getattr(torch.backends, "mps", None)
+    mps = bool(backend is not None and backend.is_available())
+    return DeviceInfo(cpu=describe_device(torch.device(CPU)), cuda=cuda, mps=mps)
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    value: str
+    label: str
+
+
+@dataclasses.dataclass
+class ViewState:
+    """Everything the panel shows; the widget copies it into its Qt widgets."""
+
+    models: list[Choice] = dataclasses.field(default_factory=list)
+    model: str = AUTO
+    devices: list[Choice] = dataclasses.field(default_factory=list)
+    device: str = AUTO
+    device_note: str = ""
+    run_text: str = RUN_TEXT
+    run_enabled: bool = False
+    run_tooltip: str = ""
+    progress: int = 0
+    progress_visible: bool = False
+    progress_text: str = ""
+    status: str = ""
+    export_enabled: bool = False
+    polling: bool = False
+
+
+# -------------------------------------------------------------- controller
+class AutoContourController:
+    """State machine of the panel: idle → running → (succeeded | failed | cancelled) → idle.
+
+    Args:
+        devices: returns a :class:`DeviceInfo` (:func:`detect_devices`).
+        apply_result: loads a finished output folder into the scene; returns a short summary.
+        job_factory: builds the background job from a command (:class:`BackgroundJob`).
+        models_root: folder of model directories, read here and passed to the child
+            (None: the bundled ``Resources/Models``).
+        python: interpreter for the child (None: :func:`worker.python_executable`).
+    """
+
+    def __init__(
+        self,
+        *,
+        devices: Callable[[], DeviceInfo] = detect_devices,
+        apply_result: Callable[[Path], str] | None = None,
+        job_factory: Callable[[list[str]], BackgroundJob] = BackgroundJob,
+        models_root: Path | None = None,
+        python: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._detect_devices = devices
+        self._apply_result = apply_result
+        self._job_factory = job_factory
+        self._models_root = models_root
+        self._python = python
+        self._clock = clock
+        self._cards: list = []
+        self._device_info = DeviceInfo()
+        self._input: RunInput | None = None
+        self._job: BackgroundJob | None = None
+        self._work_dir: Path | None = None
+        self._stage_started: dict[str, float] = {}
+        self._has_segmentation = False
+        self.view = ViewState()
+        self.refresh()
+
+    # ---------------------------------------------------------- selections
+    def refresh(self) -> ViewState:
+        """Re-read installed models and devices (e.g. after installing a model)."""
+        from .models import list_models
+
+        self._cards = list_models(self._models_root)
+        self._device_info = self._detect_devices()
+        self.view.models = [Choice(AUTO, "Auto (by image modality)")] + [
+            Choice(card.id, f"{MODALITY_OF_FAMILY.get(card.family, card.family)}: {card.id} v{card.version}")
+            for card in self._cards
+        ]
+        if self.view.model not in {choice.value for choice in self.view.models}:
+            self.view.model = AUTO
+        self.view.devices = self._device_choices()
+        self.set_device(self.view.device)
+        return self._update_idle()
+
+    def set_input(self, run_input: RunInput | None) -> ViewState:
+        self._input = run_input
+        return self._update_idle()
+
+    def set_model(self, value: str) -> ViewState:
+        self.view.model = value or AUTO
+        return self._update_idle()
+
+    def set_device(self, value: str) -> ViewState:
+        """Select a device; one that is not available here falls back to CPU with a note."""
+        info = self._device_info
+        available = {choice.value for choice in self.view.devices}
+        value = value or AUTO
+        if value in available:
+            self.view.device = value
+            self.view.device_note = self._device_note(value)
+        else:
+            self.view.device = CPU
+            self.view.device_note = f"{value.upper()} is not available on this computer; using {info.cpu}."
+        return self.view
+
+    def set_segmentation(self, available: bool) -> ViewState:
+        """Whether a segmentation to export is selected."""
+        self._has_segmentation = bool(available)
+        self.view.export_enabled = self._has_segmentation and not self.running
+        return self.view
+
+    # ------------------------------------------------------------ decisions
+    def _device_choices(self) -> list[Choice]:
+        info = self._device_info
+        best = info.cuda and f"GPU - {info.cuda}" or ("Apple MPS" if info.mps else info.cpu)
+        choices = [Choice(AUTO, f"Auto ({best})")]
+        if info.cuda:
+            choices.append(Choice(CUDA, f"GPU (CUDA) - {info.cuda}"))
+        if info.mps:
+            choices.append(Choice(MPS, "GPU (Apple MPS)"))
+        choices.append(Choice(CPU, info.cpu))
+        return choices
+
+    def _device_note(self, value: str) -> str:
+        info = self._device_info
+        if info.torch_missing:
+            return "PyTorch is not installed: install it with the PyTorch extension (it is offered on first run)."
+        if value == AUTO and not (info.cuda or info.mps):
+            return f"No GPU detected; running on {info.cpu}."
+        if value == AUTO:
+            return f"Detected {info.cuda or 'Apple MPS'}."
+        return ""
+
+    def choose_model(self, run_input: RunInput | None = None):
+        """The model card for the input and the model choice; InputError says why there is none."""
+        run_input = run_input or self._input
+        if run_input is None:
+            raise InputError("Select an input volume (a CT or T2-weighted MR image).")
+        modality = (run_input.modality or "").upper()
+        if self.view.model != AUTO:
+            card = next((c for c in self._cards if c.id == self.view.model), None)
+            if card is None:
+                raise InputError(f"Model {self.view.model} is not installed.")
+            expected = MODALITY_OF_FAMILY.get(card.family, "")
+            if modality and modality != expected:
+                raise InputError(f"{card.id} contours {expected} images but {run_input.name} is {modality}.")
+            return card
+        family = FAMILY_OF_MODALITY.get(modality)
+        if family is None:
+            raise InputError(f"Cannot tell whether {run_input.name} is CT or MR: choose a model.")
+        candidates = [card for card in self._cards if card.family == family]
+        if not candidates:
+            installed = ", ".join(card.id for card in self._cards) or "none"
+            raise InputError(
+                f"No {modality} model is installed, so {modality} images cannot be auto-contoured "
+                f"(installed: {installed}). A model of another modality is never used instead."
+            )
+        from .models import find_model
+
+        return find_model(family, self._models_root)  # the child's own "auto" rule, so both agree
+
+    # ------------------------------------------------------------- running
+    @property
+    def running(self) -> bool:
+        return self._job is not None and not self._job.state.finished
+
+    def run_clicked(self) -> ViewState:
+        """The one button: starts a run when idle, cancels when running."""
+        if self.running:
+            return self.cancel()
+        return self.start()
+
+    def start(self) -> ViewState:
+        try:
+            card = self.choose_model()
+        except InputError as error:
+            self.view.status = str(error)
+            return self._update_idle()
+        work_dir = Path(tempfile.mkdtemp(prefix="CervixAutoSeg-"))
+        try:
+            input_path = self._input.write(work_dir)  # type: ignore[union-attr]
+        except Exception as error:  # a user-facing status line, whatever failed while writing
+            shutil.rmtree(work_dir, ignore_errors=True)
+            self.view.status = f"Could not prepare {self._input.name}: {error}"  # type: ignore[union-attr]
+            return self._update_idle(keep_status=True)
+        model_argument = card.family if self.view.model == AUTO else card.id
+        command = segment_command(input_path, work_dir / "out", model=model_argument, device=self.view.device,
+                                  python=self._python)
+        if self._models_root is not None:
+            command += ["--models", str(self._models_root)]
+        self._work_dir = work_dir
+        self._stage_started = {}
+        self._job = self._job_factory(command)
+        self._job.start()
+        self.view.run_text, self.view.run_enabled, self.view.run_tooltip = CANCEL_TEXT, True, "Stop the running job"
+        self.view.progress, self.view.progress_visible = 0, True
+        self.view.progress_text = "Starting..."
+        self.view.status = f"Contouring {self._input.name} with {card.id} ({self._device_label()})..."  # type: ignore[union-attr]
+        self.view.export_enabled = False
+        self.view.polling = True
+        return self.view
+
+    def cancel(self) -> ViewState:
+        if self._job is not None and self._job.state is JobState.RUNNING:
+            self._job.cancel()
+            self.view.run_text, self.view.run_enabled = CANCELLING_TEXT, False
+            self.view.status = "Cancelling; the scene will not be changed."
+        return self.view
+
+    def poll(self) -> ViewState:
+        """Advance from the background job (call from a timer while ``view.polling``)."""
+        job = self._job
+        if job is None:
+            self.view.polling = False
+            return self.view
+        for event in job.poll():
+            self._stage_started.setdefault(event.stage, self._clock())
+            self.view.progress = int(round(max(0.0, min(1.0, event.fraction)) * PERCENT))
+            label = STAGE_LABELS.get(event.stage, event.stage)
+            self.view.progress_text = f"{label}: {event.message}" if event.message else label
+        if not job.state.finished:
+            return self.view
+        self._finish(job)
+        return self.view
+
+    def _finish(self, job: BackgroundJob) -> None:
+        out_dir = self._work_dir / "out" if self._work_dir else None
+        try:
+            if job.state is JobState.SUCCEEDED:
+                summary = self._apply(out_dir)
+                self.view.status = self._done_status(out_dir, job, summary)
+                self.view.progress, self.view.progress_text = PERCENT, STAGE_LABELS["done"]
+            elif job.state is JobState.CANCELLED:
+                self.view.status = "Cancelled; the scene was not changed."
+            else:
+                self.view.status = f"Failed: {job.error_message or 'the segmentation process stopped'}"
+        except _ResultNotLoaded as error:
+            self.view.status = f"Finished, but the result could not be loaded (scene unchanged): {error}"
+        finally:
+            if self._work_dir is not None:
+                shutil.rmtree(self._work_dir, ignore_errors=True)
+            self._job, self._work_dir = None, None
+            self.view.polling = False
+            self.view.progress_visible = job.state is JobState.SUCCEEDED
+            self._update_idle(keep_status=True)
+
+    def _apply(self, out_dir: Path | None) -> str:
+        if self._apply_result is None or out_dir is None:
+            return ""
+        try:
+            return self._apply_result(out_dir) or ""
+        except Exception as error:  # the scene is unchanged (mrml builds before touching it)
+            log.exception("loading the result failed")
+            raise _ResultNotLoaded(str(error)) from error
+
+    def _done_status(self, out_dir: Path | None, job: BackgroundJob, summary: str) -> str:
+        report = _read_report(out_dir)
+        timings = report.get("timings_s", {}) if report else {}
+        total = timings.get("total", job.elapsed)
+        parts = [f"{name} {seconds:.1f} s" for name, seconds in timings.items() if name != "total"]
+        device = (report.get("device") or {}).get("description", "") if report else ""
+        text = f"Done in {total:.1f} s"
+        if parts:
+            text += " (" + ", ".join(parts) + ")"
+        if device:
+            text += f" on {device}"
+        return text + (f". {summary}" if summary else ".")
+
+    def _device_label(self) -> str:
+        return next((choice.label for choice in self.view.devices if choice.value == self.view.device), self.view.device)
+
+    def _update_idle(self, keep_status: bool = False) -> ViewState:
+        """Button/status of the idle panel (no-op while a job runs)."""
+        if self.running:
+            return self.view
+        self.view.run_text = RUN_TEXT
+        self.view.polling = False
+        try:
+            card = self.choose_model()
+        except InputError as error:
+            self.view.run_enabled, self.view.run_tooltip = False, str(error)
+            if not keep_status:
+                self.view.status = str(error)
+        else:
+            self.view.run_enabled = True
+            self.view.run_tooltip = f"Contour {self._input.name} with {card.id}"  # type: ignore[union-attr]
+            if not keep_status:
+                self.view.status = ""
+        self.view.export_enabled = self._has_segmentation
+        return self.view
+
+    # -------------------------------------------------------------- export
+    def export_clicked(self, exporter: Callable[[], str]) -> ViewState:
+        """Run the RTSTRUCT export (``exporter`` returns a summary); show its outcome."""
+        try:
+            self.view.status = exporter()
+        except InputError as error:
+            self.view.status = f"RTSTRUCT not exported: {error}"
+        return self.view
+
+
+class _ResultNotLoaded(Exception):
+    pass
+
+
+def _read_report(out_dir: Path | None) -> dict:
+    if out_dir is None:
+        return {}
+    try:
+        return json.loads((out_dir / REPORT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}

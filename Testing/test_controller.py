@@ -1,0 +1,283 @@
+"""controller: every panel action without Qt — real model cards on disk, a real child process, a real scene."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from CervixAutoSegLib.controller import (
+    CANCEL_TEXT,
+    CANCELLING_TEXT,
+    RUN_TEXT,
+    AutoContourController,
+    DeviceInfo,
+)
+from CervixAutoSegLib.errors import InputError
+from CervixAutoSegLib.models import ModelCard
+from CervixAutoSegLib.structures import CT_STRUCTURES, MR_STRUCTURES
+from CervixAutoSegLib.worker import BackgroundJob
+
+WAIT_LIMIT_SECONDS = 60.0
+NO_GPU = DeviceInfo(cpu="CPU (2 threads)")
+WITH_GPU = DeviceInfo(cpu="CPU (16 threads)", cuda="CUDA: RTX 4090, 24.0 GB")
+
+
+def install_model(root: Path, model_id: str, family: str, version: str = "1", mean_dsc: float = 0.8) -> None:
+    """A model card on disk, as models.list_models reads it (weights are not needed to list)."""
+    structures = CT_STRUCTURES if family == "ct" else MR_STRUCTURES
+    card = ModelCard(id=model_id, family=family, version=version, architecture="ResAUNet", architecture_kwargs={},
+                     structures=structures, preprocessing={}, weights_file="weights.pt", sha256="0" * 64,
+                     training={}, validation={"mean_dsc": mean_dsc}, intended_use="test", path=root / model_id)
+    card.path.mkdir(parents=True)
+    (card.path / "model.json").write_text(json.dumps(card.to_json()))
+
+
+@dataclasses.dataclass
+class FileInput:
+    """A RunInput writing a real file (the widget's writes the volume node as NRRD)."""
+
+    name: str
+    modality: str
+    fail: bool = False
+
+    def write(self, folder: Path) -> Path:
+        if self.fail:
+            raise OSError("disk full")
+        path = folder / "input.nrrd"
+        path.write_bytes(b"image")
+        return path
+
+
+@pytest.fixture
+def ct_only(tmp_path):
+    root = tmp_path / "Models"
+    install_model(root, "ct-resaunet-a", "ct", version="1", mean_dsc=0.70)
+    install_model(root, "ct-resaunet-b", "ct", version="2", mean_dsc=0.85)
+    return root
+
+
+def controller_for(root: Path, devices: DeviceInfo = NO_GPU, **kwargs) -> AutoContourController:
+    return AutoContourController(models_root=root, devices=lambda: devices, **kwargs)
+
+
+# ------------------------------------------------------------------ models
+def test_auto_picks_the_best_model_of_the_image_modality(ct_only):
+    controller = controller_for(ct_only)
+    assert [c.value for c in controller.view.models] == ["auto", "ct-resaunet-a", "ct-resaunet-b"]
+    controller.set_input(FileInput("Pelvis CT", "CT"))
+    assert controller.choose_model().id == "ct-resaunet-b"  # higher validation DSC
+    assert controller.view.run_enabled and controller.view.run_text == RUN_TEXT
+    assert "ct-resaunet-b" in controller.view.run_tooltip
+
+
+def test_mr_input_without_an_mr_model_gets_a_clear_message_not_a_ct_model(ct_only):
+    controller = controller_for(ct_only)
+    view = controller.set_input(FileInput("T2 axial", "MR"))
+    assert not view.run_enabled
+    assert "No MR model is installed" in view.status and "never used instead" in view.status
+    with pytest.raises(InputError, match="No MR model"):
+        controller.choose_model()
+    controller.set_model("ct-resaunet-a")  # explicitly choosing the CT model does not help either
+    assert not controller.view.run_enabled and "contours CT images but T2 axial is MR" in controller.view.status
+
+
+def test_mr_model_is_chosen_for_mr_once_installed_and_unknown_modality_asks(ct_only):
+    install_model(ct_only, "mr-pocketnet", "mr")
+    controller = controller_for(ct_only)
+    controller.set_input(FileInput("T2 axial", "MR"))
+    assert controller.choose_model().id == "mr-pocketnet" and controller.view.run_enabled
+    controller.set_input(FileInput("anonymous.nrrd", ""))
+    assert not controller.view.run_enabled and "choose a model" in controller.view.status
+    controller.set_model("mr-pocketnet")
+    assert controller.view.run_enabled and controller.choose_model().id == "mr-pocketnet"
+
+
+def test_no_input_disables_the_button(ct_only):
+    view = controller_for(ct_only).set_input(None)
+    assert not view.run_enabled and "Select an input volume" in view.status
+
+
+# ----------------------------------------------------------------- devices
+def test_devices_offered_are_the_detected_ones():
+    root = Path("/nonexistent-models")
+    no_gpu = controller_for(root, NO_GPU)
+    assert [c.value for c in no_gpu.view.devices] == ["auto", "cpu"]
+    assert no_gpu.view.device_note == "No GPU detected; running on CPU (2 threads)."
+    gpu = controller_for(root, WITH_GPU)
+    assert [c.value for c in gpu.view.devices] == ["auto", "cuda", "cpu"]
+    assert "RTX 4090" in gpu.view.devices[0].label and "RTX 4090" in gpu.view.device_note
+
+
+def test_a_gpu_choice_falls_back_to_cpu_where_there_is_none():
+    controller = controller_for(Path("/nonexistent-models"), NO_GPU)
+    view = controller.set_device("cuda")  # e.g. restored from a scene saved on a GPU workstation
+    assert view.device == "cpu" and "CUDA is not available" in view.device_note
+    assert controller_for(Path("/x"), DeviceInfo(torch_missing=True)).view.device_note.startswith(
+        "PyTorch is not installed")
+
+
+# ----------------------------------------------------------------- running
+FAKE_SEGMENT = textwrap.dedent(
+    """
+    import json, os, sys, time
+    import numpy as np
+    args = sys.argv[1:]
+    mode = args[0]
+    out = args[args.index("--out") + 1]
+    def event(stage, fraction, message):
+        print(json.dumps({"stage": stage, "fraction": fraction, "message": message}), flush=True)
+    event("load", 0.0, "reading image")
+    event("network", 0.5, "slices 50/100")
+    if mode == "fail":
+        sys.stderr.write("cervixautoseg segment: error: weights of model ct-resaunet-b are missing\\n")
+        sys.exit(3)
+    if mode == "hang":
+        time.sleep(600)
+    from CervixAutoSegLib.segfile import write_segmentation_nrrd
+    from CervixAutoSegLib.structures import CT_STRUCTURES, write_labels_json
+    from CervixAutoSegLib.volume import Volume
+    os.makedirs(out)
+    labels = np.zeros((4, 5, 6), np.uint8); labels[1:3, 1:3, 1:3] = 1; labels[0, 0, 4:6] = 4
+    grid = Volume(labels, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    write_segmentation_nrrd(os.path.join(out, "segmentation.seg.nrrd"), grid, CT_STRUCTURES)
+    write_labels_json(os.path.join(out, "labels.json"), "ct-resaunet-b", CT_STRUCTURES)
+    report = {"timings_s": {"load": 0.5, "network": 3.25, "total": 4.0}, "device": {"description": "CPU (2 threads)"}}
+    open(os.path.join(out, "report.json"), "w").write(json.dumps(report))
+    event("done", 1.0, "done")
+    """
+)
+
+
+def fake_jobs(mode: str, commands: list):
+    """Job factory: records the real command, runs the fake segment with its arguments."""
+
+    def factory(command):
+        commands.append(command)
+        return BackgroundJob([sys.executable, "-c", FAKE_SEGMENT, mode, *command[4:]])
+
+    return factory
+
+
+def poll_until_idle(controller, views: list) -> None:
+    deadline = time.monotonic() + WAIT_LIMIT_SECONDS
+    while controller.view.polling and time.monotonic() < deadline:
+        views.append(dataclasses.replace(controller.poll()))
+        time.sleep(0.02)
+    assert not controller.view.polling
+
+
+class SceneStandIn:
+    """apply_result target recording what it loaded (the MRML side is tested in test_mrml)."""
+
+    def __init__(self, fail: bool = False):
+        self.loaded, self.fail = [], fail
+
+    def __call__(self, out_dir: Path) -> str:
+        from CervixAutoSegLib.segfile import read_segmentation_nrrd
+
+        if self.fail:
+            raise InputError("segment geometry does not match")
+        result = read_segmentation_nrrd(out_dir / "segmentation.seg.nrrd")
+        self.loaded.append([s.name for s in result.segments])
+        return f"{len(result.segments)} segments"
+
+
+def test_run_success_button_progress_and_timed_status(ct_only):
+    commands, scene = [], SceneStandIn()
+    controller = controller_for(ct_only, apply_result=scene, job_factory=fake_jobs("ok", commands))
+    controller.set_input(FileInput("Pelvis CT", "CT"))
+    controller.set_segmentation(True)
+    view = controller.run_clicked()
+    assert view.run_text == CANCEL_TEXT and view.run_enabled and view.polling and view.progress_visible
+    assert not view.export_enabled  # no export while the segmentation is being replaced
+    command = commands[0]
+    assert command[command.index("--model") + 1] == "ct" and command[command.index("--device") + 1] == "auto"
+    assert command[command.index("--models") + 1] == str(ct_only)
+    work_dir = Path(command[4]).parent
+
+    views = []
+    poll_until_idle(controller, views)
+    fractions = [v.progress for v in views]
+    assert fractions == sorted(fractions)
+    final = controller.view
+    assert final.run_text == RUN_TEXT and final.run_enabled and final.export_enabled and final.progress == 100
+    assert final.status == "Done in 4.0 s (load 0.5 s, network 3.2 s) on CPU (2 threads). 4 segments."
+    assert scene.loaded == [[s.name for s in CT_STRUCTURES]]
+    assert not work_dir.exists()
+
+
+def test_run_failure_shows_the_one_line_reason_and_loads_nothing(ct_only):
+    scene = SceneStandIn()
+    controller = controller_for(ct_only, apply_result=scene, job_factory=fake_jobs("fail", []))
+    controller.set_input(FileInput("Pelvis CT", "CT"))
+    controller.run_clicked()
+    poll_until_idle(controller, [])
+    assert controller.view.status == "Failed: cervixautoseg segment: error: weights of model ct-resaunet-b are missing"
+    assert controller.view.run_text == RUN_TEXT and controller.view.run_enabled
+    assert scene.loaded == [] and not controller.view.progress_visible
+
+
+def test_cancel_transitions_and_leaves_the_scene_alone(ct_only):
+    scene = SceneStandIn()
+    controller = controller_for(ct_only, apply_result=scene, job_factory=fake_jobs("hang", []))
+    controller.set_input(FileInput("Pelvis CT", "CT"))
+    controller.run_clicked()
+    deadline = time.monotonic() + WAIT_LIMIT_SECONDS
+    while controller.view.progress < 50 and time.monotonic() < deadline:
+        controller.poll()
+        time.sleep(0.02)
+    assert controller.view.progress == 50
+    assert controller.view.progress_text == "Running network: slices 50/100"
+    view = controller.run_clicked()  # the same button now cancels
+    assert view.run_text == CANCELLING_TEXT and not view.run_enabled
+    poll_until_idle(controller, [])
+    assert controller.view.status == "Cancelled; the scene was not changed."
+    assert controller.view.run_text == RUN_TEXT and controller.view.run_enabled
+    assert scene.loaded == []
+
+
+def test_a_result_that_cannot_be_loaded_is_reported(ct_only):
+    controller = controller_for(ct_only, apply_result=SceneStandIn(fail=True), job_factory=fake_jobs("ok", []))
+    controller.set_input(FileInput("Pelvis CT", "CT"))
+    controller.run_clicked()
+    poll_until_idle(controller, [])
+    assert controller.view.status.startswith("Finished, but the result could not be loaded (scene unchanged)")
+
+
+def test_input_that_cannot_be_written_starts_nothing(ct_only):
+    commands = []
+    controller = controller_for(ct_only, job_factory=fake_jobs("ok", commands))
+    controller.set_input(FileInput("Pelvis CT", "CT", fail=True))
+    view = controller.run_clicked()
+    assert commands == [] and not view.polling and view.run_text == RUN_TEXT
+    assert view.status == "Could not prepare Pelvis CT: disk full"
+
+
+def test_explicit_model_and_device_reach_the_command(ct_only):
+    commands = []
+    controller = controller_for(ct_only, WITH_GPU, job_factory=fake_jobs("ok", commands))
+    controller.set_input(FileInput("Pelvis CT", "CT"))
+    controller.set_model("ct-resaunet-a")
+    controller.set_device("cuda")
+    controller.run_clicked()
+    poll_until_idle(controller, [])
+    command = commands[0]
+    assert command[command.index("--model") + 1] == "ct-resaunet-a"
+    assert command[command.index("--device") + 1] == "cuda"
+
+
+def test_export_status(ct_only):
+    controller = controller_for(ct_only)
+    assert controller.export_clicked(lambda: "RTSTRUCT written: /data/RS.dcm (4 ROIs)").status.startswith(
+        "RTSTRUCT written")
+
+    def not_dicom():
+        raise InputError("the volume was not loaded from DICOM")
+
+    assert controller.export_clicked(not_dicom).status == "RTSTRUCT not exported: the volume was not loaded from DICOM"
