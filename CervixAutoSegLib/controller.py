@@ -348,7 +348,7 @@ class AutoContourController:
             text += " (" + ", ".join(parts) + ")"
         if device:
             text += f" on {device}"
-        return text + (f". {summary}" if summary else ".")
+        return f"{text}. {summary}." if summary else f"{text}."
 
     def _device_label(self) -> str:
         return next((choice.label for choice in self.view.devices if choice.value == self.view.device), self.view.device)
