@@ -52,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
     unnamed = sorted(present - {s.value for s in structures})
     if unnamed:
         log.warning("label values %s have no structure definition and are not exported", unnamed)
-    # MR models paint the tumour over the organ; the organ ROI must still cover it (DESIGN.md).
-    containment = organ_tumour_containment(structures) if model.lower().startswith("mr") else None
+    # Organ-then-tumour (MR) models paint the tumour over the organ; the organ ROI must
+    # still cover it (DESIGN.md).  Same rule as `segment`, so both write the same RTSTRUCT.
+    containment = organ_tumour_containment(structures) or None
     write_rtstruct(args.out, labels, reference, structures, model_name=model, model_version=__version__,
                    containment=containment, keyhole=args.keyhole)
     print(f"wrote {args.out} ({len(structures)} ROIs) referencing series {reference.meta.get('series_instance_uid')}")
