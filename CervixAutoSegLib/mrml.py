@@ -477,3 +477,59 @@ def read_result_dir(out_dir) -> tuple[Volume, tuple[Structure, ...], str, dict]:
 
         labels = load_image(out_dir / "labels.nii.gz")
     return labels, structures, str(document.get("model", "")), containment_for(structures)
+
+
+def summary(segmentation_node) -> str:
+    """One line for the status bar: how many segments, in which node."""
+    count = segmentation_node.GetSegmentation().GetNumberOfSegments()
+    return f"{count} segments in '{segmentation_node.GetName()}'"
+
+
+# ------------------------------------------------------------------ RTSTRUCT
+RTSTRUCT_FILE_PREFIX = "RS_CervixAutoSeg_"
+
+
+def dicom_files_of(volume_node, file_for_instance: Callable[[str], str]) -> list:
+    """The DICOM files a volume node was loaded from (via Slicer's DICOM database lookup).
+
+    ``file_for_instance`` is ``slicer.dicomDatabase.fileForInstance`` inside Slicer.
+    """
+    from pathlib import Path
+
+    uids = (volume_node.GetAttribute(DICOM_INSTANCE_UIDS_ATTRIBUTE) or "").split()
+    files = [Path(name) for name in (file_for_instance(uid) for uid in uids) if name]
+    if not files:
+        raise InputError(
+            f"{volume_node.GetName()} was not loaded from DICOM, so there is no series to reference; "
+            "save the segmentation as .seg.nrrd, or load the images through the DICOM module"
+        )
+    missing = [path for path in files if not path.is_file()]
+    if missing:
+        raise InputError(f"{len(missing)} DICOM file(s) of {volume_node.GetName()} are gone, e.g. {missing[0]}")
+    return files
+
+
+def export_rtstruct(segmentation_node, dicom_files: Sequence, out_path=None, *, model_version: str = ""):
+    """Write our segments as an RTSTRUCT referencing the DICOM series they were drawn on.
+
+    The segments are copied voxel by voxel onto the grid our DICOM reader builds from
+    ``dicom_files`` (any order of files, flips, tilt), then contoured by
+    :func:`CervixAutoSegLib.rtstruct.write_rtstruct`.  Default target: next to the series
+    (``RS_CervixAutoSeg_<series UID>.dcm``).  Returns ``(path, structures, skipped names)``.
+    """
+    from pathlib import Path
+
+    from . import __version__
+    from .dicom_series import read_dicom_series
+    from .rtstruct import write_rtstruct
+
+    reference = read_dicom_series([Path(p) for p in dicom_files])
+    labels, structures, skipped = labels_from_segmentation(segmentation_node, reference)
+    if out_path is None:
+        series_uid = reference.meta.get("series_instance_uid", "series")
+        out_path = Path(dicom_files[0]).parent / f"{RTSTRUCT_FILE_PREFIX}{series_uid}.dcm"
+    model_id = segmentation_node.GetAttribute(MODEL_ATTRIBUTE) or "CervixAutoSeg"
+    path = write_rtstruct(out_path, labels, reference, structures, model_name=model_id,
+                          model_version=model_version or __version__,
+                          containment=containment_for(structures) or None)
+    return Path(path), structures, skipped

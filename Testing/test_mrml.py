@@ -17,6 +17,7 @@ from CervixAutoSegLib.rtstruct import organ_tumour_containment  # noqa: E402
 from CervixAutoSegLib.structures import CT_STRUCTURES, MR_STRUCTURES  # noqa: E402
 from CervixAutoSegLib.volume import Volume  # noqa: E402
 from test_segfile import (  # noqa: E402
+    rotation,
     GEOMETRIES,
     expected_lps_points,
     labels_on,
@@ -297,3 +298,54 @@ def test_our_terminology_file_resolves_every_structure_code():
         assert logic.DeserializeTerminologyEntry(tag, entry)
         assert entry.GetTerminologyContextName() == context
         assert entry.GetTypeObject().GetCodeValue() == structure.type.value
+
+
+# ------------------------------------------------------------------ RTSTRUCT export
+def test_export_rtstruct_references_the_source_series_exactly(scene, tmp_path):
+    """Feet-first, oblique, shuffled files; Slicer's volume stacked the other way round."""
+    from rtstruct_oracle import assert_dciodvfy_clean, oracle_masks, oracle_volume_mask, write_series
+
+    from CervixAutoSegLib.dicom_series import read_dicom_series
+
+    direction = rotation([0, 0, 1], 20.0)
+    rows, columns, slices = 24, 20, 9
+    normal = np.cross(direction[:, 0], direction[:, 1])
+    positions = np.array([[30.0, -12.0, 50.0] - 2.5 * k * normal for k in range(slices)])  # feet first
+    folder = tmp_path / "series"
+    files = write_series(folder, rows, columns, positions, row_direction=direction[:, 0],
+                         column_direction=direction[:, 1], pixel_spacing=(0.9, 0.8), patient_position="FFS",
+                         shuffle_seed=5)
+    reference = read_dicom_series(folder)
+    # Slicer's own DICOM reader may stack the slices in the opposite order: same voxels, flipped k.
+    as_slicer = Volume(array=reference.array[::-1].copy(), spacing=reference.spacing,
+                       origin=reference.index_to_physical([0, 0, slices - 1]),
+                       direction=reference.direction @ np.diag([1, 1, -1]), modality="CT")
+    volume_node = mrml.node_from_volume(scene, as_slicer, "CT")
+    volume_node.SetAttribute("DICOM.instanceUIDs", " ".join(reference.meta["sop_instance_uids"]))
+    labels_array = np.zeros(reference.shape, np.uint8)
+    labels_array[2:7, 4:14, 3:9] = 1
+    labels_array[1:5, 15:21, 10:17] = 2
+    labels_array[5:8, 3:9, 11:18] = 4
+    node = mrml.add_segmentation(scene, volume_node, as_slicer.with_array(labels_array[::-1].copy()),
+                                 CT_STRUCTURES, model_id="ct-test")
+    node.GetSegmentation().AddEmptySegment("UserBowel", "UserBowel")
+
+    by_uid = {}
+    for path in files:
+        import pydicom
+
+        by_uid[str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)] = str(path)
+    path, structures, skipped = mrml.export_rtstruct(node, mrml.dicom_files_of(volume_node, by_uid.get))
+    assert path.parent == folder and path.name.startswith(mrml.RTSTRUCT_FILE_PREFIX)
+    assert skipped == ["UserBowel"]
+    assert_dciodvfy_clean(path)
+    oracle = oracle_masks(path, folder)
+    for structure in CT_STRUCTURES:
+        got = oracle_volume_mask(oracle.get(structure.name, {}), reference)
+        assert np.array_equal(got, labels_array == structure.value), structure.name
+
+
+def test_export_refuses_a_volume_not_loaded_from_dicom(scene):
+    volume_node = mrml.node_from_volume(scene, ct_image("oblique"), "CT")
+    with pytest.raises(InputError, match="not loaded from DICOM"):
+        mrml.dicom_files_of(volume_node, lambda uid: "")
