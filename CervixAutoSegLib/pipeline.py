@@ -120,11 +120,7 @@ def choose_model(volume: Volume, model: str = "auto", models_root: Optional[Unio
         try:
             card = find_model(family, models_root)
         except ModelError:
-            other = "CT" if family == "mr" else "MR"
-            raise InputError(
-                f"no {modality} model is installed; the {other} model cannot segment {modality} images "
-                f"(install an {modality} model in Resources/Models or give a {other} image)"
-            ) from None
+            raise InputError(_no_model_message(modality, models_root)) from None
     else:
         card = find_model(requested.lower() if requested.lower() in ("ct", "mr") else requested, models_root)
     expected = MODALITY_OF_FAMILY[card.family]
@@ -134,6 +130,19 @@ def choose_model(volume: Volume, model: str = "auto", models_root: Optional[Unio
             f"give a {expected} image or choose a {modality} model"
         )
     return card
+
+
+def _no_model_message(modality: str, models_root: Optional[Union[str, Path]]) -> str:
+    from .models import list_models, models_dir
+
+    where = Path(models_root) if models_root is not None else models_dir()
+    installed = sorted({card.family.upper() for card in list_models(where)})
+    article = "an" if modality == "MR" else "a"
+    if not installed:
+        return f"no {modality} model is installed (no model directories in {where})"
+    others = " and ".join(installed)
+    return (f"no {modality} model is installed; the {others} model cannot segment {modality} images "
+            f"(install {article} {modality} model in {where} or give a {others} image)")
 
 
 # ---------------------------------------------------------------- network runners

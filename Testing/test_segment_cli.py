@@ -1,0 +1,117 @@
+"""``cervixautoseg segment``: outputs, progress protocol, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from CervixAutoSegLib.cli import main
+from CervixAutoSegLib.image_io import write_image
+from CervixAutoSegLib.progress import parse_progress_line
+from test_pipeline import synthetic_ct, write_random_ct_model
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory) -> Path:
+    return write_random_ct_model(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def ct_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("input") / "ct.nii.gz"
+    write_image(synthetic_ct("FFS"), path)
+    return path
+
+
+def assert_one_line_error(capsys, code: int, expected: str) -> None:
+    captured = capsys.readouterr()
+    assert code != 0
+    error_lines = [line for line in captured.err.splitlines() if line.startswith("cervixautoseg segment: error:")]
+    assert len(error_lines) == 1 and expected in error_lines[0], captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_progress_json_protocol_over_a_real_pipe(tmp_path, models_root, ct_file):
+    completed = subprocess.run(
+        [sys.executable, "-m", "CervixAutoSegLib", "segment", str(ct_file), "--out", str(tmp_path / "out"),
+         "--models", str(models_root), "--device", "cpu", "--progress-json"],
+        capture_output=True, text=True, check=False, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    events = [parse_progress_line(line) for line in lines]
+    assert all(event is not None for event in events), "stdout must carry only progress events"
+    assert [json.loads(line).keys() for line in lines][0] == {"stage", "fraction", "message"}
+    fractions = [event.fraction for event in events]
+    assert fractions == sorted(fractions) and 0.0 <= fractions[0] and fractions[-1] == 1.0
+    assert events[-1].stage == "done" and "network" in {event.stage for event in events}
+    assert (tmp_path / "out" / "labels.nii.gz").is_file() and (tmp_path / "out" / "report.json").is_file()
+
+
+def test_default_run_draws_a_bar_on_stderr_and_summarises_on_stdout(tmp_path, models_root, ct_file, capsys):
+    code = main(["segment", str(ct_file), "--out", str(tmp_path / "out"), "--models", str(models_root),
+                 "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "100.0% done" in captured.err and "[####" in captured.err
+    assert "Bladder" in captured.out and "outputs in" in captured.out
+    assert not any(parse_progress_line(line) for line in captured.out.splitlines())
+
+
+def test_missing_input(tmp_path, models_root, capsys):
+    code = main(["segment", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"), "--models", str(models_root)])
+    assert_one_line_error(capsys, code, "does not exist")
+    assert not (tmp_path / "out").exists()
+
+
+def test_not_an_image(tmp_path, models_root, capsys):
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("not an image")
+    code = main(["segment", str(bogus), "--out", str(tmp_path / "out"), "--models", str(models_root)])
+    assert_one_line_error(capsys, code, "neither DICOM nor a known image format")
+
+
+def test_mr_image_without_mr_model(tmp_path, models_root, capsys):
+    mr = synthetic_ct("HFS")
+    mr = mr.with_array(np.clip(mr.array + 1000, 0, None).astype(np.int16) + 100)
+    path = tmp_path / "t2.nii.gz"
+    write_image(mr, path)
+    code = main(["segment", str(path), "--out", str(tmp_path / "out"), "--models", str(models_root)])
+    assert_one_line_error(capsys, code, "no MR model is installed")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_requested_without_gpu(tmp_path, models_root, ct_file, capsys):
+    code = main(["segment", str(ct_file), "--out", str(tmp_path / "out"), "--models", str(models_root),
+                 "--device", "cuda"])
+    assert_one_line_error(capsys, code, "no CUDA GPU")
+
+
+def test_out_is_an_existing_file(tmp_path, models_root, ct_file, capsys):
+    target = tmp_path / "out"
+    target.write_text("precious")
+    code = main(["segment", str(ct_file), "--out", str(target), "--models", str(models_root)])
+    assert_one_line_error(capsys, code, "is not a folder")
+    assert target.read_text() == "precious"
+
+
+def test_no_model_installed(tmp_path, ct_file, capsys):
+    (tmp_path / "empty").mkdir()
+    code = main(["segment", str(ct_file), "--out", str(tmp_path / "out"), "--models", str(tmp_path / "empty")])
+    assert_one_line_error(capsys, code, "no CT model is installed")
+
+
+def test_unknown_series_uid(tmp_path, models_root, capsys):
+    from CervixAutoSegLib.dicom_writer import write_dicom_series
+
+    write_dicom_series(synthetic_ct("HFS"), tmp_path / "dicom", modality="CT")
+    code = main(["segment", str(tmp_path / "dicom"), "--out", str(tmp_path / "out"), "--models", str(models_root),
+                 "--series", "1.2.3.4"])
+    assert_one_line_error(capsys, code, "1.2.3.4")
