@@ -77,7 +77,8 @@ class NetworkOutput:
         crop_labels: the network's own field of view (n, H, W) for the crop-border QA, or None.
         inference: device/precision/batch facts for the report.
         preprocessing: JSON summary of the preprocessing context.
-        timings: seconds per sub-stage ("preprocess", "network", "restore").
+        timings: seconds per sub-stage ("preprocess", "model_load" (read + verify + prepare the
+            weights), "network" (forward passes only), "restore").
     """
 
     labels: np.ndarray
@@ -161,6 +162,8 @@ def run_ct_network(volume: Volume, card: Any, device: Any, options: Any,
 
     started = time.perf_counter()
     network = prepare_network(load_network(card, "cpu"), device, options)
+    timings["model_load"] = time.perf_counter() - started
+    started = time.perf_counter()
     total = batch.shape[0]
     crop_labels, info = predict_slices(
         network, batch, device=device, options=options, cancel=cancel,
@@ -276,6 +279,7 @@ def segment(
 
     output = runner(volume, card, torch_device, options, network_fraction, cancel)
     timings["preprocess"] = output.timings.get("preprocess", 0.0)
+    timings["model_load"] = output.timings.get("model_load", 0.0)
     timings["network"] = output.timings.get("network", 0.0)
 
     tracker.start("postprocess", "cleaning contours")
