@@ -159,3 +159,14 @@ def test_precision_choice():
         choose_precision("fp16", torch.device("cpu"))
     with pytest.raises(InputError):
         InferenceOptions(precision="int8")
+
+
+def test_flop_count_of_a_convolution_and_of_resaunet():
+    from CervixAutoSegLib.benchmarks.ct import count_flops
+    from CervixAutoSegLib.ct.network import ResAUNet
+
+    conv = nn.Conv2d(3, 8, 3, padding=1, stride=2)
+    # 8 output channels x 16 x 16 output pixels x (3 x 3 x 3) multiply-adds x 2 FLOPs
+    assert count_flops(conv, (1, 3, 32, 32)) == 2 * 8 * 16 * 16 * 27
+    # DESIGN.md: about 15.5 GFLOP per 256x256 slice.
+    assert count_flops(ResAUNet().eval(), (1, 1, 256, 256)) / 1e9 == pytest.approx(15.5, rel=0.02)

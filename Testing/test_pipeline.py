@@ -384,3 +384,31 @@ def test_reexpressed_volume_keeps_every_voxel_in_place():
     for flips in REEXPRESSION.values():
         other = _reexpressed(image, *flips)
         np.testing.assert_array_equal(_resample_nearest(other, image), image.array)
+
+
+# ------------------------------------------------------------------ real scans and sheared grids
+REAL_CT = Path("/work/shared/testdata/real_ct_abdomen_pelvis_3mm.nii.gz")
+
+
+@pytest.mark.skipif(not REAL_CT.exists(), reason="shared real test scans not present")
+def test_real_ct_runs_and_labels_are_on_its_grid(tmp_path, models_root):
+    """A real 3 mm abdomen-pelvis CT (in-plane resampling path): outputs on exactly its grid."""
+    result = run(REAL_CT, tmp_path / "out", models_root)
+    image = load_image(REAL_CT)
+    labels = load_image(tmp_path / "out" / "labels.nii.gz")
+    assert_same_grid(labels, image)
+    assert result.report["preprocessing"]["resampled"] is True
+    assert result.report["input"]["source"] != "dicom" and "rtstruct" not in result.files
+
+
+def test_gantry_tilted_grid_gets_nrrd_labels_on_the_sheared_grid(tmp_path, models_root):
+    image = synthetic_ct("HFS")
+    tilt = np.radians(12.0)
+    sheared = image.direction.copy()
+    sheared[:, 2] = [0.0, np.sin(tilt), np.cos(tilt)]  # slice axis leans towards posterior
+    tilted = Volume(image.array, image.spacing, image.origin, sheared, modality="CT")
+    assert not tilted.is_orthogonal
+    result = run(tilted, tmp_path / "out", models_root)
+    assert result.files["labels"].name == "labels.nrrd"
+    assert not (tmp_path / "out" / "labels.nii.gz").exists()
+    assert_same_grid(load_image(tmp_path / "out" / "labels.nrrd"), tilted)

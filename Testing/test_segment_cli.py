@@ -115,3 +115,21 @@ def test_unknown_series_uid(tmp_path, models_root, capsys):
     code = main(["segment", str(tmp_path / "dicom"), "--out", str(tmp_path / "out"), "--models", str(models_root),
                  "--series", "1.2.3.4"])
     assert_one_line_error(capsys, code, "1.2.3.4")
+
+
+def test_progress_protocol_lines_and_stage_fractions():
+    import io
+
+    from CervixAutoSegLib.progress import JsonLinesReporter, ProgressEvent, StagedProgress
+
+    stream = io.StringIO()
+    tracker = StagedProgress(JsonLinesReporter(stream))
+    tracker.start("load")
+    tracker.start("network")
+    tracker.update(0.5, "slices 5/10")
+    tracker.finish()
+    events = [parse_progress_line(line) for line in stream.getvalue().splitlines()]
+    assert events[2] == ProgressEvent("network", pytest.approx(0.15 + 0.35), "slices 5/10")
+    assert events[-1] == ProgressEvent("done", 1.0, "done")
+    assert parse_progress_line("some stray text") is None
+    assert parse_progress_line('{"stage": "load"}') is None
