@@ -533,3 +533,45 @@ def export_rtstruct(segmentation_node, dicom_files: Sequence, out_path=None, *, 
                           model_version=model_version or __version__,
                           containment=containment_for(structures) or None)
     return Path(path), structures, skipped
+
+
+def export_next_to_source(segmentation_node, file_for_instance: Callable[[str], str]) -> str:
+    """Export RTSTRUCT button: write next to the segmentation's source series; return the status text."""
+    volume_node = segmentation_node.GetNodeReference(SOURCE_VOLUME_REFERENCE) if segmentation_node else None
+    if volume_node is None:
+        raise InputError("select a segmentation made by CervixAutoSeg (its source volume is unknown)")
+    path, structures, skipped = export_rtstruct(segmentation_node, dicom_files_of(volume_node, file_for_instance))
+    text = f"RTSTRUCT with {len(structures)} ROIs written to {path}"
+    if skipped:
+        text += f"; not exported (not model structures): {', '.join(skipped)}"
+    return text + "."
+
+
+# ------------------------------------------------------------------ panel input
+class VolumeNodeInput:
+    """The selected volume node as the controller's :class:`~CervixAutoSegLib.controller.RunInput`.
+
+    The child process gets the node's voxels exactly as shown (NRRD keeps any grid,
+    sheared included), whatever file or DICOM series the node came from.
+    """
+
+    INPUT_FILE = "input.nrrd"
+
+    def __init__(self, node):
+        from .image_io import guess_modality
+
+        self.node = node
+        self.name = node.GetName() or node.GetID()
+        self.modality = node_modality(node)
+        if not self.modality and node.GetImageData() is not None:
+            # Files without DICOM tags: the same air-fraction guess the command line makes.
+            self.modality = guess_modality(volume_from_node(node))
+
+    def write(self, folder) -> "object":
+        from pathlib import Path
+
+        from .image_io import write_image
+
+        path = Path(folder) / self.INPUT_FILE
+        write_image(volume_from_node(self.node), path)
+        return path

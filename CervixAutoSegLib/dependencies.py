@@ -1,0 +1,195 @@
+"""Python packages the extension needs inside 3D Slicer: check, ask once, install safely.
+
+Slicer already ships numpy, SimpleITK, VTK and pydicom; torch comes from the **PyTorch
+extension** (``PyTorchUtils``), which picks the CUDA build that matches the installed
+driver (or the CPU build).  Everything else is installed with pip at the exact
+versions of :data:`REQUIREMENTS`, one package at a time with ``--no-deps``, so pip can
+never pull a second numpy, SimpleITK or a multi-GB CUDA torch in as a dependency and
+break Slicer.  That is also why the table lists the whole dependency closure
+(e.g. scikit-image's imageio, tifffile, networkx, lazy_loader).
+
+Nothing here runs at import time: the module panel loads instantly, and the check runs
+when the user first clicks Auto-contour.  This module imports ``slicer`` only inside
+the functions that install.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import socket
+from typing import Callable, Iterable, Sequence
+
+PYPI_HOST = "pypi.org"
+HTTPS_PORT = 443
+ONLINE_CHECK_TIMEOUT_SECONDS = 3.0
+TORCH_REQUIREMENT = ">=2.2"
+"""torch versions the networks run with (passed to PyTorchUtils)."""
+
+PROTECTED = frozenset({"torch", "numpy", "simpleitk", "vtk"})
+"""Distributions that belong to Slicer or to the PyTorch extension: never pip-installed here."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Requirement:
+    """One distribution: the module that proves it is there, and the version to install."""
+
+    module: str
+    distribution: str
+    version: str
+
+    @property
+    def pip_argument(self) -> str:
+        return f"{self.distribution}=={self.version}"
+
+
+REQUIREMENTS: tuple[Requirement, ...] = (
+    # Our direct dependencies.
+    Requirement("scipy", "scipy", "1.14.1"),
+    Requirement("skimage", "scikit-image", "0.24.0"),
+    Requirement("nrrd", "pynrrd", "1.1.1"),
+    Requirement("matplotlib", "matplotlib", "3.9.2"),
+    Requirement("pydicom", "pydicom", "2.4.4"),
+    # Their dependencies (installed explicitly because every install is --no-deps).
+    Requirement("imageio", "imageio", "2.35.1"),
+    Requirement("tifffile", "tifffile", "2024.8.30"),
+    Requirement("networkx", "networkx", "3.3"),
+    Requirement("lazy_loader", "lazy_loader", "0.4"),
+    Requirement("PIL", "pillow", "10.4.0"),
+    Requirement("packaging", "packaging", "24.1"),
+    Requirement("typing_extensions", "typing_extensions", "4.12.2"),
+    Requirement("contourpy", "contourpy", "1.3.0"),
+    Requirement("cycler", "cycler", "0.12.1"),
+    Requirement("fontTools", "fonttools", "4.54.1"),
+    Requirement("kiwisolver", "kiwisolver", "1.4.7"),
+    Requirement("pyparsing", "pyparsing", "3.1.4"),
+    Requirement("dateutil", "python-dateutil", "2.9.0.post0"),
+    Requirement("six", "six", "1.16.0"),
+)
+"""Versions with wheels for CPython 3.10-3.12 that accept numpy 1.26 and 2.x."""
+
+SLICER_PROVIDED = ("numpy", "SimpleITK", "vtk", "slicer")
+"""Modules Slicer itself provides (checked, never installed)."""
+
+
+def is_importable(module: str) -> bool:
+    """True when ``module`` can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@dataclasses.dataclass(frozen=True)
+class InstallPlan:
+    """What is missing and how it will be installed."""
+
+    torch_missing: bool
+    packages: tuple[Requirement, ...]
+    slicer_missing: tuple[str, ...] = ()
+
+    @property
+    def needed(self) -> bool:
+        return self.torch_missing or bool(self.packages)
+
+    def pip_commands(self) -> list[str]:
+        """One ``pip install`` argument string per package: pinned, ``--no-deps``."""
+        commands = []
+        for requirement in self.packages:
+            if requirement.distribution.lower() in PROTECTED:
+                raise ValueError(f"{requirement.distribution} must not be installed with pip here")
+            commands.append(f"{requirement.pip_argument} --no-deps")
+        return commands
+
+    def question(self) -> str:
+        """The one question asked before anything is installed."""
+        lines = ["CervixAutoSeg needs Python packages that are not installed yet:"]
+        if self.torch_missing:
+            lines.append("  - PyTorch, through the PyTorch extension (GPU build if a supported NVIDIA driver is found)")
+        if self.packages:
+            lines.append("  - " + ", ".join(r.pip_argument for r in self.packages))
+        lines.append("They are downloaded from the internet (about 0.3-3 GB with PyTorch) and installed into "
+                     "Slicer's Python; Slicer's own numpy and SimpleITK are not touched. Install now?")
+        return "\n".join(lines)
+
+
+def plan(importable: Callable[[str], bool] = is_importable,
+         requirements: Iterable[Requirement] = REQUIREMENTS) -> InstallPlan:
+    """What :func:`install` would do on this Python (``importable`` is injectable for tests)."""
+    return InstallPlan(
+        torch_missing=not importable("torch"),
+        packages=tuple(r for r in requirements if not importable(r.module)),
+        slicer_missing=tuple(m for m in SLICER_PROVIDED if not importable(m)),
+    )
+
+
+def online(host: str = PYPI_HOST, port: int = HTTPS_PORT, timeout: float = ONLINE_CHECK_TIMEOUT_SECONDS) -> bool:
+    """True when ``host:port`` accepts a connection (a cheap "can pip download?" check)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def offline_message(install_plan: InstallPlan) -> str:
+    names = (["torch"] if install_plan.torch_missing else []) + [r.pip_argument for r in install_plan.packages]
+    return (f"Cannot reach {PYPI_HOST}, so the missing packages cannot be downloaded ({', '.join(names)}). "
+            "Connect this computer to the internet and try again, or install them offline with Slicer's "
+            "PythonSlicer: 'PythonSlicer -m pip install --no-deps <downloaded wheel files>'.")
+
+
+class DependencyError(RuntimeError):
+    """The packages could not be installed; the message says what to do."""
+
+
+def install(install_plan: InstallPlan, *,
+            pip_install: Callable[[str], None] | None = None,
+            install_torch: Callable[[], object] | None = None,
+            is_online: Callable[[], bool] = online) -> None:
+    """Install what ``install_plan`` lists (ask the user *before* calling this).
+
+    ``pip_install`` defaults to ``slicer.util.pip_install`` and ``install_torch`` to the
+    PyTorch extension's installer; both are injectable for tests.
+    """
+    if not install_plan.needed:
+        return
+    if install_plan.slicer_missing:
+        raise DependencyError(f"this Slicer lacks {', '.join(install_plan.slicer_missing)}; use Slicer 5.8 or later")
+    if not is_online():
+        raise DependencyError(offline_message(install_plan))
+    if install_plan.torch_missing:
+        (install_torch or _install_torch_with_extension)()
+    if install_plan.packages:
+        pip = pip_install or _slicer_pip_install()
+        for command in install_plan.pip_commands():
+            pip(command)
+
+
+def _slicer_pip_install() -> Callable[[str], None]:
+    import slicer.util
+
+    return slicer.util.pip_install
+
+
+def _install_torch_with_extension() -> object:
+    """torch through ``PyTorchUtils`` (CUDA build matched to the driver); DependencyError if unavailable."""
+    try:
+        import PyTorchUtils
+    except ImportError:
+        raise DependencyError(
+            "the PyTorch extension is not installed: install 'PyTorch' from the Extensions Manager, "
+            "restart Slicer and try again"
+        ) from None
+    logic = PyTorchUtils.PyTorchUtilsLogic()
+    if logic.torchInstalled():
+        return logic.torch
+    torch = logic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
+    if torch is None:
+        raise DependencyError("PyTorch could not be installed; see the PyTorch module for details")
+    return torch
+
+
+def missing_summary(names: Sequence[str]) -> str:
+    """Status-line text when the user declined the installation."""
+    return "Not run: missing " + ", ".join(names) + " (click Auto-contour again to install them)."
