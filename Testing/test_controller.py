@@ -281,3 +281,55 @@ def test_export_status(ct_only):
         raise InputError("the volume was not loaded from DICOM")
 
     assert controller.export_clicked(not_dicom).status == "RTSTRUCT not exported: the volume was not loaded from DICOM"
+
+
+FAKE_SEGMENT_ON_INPUT = textwrap.dedent(
+    """
+    import json, os, sys
+    import numpy as np
+    from CervixAutoSegLib.image_io import load_image
+    from CervixAutoSegLib.segfile import write_segmentation_nrrd
+    from CervixAutoSegLib.structures import CT_STRUCTURES, write_labels_json
+    args = sys.argv[1:]
+    image = load_image(args[0])
+    out = args[args.index("--out") + 1]
+    os.makedirs(out)
+    labels = np.zeros(image.shape, np.uint8)
+    labels[image.array > 1000] = 1   # "bladder": the bright voxels
+    write_segmentation_nrrd(os.path.join(out, "segmentation.seg.nrrd"), image.with_array(labels), CT_STRUCTURES)
+    write_labels_json(os.path.join(out, "labels.json"), "ct-resaunet-b", CT_STRUCTURES)
+    print(json.dumps({"stage": "done", "fraction": 1.0, "message": "done"}), flush=True)
+    """
+)
+
+
+def test_a_run_from_a_volume_node_lands_in_the_real_scene_on_the_node_grid(ct_only):
+    """Volume node → NRRD for the child → seg.nrrd → segments in the scene, oblique grid kept."""
+    slicer = pytest.importorskip("slicer")
+    import numpy as np
+
+    from CervixAutoSegLib import mrml
+    from test_segfile import expected_lps_points, labels_on, slicer_segment_lps_points
+
+    scene = slicer.vtkMRMLScene()
+    grid = labels_on("oblique")
+    image = grid.with_array(np.where(grid.array == 2, 1500, -1000).astype(np.int16))
+    volume_node = mrml.node_from_volume(scene, image, "Oblique CT")
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    item = hierarchy.GetItemByDataNode(volume_node) or hierarchy.CreateItem(hierarchy.GetSceneItemID(), volume_node)
+    hierarchy.SetItemAttribute(item, "DICOM.Modality", "CT")
+
+    def factory(command):
+        return BackgroundJob([sys.executable, "-c", FAKE_SEGMENT_ON_INPUT, *command[4:]])
+
+    logic = mrml.AutoContourLogic(scene)
+    controller = controller_for(
+        ct_only, job_factory=factory,
+        apply_result=lambda out_dir: mrml.summary(logic.apply_result(volume_node, out_dir)))
+    controller.set_input(mrml.VolumeNodeInput(volume_node))
+    controller.run_clicked()
+    poll_until_idle(controller, [])
+    assert controller.view.status.endswith("4 segments in 'Oblique CT auto-contours'."), controller.view.status
+    node = mrml.find_result_node(scene, volume_node)
+    assert np.allclose(slicer_segment_lps_points(node, "Bladder"),
+                       expected_lps_points(image, image.array > 1000), atol=1e-5)

@@ -349,3 +349,14 @@ def test_export_refuses_a_volume_not_loaded_from_dicom(scene):
     volume_node = mrml.node_from_volume(scene, ct_image("oblique"), "CT")
     with pytest.raises(InputError, match="not loaded from DICOM"):
         mrml.dicom_files_of(volume_node, lambda uid: "")
+
+
+def test_segmentation_follows_the_input_volume_parent_transform(scene):
+    volume_node, _, _ = study_with_volume(scene, ct_image("oblique"))
+    transform = slicer.vtkMRMLLinearTransformNode()
+    scene.AddNode(transform)
+    volume_node.SetAndObserveTransformNodeID(transform.GetID())
+    node = mrml.add_segmentation(scene, volume_node, labels_on("oblique"), CT_STRUCTURES)
+    assert node.GetTransformNodeID() == transform.GetID()
+    # The Volume handed to the pipeline is in the node's own frame (the DICOM frame), not the transformed one.
+    assert mrml.volume_from_node(volume_node).same_grid(labels_on("oblique"), 1e-6)
