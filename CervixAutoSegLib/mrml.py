@@ -410,14 +410,24 @@ class AutoContourLogic:
         return self._segment
 
     def run(self, volume_node, out_dir, *, model: str = "auto", device: str = "auto",
-            progress: ProgressCallback | None = None, cancel: Callable[[], bool] | None = None):
+            progress: ProgressCallback | None = None, cancel: Callable[[], bool] | None = None,
+            dicom_files: Sequence | None = None):
         """Segment ``volume_node``; outputs go to ``out_dir``; return the segmentation node.
 
-        Any exception (including :class:`~CervixAutoSegLib.errors.Cancelled`) propagates
-        before the scene is touched.
+        With ``dicom_files`` (see :func:`dicom_files_of`) the pipeline reads the node's DICOM
+        origin instead of its voxels, so its outputs include an RTSTRUCT referencing that
+        series.  Any exception (including :class:`~CervixAutoSegLib.errors.Cancelled`)
+        propagates before the scene is touched.
         """
-        volume = volume_from_node(volume_node)
-        result = self._pipeline()(volume, out_dir, model=model, device=device, progress=progress, cancel=cancel)
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory(prefix="CervixAutoSeg-dicom-") as staging:
+            if dicom_files:
+                source = stage_files(dicom_files, Path(staging))
+            else:
+                source = volume_from_node(volume_node)
+            result = self._pipeline()(source, out_dir, model=model, device=device, progress=progress, cancel=cancel)
         labels, structures, model_id, containment = result_parts(result)
         return add_segmentation(self.scene, volume_node, labels, structures,
                                 containment=containment, model_id=model_id)
@@ -427,6 +437,22 @@ class AutoContourLogic:
         labels, structures, model_id, containment = read_result_dir(out_dir)
         return add_segmentation(self.scene, volume_node, labels, structures,
                                 containment=containment, model_id=model_id)
+
+
+def stage_files(files: Sequence, folder) -> "object":
+    """A folder holding exactly ``files`` (symbolic links, copies where links are not allowed)."""
+    import shutil
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, file in enumerate(files):
+        target = folder / f"{index:06d}_{Path(file).name}"
+        try:
+            target.symlink_to(Path(file).resolve())
+        except OSError:  # e.g. Windows without the symlink privilege
+            shutil.copy2(file, target)
+    return folder
 
 
 def result_parts(result) -> tuple[Volume, tuple[Structure, ...], str, dict]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -360,3 +361,20 @@ def test_segmentation_follows_the_input_volume_parent_transform(scene):
     assert node.GetTransformNodeID() == transform.GetID()
     # The Volume handed to the pipeline is in the node's own frame (the DICOM frame), not the transformed one.
     assert mrml.volume_from_node(volume_node).same_grid(labels_on("oblique"), 1e-6)
+
+
+def test_logic_can_read_the_node_dicom_origin_instead_of_its_voxels(scene, tmp_path):
+    from rtstruct_oracle import write_series
+
+    files = write_series(tmp_path / "series", 6, 5, np.array([[0.0, 0.0, 2.0 * k] for k in range(4)]),
+                         shuffle_seed=1)
+    volume_node = mrml.node_from_volume(scene, ct_image("axial_head_first"), "CT")
+    seen = []
+
+    def pipeline(source, out_dir, **kwargs):
+        seen.append(sorted(p.resolve() for p in Path(source).iterdir()))
+        raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        mrml.AutoContourLogic(scene, segment=pipeline).run(volume_node, tmp_path / "out", dicom_files=files)
+    assert seen == [sorted(p.resolve() for p in files)]
