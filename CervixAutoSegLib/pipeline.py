@@ -74,7 +74,8 @@ class NetworkOutput:
 
     Attributes:
         labels: uint8 (z, y, x) on the input grid, before postprocessing.
-        crop_labels: the network's own field of view (n, H, W) for the crop-border QA, or None.
+        field_of_view_border: boolean (z, y, x) on the input grid, True on the outermost pixels
+            the network saw (its crop), for the crop-border QA flag; None when not applicable.
         inference: device/precision/batch facts for the report.
         preprocessing: JSON summary of the preprocessing context.
         timings: seconds per sub-stage ("preprocess", "model_load" (read + verify + prepare the
@@ -82,7 +83,7 @@ class NetworkOutput:
     """
 
     labels: np.ndarray
-    crop_labels: Optional[np.ndarray]
+    field_of_view_border: Optional[np.ndarray]
     inference: dict
     preprocessing: dict
     timings: dict
@@ -174,10 +175,25 @@ def run_ct_network(volume: Volume, card: Any, device: Any, options: Any,
 
     started = time.perf_counter()
     labels = restore_labels(crop_labels, context)
+    border = restore_labels(_crop_ring(crop_labels.shape, _ring_width(context)), context).astype(bool)
     timings["restore"] = time.perf_counter() - started
     log.info("network: %d slices in %.1f s", total, timings["network"])
-    return NetworkOutput(labels=labels, crop_labels=crop_labels, inference=info.to_json(),
+    return NetworkOutput(labels=labels, field_of_view_border=border, inference=info.to_json(),
                          preprocessing=context.to_dict(), timings=timings)
+
+
+def _ring_width(context: Any) -> int:
+    """Crop pixels per input pixel (rounded up): a ring this wide survives the way back to a coarser input grid."""
+    input_xy = np.asarray(context.oriented_spacing[:2], dtype=float)
+    working_xy = np.asarray(context.working_spacing[:2], dtype=float)
+    return max(int(np.ceil(float(np.max(input_xy / working_xy)) - 1e-6)), 1)
+
+
+def _crop_ring(shape: tuple[int, ...], width: int = 1) -> np.ndarray:
+    """uint8 (n, H, W): 1 on the ``width`` outermost rows/columns of every crop (mapped back like labels)."""
+    ring = np.ones(shape, dtype=np.uint8)
+    ring[:, width:-width, width:-width] = 0
+    return ring
 
 
 def _runner(family: str) -> Callable[..., NetworkOutput]:
@@ -294,7 +310,8 @@ def segment(
                     "description": describe_device(output.inference.get("device", torch_device)),
                     **output.inference}
     details = dict(volume=volume, input_path=input_path, card=card, device=device_entry, labels=labels,
-                   cleanup=cleanup, crop_labels=output.crop_labels, preprocessing=output.preprocessing)
+                   cleanup=cleanup, field_of_view_border=output.field_of_view_border,
+                   preprocessing=output.preprocessing)
     if out_dir is None:
         from .report import build_report
 
@@ -317,7 +334,7 @@ def _check_out_dir(out_dir: Path) -> Path:
 
 # ---------------------------------------------------------------- outputs
 def write_outputs(out_dir: Path, *, volume: Volume, input_path: Optional[str], card: Any, device: Mapping[str, Any],
-                  labels: Volume, cleanup: Mapping[int, Any], crop_labels: Optional[np.ndarray],
+                  labels: Volume, cleanup: Mapping[int, Any], field_of_view_border: Optional[np.ndarray],
                   preprocessing: Mapping[str, Any], timings: dict, job_started: float,
                   cancel: Optional[CancelCheck] = None) -> tuple[dict[str, Path], dict]:
     """Write all outputs into a staging folder, then move them into ``out_dir`` (see module docstring)."""
@@ -327,7 +344,8 @@ def write_outputs(out_dir: Path, *, volume: Volume, input_path: Optional[str], c
     try:
         started = time.perf_counter()
         written = _write_all(staging, volume=volume, input_path=input_path, card=card, device=device,
-                             labels=labels, cleanup=cleanup, crop_labels=crop_labels, preprocessing=preprocessing,
+                             labels=labels, cleanup=cleanup, field_of_view_border=field_of_view_border,
+                             preprocessing=preprocessing,
                              timings=timings, job_started=job_started, write_started=started)
         check_cancelled(cancel)
         report = written.pop("_report")
@@ -338,7 +356,7 @@ def write_outputs(out_dir: Path, *, volume: Volume, input_path: Optional[str], c
 
 
 def _write_all(staging: Path, *, volume: Volume, input_path: Optional[str], card: Any, device: Mapping[str, Any],
-               labels: Volume, cleanup: Mapping[int, Any], crop_labels: Optional[np.ndarray],
+               labels: Volume, cleanup: Mapping[int, Any], field_of_view_border: Optional[np.ndarray],
                preprocessing: Mapping[str, Any], timings: dict, job_started: float, write_started: float) -> dict:
     """Every output file into ``staging``; returns {key: file name} plus ``_report`` (the document)."""
     from .image_io import write_image
@@ -363,7 +381,8 @@ def _write_all(staging: Path, *, volume: Volume, input_path: Optional[str], card
         names["rtstruct"] = RTSTRUCT_FILE
 
     report = build_report(volume=volume, input_path=input_path, card=card, device=device, timings=timings,
-                          labels=labels, structures=structures, cleanup=cleanup, crop_labels=crop_labels,
+                          labels=labels, structures=structures, cleanup=cleanup,
+                          field_of_view_border=field_of_view_border,
                           preprocessing=preprocessing, outputs=[*[n for n in names.values() if n], PREVIEW_FILE,
                                                                 REPORT_FILE])
     volumes = {entry["value"]: entry["volume_ml"] for entry in report["structures"]}

@@ -99,19 +99,22 @@ def _runs(indices: Iterable[int]) -> list[list[int]]:
 
 
 def slice_qa_flags(labels: Volume, structures: Sequence[Structure],
-                   crop_labels: Optional[np.ndarray] = None,
-                   crop_slice_indices: Optional[Sequence[int]] = None) -> list[dict]:
+                   field_of_view_border: Optional[np.ndarray] = None) -> list[dict]:
     """Per-slice plausibility flags of every structure (see :data:`QA_KINDS`).
 
     Args:
         labels: final label map on the input grid, array (z, y, x).
         structures: the model's structures.
-        crop_labels: the network's labels in its own crops, (n, H, W) — for ``crop_border``.
-        crop_slice_indices: unused for the decision; kept so callers can map crop rows to slices.
+        field_of_view_border: boolean (z, y, x) on the input grid, True on the outermost
+            pixels of the network's field of view (the crop) — for ``crop_border``.
     """
     pixel_mm2 = float(labels.spacing[0] * labels.spacing[1])
     flags: list[dict] = []
     nz = labels.shape[0]
+    border_labels = border_slices = None
+    if field_of_view_border is not None:
+        border_slices, rows, columns = np.nonzero(field_of_view_border)
+        border_labels = np.asarray(labels.array)[border_slices, rows, columns]
     for structure in structures:
         areas = _per_slice_area_pixels(labels.array, structure.value) * pixel_mm2
         present = np.flatnonzero(areas > 0)
@@ -145,22 +148,13 @@ def slice_qa_flags(labels: Volume, structures: Sequence[Structure],
         elif abrupt:
             flags.append({"structure": structure.name, "kind": "abrupt_end", "slices": abrupt,
                           "message": f"{structure.name} ends abruptly on slice {', '.join(map(str, abrupt))}"})
-        if crop_labels is not None and crop_labels.size:
-            border = _touches_crop_border(crop_labels, structure.value)
-            if border.size:
-                batch_rows = border.tolist()
-                flags.append({"structure": structure.name, "kind": "crop_border", "slices": batch_rows,
+        if border_labels is not None:
+            touching = np.unique(border_slices[border_labels == structure.value])
+            if touching.size:
+                flags.append({"structure": structure.name, "kind": "crop_border", "slices": touching.tolist(),
                               "message": f"{structure.name} touches the network's field-of-view border on "
-                                         f"{len(batch_rows)} slice(s): it may be cut off"})
+                                         f"{touching.size} slice(s): it may be cut off"})
     return flags
-
-
-def _touches_crop_border(crop_labels: np.ndarray, value: int) -> np.ndarray:
-    """Batch rows (n) whose crop has ``value`` on its outermost rows or columns."""
-    edges = np.concatenate(
-        [crop_labels[:, 0, :], crop_labels[:, -1, :], crop_labels[:, :, 0], crop_labels[:, :, -1]], axis=1
-    )
-    return np.flatnonzero((edges == value).any(axis=1))
 
 
 def input_summary(volume: Volume, path: Optional[str]) -> dict:
@@ -194,12 +188,12 @@ def model_summary(card: Any) -> dict:
 
 def build_report(*, volume: Volume, input_path: Optional[str], card: Any, device: Mapping[str, Any],
                  timings: Mapping[str, float], labels: Volume, structures: Sequence[Structure],
-                 cleanup: Optional[Mapping[int, Any]] = None, crop_labels: Optional[np.ndarray] = None,
+                 cleanup: Optional[Mapping[int, Any]] = None, field_of_view_border: Optional[np.ndarray] = None,
                  preprocessing: Optional[Mapping[str, Any]] = None, outputs: Sequence[str] = ()) -> dict:
     """Assemble the whole report document (layout in the module docstring)."""
     from . import __version__
 
-    flags = slice_qa_flags(labels, structures, crop_labels)
+    flags = slice_qa_flags(labels, structures, field_of_view_border)
     return {
         "format_version": REPORT_FORMAT_VERSION,
         "tool": {"name": "CervixAutoSeg", "version": __version__},

@@ -267,15 +267,16 @@ def test_qa_flags_gap_area_jump_volume_end_absent_and_crop_border():
     labels[8, 5:10, 5:10] = 2              # ... then 25 mm² (small) and
     labels[3, 5:25, 5:25] = 2
     labels[9:12, 0:3, 30:32] = 4           # CTVp reaches the last slice
-    crop = np.zeros((12, 16, 16), np.uint8)
-    crop[4, 0, 5] = 1                      # bladder on the crop's top edge in batch row 4
-    flags = slice_qa_flags(_grid(labels), CT_STRUCTURES, crop)
+    border = np.zeros(labels.shape, bool)  # the field of view's right edge: column 29 on every slice
+    border[:, :, 29] = True                # bladder (columns 10-29) reaches it, rectum (5-24) does not
+    flags = slice_qa_flags(_grid(labels), CT_STRUCTURES, border)
     kinds = {(flag["structure"], flag["kind"]): flag for flag in flags}
     assert kinds[("Bladder", "gap")]["slices"] == [[5, 6]]
     assert ("Rectum", "area_jump") in kinds and kinds[("Rectum", "area_jump")]["slices"] == [[7, 8]]
     assert kinds[("CTVp", "volume_end")]["slices"] == [11]
     assert ("CTVn", "absent") in kinds
-    assert kinds[("Bladder", "crop_border")]["slices"] == [4]
+    assert kinds[("Bladder", "crop_border")]["slices"] == [2, 3, 4, 7, 8]
+    assert ("Rectum", "crop_border") not in kinds
     assert ("Rectum", "gap") not in kinds
 
 
