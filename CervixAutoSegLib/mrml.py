@@ -297,6 +297,34 @@ def _index_map(source_ijk_to_ras: np.ndarray, grid: Volume) -> np.ndarray:
     return np.linalg.inv(source_ijk_to_ras) @ grid.ijk_to_ras
 
 
+def _gather_axis_aligned(source: np.ndarray, mapping: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray | None:
+    """Fast exact path of :func:`resample_nearest` when the grids differ only by axis order,
+    flips and a whole-voxel shift (the usual case: same series, other stacking); else None.
+    """
+    linear, offset = mapping[:3, :3], mapping[:3, 3]
+    permutation = np.rint(linear)
+    if not (np.allclose(linear, permutation, atol=GRID_INDEX_TOLERANCE)
+            and np.allclose(offset, np.rint(offset), atol=GRID_INDEX_TOLERANCE)
+            and np.array_equal(np.abs(permutation).sum(axis=0), np.ones(3))
+            and np.array_equal(np.abs(permutation).sum(axis=1), np.ones(3))):
+        return None
+    target_size = shape[::-1]  # (i, j, k) lengths
+    source_size = source.shape[::-1]
+    indices: list = [None, None, None]  # per source array axis (k, j, i) = (2, 1, 0) of ijk
+    valid = np.ones(shape, dtype=bool)
+    for target_axis in range(3):
+        source_axis = int(np.argmax(np.abs(permutation[:, target_axis])))
+        coordinates = permutation[source_axis, target_axis] * np.arange(target_size[target_axis]) \
+            + int(np.rint(offset[source_axis]))
+        inside = (coordinates >= 0) & (coordinates < source_size[source_axis])
+        broadcast = [1, 1, 1]
+        broadcast[2 - target_axis] = -1  # target array axis of ijk axis a is 2 - a
+        indices[2 - source_axis] = np.clip(coordinates, 0, source_size[source_axis] - 1).astype(np.int64).reshape(
+            broadcast)
+        valid &= inside.reshape(broadcast)
+    return np.where(valid, source[tuple(indices)], np.zeros((), dtype=source.dtype))
+
+
 def resample_nearest(source: np.ndarray, source_ijk_to_ras: np.ndarray, grid: Volume) -> np.ndarray:
     """Nearest-neighbour copy of a (z, y, x) ``source`` array onto ``grid`` (0 outside).
 
@@ -304,6 +332,9 @@ def resample_nearest(source: np.ndarray, source_ijk_to_ras: np.ndarray, grid: Vo
     order or flips; computed slice by slice to bound memory.
     """
     mapping = _index_map(source_ijk_to_ras, grid)
+    gathered = _gather_axis_aligned(source, mapping, grid.shape)
+    if gathered is not None:
+        return gathered
     nz, ny, nx = grid.shape
     sz, sy, sx = source.shape
     result = np.zeros(grid.shape, dtype=source.dtype)

@@ -378,3 +378,27 @@ def test_logic_can_read_the_node_dicom_origin_instead_of_its_voxels(scene, tmp_p
     with pytest.raises(Cancelled):
         mrml.AutoContourLogic(scene, segment=pipeline).run(volume_node, tmp_path / "out", dicom_files=files)
     assert seen == [sorted(p.resolve() for p in files)]
+
+
+@pytest.mark.parametrize("shift,scale", [((0, 0, 0), 1.0), ((2, -3, 1), 1.0), ((1, 0, 0.5), 0.5)])
+def test_resample_nearest_matches_a_voxel_by_voxel_oracle(shift, scale):
+    """Permutations, flips, whole-voxel shifts (fast gather) and finer/half-shifted grids (general path)."""
+    rng = np.random.default_rng(7)
+    source = rng.integers(0, 5, size=(5, 6, 7)).astype(np.uint8)
+    source_grid = Volume(array=source, spacing=(0.7, 0.9, 2.0), origin=(3.0, -4.0, 10.0),
+                         direction=rotation([1, 1, 0], 30.0))
+    # Target: i ← source k (flipped), j ← source i, k ← source j, shifted by whole voxels.
+    columns = scale * np.column_stack([-source_grid.direction[:, 2] * 2.0, source_grid.direction[:, 0] * 0.7,
+                                       source_grid.direction[:, 1] * 0.9])
+    origin = source_grid.index_to_physical(np.array([shift[0], shift[1], 4 + shift[2]], dtype=float))
+    spacing = np.linalg.norm(columns, axis=0)
+    target = Volume(array=np.zeros((8, 9, 6), np.uint8), spacing=spacing, origin=origin, direction=columns / spacing)
+    fast = mrml.resample_nearest(source, source_grid.ijk_to_ras, target)
+    general = np.zeros_like(fast)
+    mapping = np.linalg.inv(source_grid.ijk_to_ras) @ target.ijk_to_ras
+    for k, j, i in np.ndindex(target.shape):
+        si, sj, sk = np.rint(mapping[:3] @ [i, j, k, 1]).astype(int)
+        if 0 <= si < 7 and 0 <= sj < 6 and 0 <= sk < 5:
+            general[k, j, i] = source[sk, sj, si]
+    assert (mrml._gather_axis_aligned(source, mapping, target.shape) is not None) == (scale == 1.0)
+    assert np.array_equal(fast, general) and fast.any()
