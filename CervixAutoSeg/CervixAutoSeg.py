@@ -6,8 +6,8 @@ process in ``CervixAutoSegLib.worker`` and package installation in
 ``CervixAutoSegLib.dependencies``; all of them are tested without Slicer's GUI.
 """
 
-from __future__ import annotations
-
+# No "from __future__ import annotations" here: parameterNodeWrapper reads the class
+# annotations as real types.
 import logging
 import os
 import sys
@@ -84,6 +84,7 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._asked_to_install = False
+        self._runVolume = None
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self.onPoll)
@@ -111,6 +112,7 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        registerTerminology()  # also when the module is (re)loaded after start-up
         self.initializeParameterNode()
         self.render()
 
@@ -129,6 +131,8 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event):
+        if self.controller.running:
+            self.render(self.controller.cancel())  # its input volume is going away
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -178,8 +182,10 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.render(self.controller.refresh())
 
     def onRunClicked(self):
-        if not self.controller.running and not self.ensureDependencies():
-            return
+        if not self.controller.running:
+            if not self.ensureDependencies():
+                return
+            self._runVolume = self._parameterNode.inputVolume
         self.render(self.controller.run_clicked())
 
     def onPoll(self):
@@ -197,7 +203,7 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Called by the controller when the background run succeeded."""
         from CervixAutoSegLib import mrml
 
-        node = self.logic.applyResult(self._parameterNode.inputVolume, outDir)
+        node = self.logic.applyResult(self._runVolume, outDir)
         self._parameterNode.segmentation = node
         return mrml.summary(node)
 
