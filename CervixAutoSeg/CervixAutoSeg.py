@@ -83,7 +83,6 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.controller = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._asked_to_install = False
         self._runVolume = None
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
@@ -92,6 +91,7 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------- set-up
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
+        from CervixAutoSegLib import dependencies
         from CervixAutoSegLib.controller import AutoContourController, detect_devices
 
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/CervixAutoSeg.ui"))
@@ -100,6 +100,7 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = CervixAutoSegLogic()
+        self.installSession = dependencies.InstallSession(ask=slicer.util.confirmOkCancelDisplay)
         self.controller = AutoContourController(devices=detect_devices, apply_result=self.applyResult)
 
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
@@ -208,25 +209,12 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return mrml.summary(node)
 
     def ensureDependencies(self) -> bool:
-        """Ask once, then install missing packages; False when the run cannot start."""
-        from CervixAutoSegLib import dependencies
-
-        plan = dependencies.plan()
-        if not plan.needed:
-            return True
-        if self._asked_to_install or not slicer.util.confirmOkCancelDisplay(plan.question()):
-            self._asked_to_install = True
-            names = (["torch"] if plan.torch_missing else []) + [r.distribution for r in plan.packages]
-            self.ui.statusLabel.text = dependencies.missing_summary(names)
+        """Ask once per session, install what is missing; False (with a status line) when the run cannot start."""
+        ready, message = self.installSession.ready()
+        if not ready:
+            self.ui.statusLabel.text = message
             return False
-        self._asked_to_install = True
-        try:
-            with slicer.util.WaitCursor():
-                dependencies.install(plan)
-        except dependencies.DependencyError as error:
-            slicer.util.errorDisplay(str(error))
-            return False
-        self.render(self.controller.refresh())
+        self.render(self.controller.refresh())  # torch may be new: detect devices again
         return True
 
     # ------------------------------------------------------------- render

@@ -192,4 +192,41 @@ def _install_torch_with_extension() -> object:
 
 def missing_summary(names: Sequence[str]) -> str:
     """Status-line text when the user declined the installation."""
-    return "Not run: missing " + ", ".join(names) + " (click Auto-contour again to install them)."
+    return "Not run: missing " + ", ".join(names) + " (restart Slicer or reload the module to be asked again)."
+
+
+class InstallSession:
+    """The "ask once" policy of the module panel, GUI-free.
+
+    ``ask`` shows the question and returns the user's answer (``slicer.util.confirmOkCancelDisplay``
+    in Slicer).  After a "no", later runs report what is missing without asking again, until
+    the user explicitly asks to install (:meth:`reset`).
+    """
+
+    def __init__(self, ask: Callable[[str], bool], *,
+                 planner: Callable[[], InstallPlan] = plan,
+                 installer: Callable[[InstallPlan], None] = install):
+        self._ask = ask
+        self._planner = planner
+        self._installer = installer
+        self.asked = False
+
+    def ready(self) -> tuple[bool, str]:
+        """(can the run start, status text when it cannot)."""
+        install_plan = self._planner()
+        if not install_plan.needed:
+            return True, ""
+        names = (["torch"] if install_plan.torch_missing else []) + [r.distribution for r in install_plan.packages]
+        if self.asked:
+            return False, missing_summary(names)
+        self.asked = True
+        if not self._ask(install_plan.question()):
+            return False, missing_summary(names)
+        try:
+            self._installer(install_plan)
+        except DependencyError as error:
+            return False, str(error)
+        return True, ""
+
+    def reset(self) -> None:
+        self.asked = False

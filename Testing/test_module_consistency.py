@@ -191,3 +191,28 @@ def test_nothing_to_install_does_nothing():
     everything = dependencies.plan(importable=lambda module: True)
     assert not everything.needed
     dependencies.install(everything, pip_install=pytest.fail, install_torch=pytest.fail, is_online=pytest.fail)
+
+
+def test_install_session_asks_once_installs_on_yes_and_remembers_a_no():
+    missing = dependencies.plan(importable=lambda module: module != "skimage")
+    questions, installs = [], []
+
+    def ask(answer):
+        return lambda question: questions.append(question) or answer
+
+    declined = dependencies.InstallSession(ask(False), planner=lambda: missing, installer=installs.append)
+    assert declined.ready() == (False, dependencies.missing_summary(["scikit-image"]))
+    assert declined.ready()[0] is False and len(questions) == 1 and installs == []
+
+    accepted = dependencies.InstallSession(ask(True), planner=lambda: missing, installer=installs.append)
+    assert accepted.ready() == (True, "") and installs == [missing]
+
+    def offline(install_plan):
+        raise dependencies.DependencyError(dependencies.offline_message(install_plan))
+
+    failing = dependencies.InstallSession(ask(True), planner=lambda: missing, installer=offline)
+    ready, message = failing.ready()
+    assert not ready and message.startswith("Cannot reach pypi.org")
+
+    nothing = dependencies.InstallSession(pytest.fail, planner=lambda: dependencies.plan(importable=lambda m: True))
+    assert nothing.ready() == (True, "")
