@@ -15,13 +15,13 @@ import tempfile
 
 import qt
 import slicer
+from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
 # In the source tree the package sits next to this module's folder; in an installed
@@ -56,13 +56,14 @@ class CervixAutoSeg(ScriptedLoadableModule):
 def registerTerminology() -> None:
     """Make Slicer's terminology selector know our codes (Resources/CervixAutoSeg.term.json)."""
     from CervixAutoSegLib import mrml
+    from CervixAutoSegLib.errors import InputError
     from CervixAutoSegLib.models import resources_dir
 
     path = resources_dir() / "CervixAutoSeg.term.json"
     try:
         mrml.register_terminology(slicer.modules.terminologies.logic(), path)
-    except Exception as error:  # a missing terminology must not stop Slicer from starting
-        logging.warning("CervixAutoSeg: terminology not registered: %s", error)
+    except (InputError, AttributeError, OSError) as error:  # must not stop Slicer from starting
+        logging.getLogger(__name__).warning("CervixAutoSeg: terminology not registered: %s", error)
 
 
 @parameterNodeWrapper
@@ -326,6 +327,6 @@ def _phantom_image_and_truth(phantom):
     """(image, truth) Volumes from what ``make_ct_phantom`` returns (a pair or an object)."""
     if isinstance(phantom, tuple):
         return phantom[0], phantom[1]
-    image = getattr(phantom, "image", None) or getattr(phantom, "ct", None) or getattr(phantom, "volume")
-    truth = getattr(phantom, "truth", None) or getattr(phantom, "labels")
+    image = getattr(phantom, "image", None) or getattr(phantom, "ct", None) or phantom.volume
+    truth = getattr(phantom, "truth", None) or phantom.labels
     return image, truth

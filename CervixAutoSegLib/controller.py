@@ -21,8 +21,9 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from .errors import InputError
 from .worker import BackgroundJob, JobState, segment_command
@@ -263,7 +264,7 @@ class AutoContourController:
         work_dir = Path(tempfile.mkdtemp(prefix="CervixAutoSeg-"))
         try:
             input_path = self._input.write(work_dir)  # type: ignore[union-attr]
-        except Exception as error:  # a user-facing status line, whatever failed while writing
+        except Exception as error:  # noqa: BLE001 - any failure to write the input becomes the status line
             shutil.rmtree(work_dir, ignore_errors=True)
             self.view.status = f"Could not prepare {self._input.name}: {error}"  # type: ignore[union-attr]
             return self._update_idle(keep_status=True)
@@ -299,7 +300,7 @@ class AutoContourController:
             return self.view
         for event in job.poll():
             self._stage_started.setdefault(event.stage, self._clock())
-            self.view.progress = int(round(max(0.0, min(1.0, event.fraction)) * PERCENT))
+            self.view.progress = round(max(0.0, min(1.0, event.fraction)) * PERCENT)
             label = STAGE_LABELS.get(event.stage, event.stage)
             self.view.progress_text = f"{label}: {event.message}" if event.message else label
         if not job.state.finished:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import socket
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 PYPI_HOST = "pypi.org"
 HTTPS_PORT = 443

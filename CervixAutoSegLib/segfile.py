@@ -20,8 +20,8 @@ the terminology tag uses the context of ``Resources/CervixAutoSeg.term.json``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 

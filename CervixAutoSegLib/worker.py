@@ -27,8 +27,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 from .progress import ProgressEvent, parse_progress_line
 
@@ -91,7 +91,7 @@ def segment_command(input_path: str | Path, out_dir: str | Path, *, model: str =
 
 
 # --------------------------------------------------------------------- job
-def _pump(stream, sink: "queue.Queue[str | None]") -> None:
+def _pump(stream, sink: queue.Queue[str | None]) -> None:
     """Move lines from a pipe into a queue; None marks end of file."""
     try:
         for line in iter(stream.readline, ""):

@@ -307,9 +307,9 @@ def test_a_run_from_a_volume_node_lands_in_the_real_scene_on_the_node_grid(ct_on
     """Volume node → NRRD for the child → seg.nrrd → segments in the scene, oblique grid kept."""
     slicer = pytest.importorskip("slicer")
     import numpy as np
+    from test_segfile import expected_lps_points, labels_on, slicer_segment_lps_points
 
     from CervixAutoSegLib import mrml
-    from test_segfile import expected_lps_points, labels_on, slicer_segment_lps_points
 
     scene = slicer.vtkMRMLScene()
     grid = labels_on("oblique")

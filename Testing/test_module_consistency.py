@@ -7,8 +7,8 @@ import ast
 import re
 import shutil
 import subprocess
-import xml.etree.ElementTree as ElementTree
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -27,7 +27,7 @@ ICON_SIZE = (128, 128)
 def cmake_lists(path: Path) -> dict[str, list[str]]:
     """``set(NAME a b c)`` blocks of a CMake file → {NAME: [a, b, c]} (comments removed)."""
     text = re.sub(r"#[^\n]*", "", path.read_text(encoding="utf-8"))
-    return {name: body.split() for name, body in re.findall(r"set\(\s*(\w+)\s+(.*?)\)", text, flags=re.S)}
+    return {name: body.split() for name, body in re.findall(r"set\(\s*(\w+)\s+(.*?)\)", text, flags=re.DOTALL)}
 
 
 def expand(items: list[str], module_name: str = "CervixAutoSeg") -> list[str]:
@@ -165,7 +165,7 @@ def test_plan_installs_only_what_is_missing_pinned_without_dependencies():
     assert "scipy" not in names and "pydicom" not in names and "scikit-image" in names
     commands = install_plan.pip_commands()
     assert all(command.endswith(" --no-deps") and "==" in command for command in commands)
-    assert not any(re.match(r"(torch|numpy|simpleitk)\b", command, re.I) for command in commands)
+    assert not any(re.match(r"(torch|numpy|simpleitk)\b", command, re.IGNORECASE) for command in commands)
     assert "PyTorch extension" in install_plan.question() and "scikit-image==" in install_plan.question()
 
 

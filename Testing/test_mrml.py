@@ -11,21 +11,22 @@ import pytest
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
-from CervixAutoSegLib import mrml  # noqa: E402
-from CervixAutoSegLib.errors import Cancelled, InputError, ModelError  # noqa: E402
-from CervixAutoSegLib.models import resources_dir  # noqa: E402
-from CervixAutoSegLib.rtstruct import organ_tumour_containment  # noqa: E402
-from CervixAutoSegLib.structures import CT_STRUCTURES, MR_STRUCTURES  # noqa: E402
-from CervixAutoSegLib.volume import Volume  # noqa: E402
-from test_segfile import (  # noqa: E402
-    rotation,
+from test_segfile import (
     GEOMETRIES,
     expected_lps_points,
     labels_on,
     mr_labels,
+    rotation,
     segment_tag,
     slicer_segment_lps_points,
 )
+
+from CervixAutoSegLib import mrml
+from CervixAutoSegLib.errors import Cancelled, InputError, ModelError
+from CervixAutoSegLib.models import resources_dir
+from CervixAutoSegLib.rtstruct import organ_tumour_containment
+from CervixAutoSegLib.structures import CT_STRUCTURES, MR_STRUCTURES
+from CervixAutoSegLib.volume import Volume
 
 
 def ct_image(geometry: str, dtype=np.int16) -> Volume:
@@ -336,7 +337,7 @@ def test_export_rtstruct_references_the_source_series_exactly(scene, tmp_path):
         import pydicom
 
         by_uid[str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)] = str(path)
-    path, structures, skipped = mrml.export_rtstruct(node, mrml.dicom_files_of(volume_node, by_uid.get))
+    path, _, skipped = mrml.export_rtstruct(node, mrml.dicom_files_of(volume_node, by_uid.get))
     assert path.parent == folder and path.name.startswith(mrml.RTSTRUCT_FILE_PREFIX)
     assert skipped == ["UserBowel"]
     assert_dciodvfy_clean(path)
