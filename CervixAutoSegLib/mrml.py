@@ -30,7 +30,7 @@ import vtk
 from vtk.util import numpy_support
 
 from .errors import InputError
-from .segfile import SegmentSpec, structure_segments
+from .segfile import TERMINOLOGY_CONTEXT, SegmentSpec, structure_segments
 from .structures import Structure, structures_from_json
 from .volume import Volume
 
@@ -411,6 +411,9 @@ def register_terminology(terminology_logic, path) -> str:
     name = terminology_logic.LoadTerminologyFromFile(str(path))
     if not name:
         raise InputError(f"cannot load terminology {path}")
+    if name != TERMINOLOGY_CONTEXT:
+        # Our segments' tags name TERMINOLOGY_CONTEXT; another name would leave them unresolved.
+        raise InputError(f"{path} defines context {name!r}, segments use {TERMINOLOGY_CONTEXT!r}")
     return name
 
 
