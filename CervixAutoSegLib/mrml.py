@@ -30,6 +30,7 @@ import vtk
 from vtk.util import numpy_support
 
 from .errors import InputError
+from .progress import CancelCheck, ProgressCallback
 from .segfile import TERMINOLOGY_CONTEXT, SegmentSpec, structure_segments
 from .structures import Structure, structures_from_json
 from .volume import Volume
@@ -418,7 +419,6 @@ def register_terminology(terminology_logic, path) -> str:
 
 
 # ----------------------------------------------------------------- the logic
-ProgressCallback = Callable[[str, float, str], None]
 
 
 class AutoContourLogic:
@@ -444,7 +444,7 @@ class AutoContourLogic:
         return self._segment
 
     def run(self, volume_node, out_dir, *, model: str = "auto", device: str = "auto",
-            progress: ProgressCallback | None = None, cancel: Callable[[], bool] | None = None,
+            progress: ProgressCallback | None = None, cancel: CancelCheck | None = None,
             dicom_files: Sequence | None = None):
         """Segment ``volume_node``; outputs go to ``out_dir``; return the segmentation node.
 
