@@ -419,8 +419,6 @@ def register_terminology(terminology_logic, path) -> str:
 
 
 # ----------------------------------------------------------------- the logic
-
-
 class AutoContourLogic:
     """Auto-contouring over MRML, usable from Slicer's Python console without the GUI.
 
