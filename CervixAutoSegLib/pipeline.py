@@ -28,6 +28,7 @@ The network step is chosen per model family from :data:`FAMILY_RUNNERS`; a runne
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import logging
@@ -36,7 +37,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
 import numpy as np
 
@@ -412,8 +413,29 @@ def _write_segmentation(path: Path, labels: Volume, structures: tuple, containme
     return path.name
 
 
+@contextlib.contextmanager
+def _termination_deferred() -> Iterator[None]:
+    """Hold SIGTERM/SIGINT back for a few renames, so a cancel cannot leave a half-published folder."""
+    import signal
+
+    held = {signal.SIGTERM, signal.SIGINT}
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: renames are not interruptible by these anyway
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _publish(staging: Path, out_dir: Path, names: Mapping[str, str]) -> dict[str, Path]:
     """Rename the staged files into ``out_dir``; remove our stale outputs of an earlier run."""
+    with _termination_deferred():
+        return _rename_all(staging, out_dir, names)
+
+
+def _rename_all(staging: Path, out_dir: Path, names: Mapping[str, str]) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     produced = set(names.values())
     files = {}

@@ -133,3 +133,27 @@ def test_progress_protocol_lines_and_stage_fractions():
     assert events[-1] == ProgressEvent("done", 1.0, "done")
     assert parse_progress_line("some stray text") is None
     assert parse_progress_line('{"stage": "load"}') is None
+
+
+def test_sigterm_cancels_cleanly_and_leaves_no_staging_folder(tmp_path, models_root, ct_file):
+    import signal
+
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "CervixAutoSegLib", "segment", str(ct_file), "--out", str(out),
+         "--models", str(models_root), "--device", "cpu", "--progress-json", "--batch-size", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        for line in process.stdout:
+            event = parse_progress_line(line)
+            if event is not None and event.stage == "network":
+                process.send_signal(signal.SIGTERM)
+                break
+        stderr = process.communicate(timeout=120)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "cancelled" in stderr and "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []

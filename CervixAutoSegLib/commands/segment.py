@@ -34,11 +34,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of model directories (default: the bundled Resources/Models)")
 
 
+def _cancel_on_sigterm() -> None:
+    """SIGTERM (how the Slicer module cancels a background job) becomes :class:`Cancelled`.
+
+    Python would otherwise die without running ``finally`` blocks and leave the staging
+    folder behind; raised as an exception, the pipeline cleans up and the CLI exits 130.
+    """
+    import signal
+
+    from ..errors import Cancelled
+
+    def handler(signum, frame):
+        raise Cancelled("terminated")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..ct.inference import InferenceOptions
     from ..pipeline import segment
     from ..progress import JsonLinesReporter, TextProgressBar
 
+    _cancel_on_sigterm()
     options = InferenceOptions(batch_size=args.batch_size, precision=args.precision)
     reporter = JsonLinesReporter(sys.stdout) if args.progress_json else TextProgressBar(sys.stderr)
     try:
