@@ -34,6 +34,9 @@ from .progress import ProgressEvent, parse_progress_line
 
 TERMINATE_GRACE_SECONDS = 3.0
 """Time a cancelled job gets to exit on SIGTERM before the group is killed."""
+STREAM_GRACE_SECONDS = 2.0
+"""After the child exits, how long its pipes may stay open (held by a stray descendant)
+before the job is declared over and the process group killed."""
 STDERR_LINES_KEPT = 50
 """Tail of stderr kept for the error message and the log."""
 POLL_SLEEP_SECONDS = 0.05
@@ -138,7 +141,9 @@ class BackgroundJob:
         self._stdout: queue.Queue = queue.Queue()
         self._stderr: queue.Queue = queue.Queue()
         self._open_streams = 0
-        self._kill_deadline: float | None = None
+        self._kill_deadline = 0.0
+        self._killed = False
+        self._exited_at: float | None = None
         self.started_at: float | None = None
         self.finished_at: float | None = None
 
@@ -175,15 +180,22 @@ class BackgroundJob:
         events = self._drain()
         if self._process is None or self.state.finished:
             return events
-        if self.state is JobState.CANCELLING and self._kill_deadline is not None \
-                and self._clock() >= self._kill_deadline and self._process.poll() is None:
+        now = self._clock()
+        if self.state is JobState.CANCELLING and not self._killed and now >= self._kill_deadline:
+            kill_process_tree(self._process, hard=True)  # whatever survived SIGTERM, leader or not
+            self._killed = True
+        if self._process.poll() is None:
+            return events
+        if self._exited_at is None:
+            self._exited_at = now
+        if self._open_streams and now - self._exited_at < STREAM_GRACE_SECONDS:
+            return events  # its last lines are still in the pipes
+        if self._open_streams or self.state is JobState.CANCELLING:
+            # A descendant still holds the pipes or ignored SIGTERM: the job is over, so end it.
             kill_process_tree(self._process, hard=True)
-        if self._process.poll() is None or self._open_streams:
-            return events  # still running, or its last lines are still in the pipes
         self.returncode = self._process.returncode
-        self.finished_at = self._clock()
+        self.finished_at = now
         if self.state is JobState.CANCELLING:
-            kill_process_tree(self._process, hard=True)  # grandchildren that ignored SIGTERM
             self.state = JobState.CANCELLED
         else:
             self.state = JobState.SUCCEEDED if self.returncode == 0 else JobState.FAILED

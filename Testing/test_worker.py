@@ -88,25 +88,25 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(sys.platform.startswith("win"), reason="POSIX process groups")
-@pytest.mark.parametrize("ignore_sigterm", [False, True])
+@pytest.mark.parametrize("ignore_sigterm", ["none", "both", "grandchild"])
 def test_cancel_kills_the_whole_process_tree(tmp_path, ignore_sigterm):
     pid_file = tmp_path / "grandchild.pid"
     job = python_job(
         """
         import json, signal, subprocess, sys, time
-        ignore = sys.argv[2] == "1"
+        ignore = sys.argv[2]
         grandchild = [sys.executable, "-c",
                       "import signal, time\\n"
-                      + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\\n" if ignore else "")
+                      + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\\n" if ignore != "none" else "")
                       + "time.sleep(600)"]
-        child = subprocess.Popen(grandchild)
+        child = subprocess.Popen(grandchild)  # inherits our stdout/stderr pipes
         open(sys.argv[1], "w").write(str(child.pid))
-        if ignore:
+        if ignore == "both":
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print(json.dumps({"stage": "network", "fraction": 0.3, "message": "busy"}), flush=True)
         time.sleep(600)
         """,
-        str(pid_file), "1" if ignore_sigterm else "0",
+        str(pid_file), ignore_sigterm,
     )
     job.start()
     deadline = time.monotonic() + WAIT_LIMIT_SECONDS
@@ -124,6 +124,28 @@ def test_cancel_kills_the_whole_process_tree(tmp_path, ignore_sigterm):
     while _alive(grandchild) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(job.pid) and not _alive(grandchild)
+
+
+@pytest.mark.skipif(sys.platform.startswith("win"), reason="POSIX process groups")
+def test_a_finished_job_ends_even_when_a_stray_descendant_holds_its_pipes(tmp_path):
+    pid_file = tmp_path / "stray.pid"
+    job = python_job(
+        """
+        import json, subprocess, sys
+        stray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # inherits the pipes
+        open(sys.argv[1], "w").write(str(stray.pid))
+        print(json.dumps({"stage": "done", "fraction": 1.0, "message": "done"}), flush=True)
+        """,
+        str(pid_file),
+    )
+    job.start()
+    assert job.wait(WAIT_LIMIT_SECONDS) is JobState.SUCCEEDED
+    assert job.last_event is not None and job.last_event.stage == "done"
+    stray = int(pid_file.read_text())
+    deadline = time.monotonic() + WAIT_LIMIT_SECONDS
+    while _alive(stray) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(stray)
 
 
 def test_segment_command_runs_our_cli_with_the_json_protocol(tmp_path):
