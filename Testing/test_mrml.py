@@ -403,3 +403,24 @@ def test_resample_nearest_matches_a_voxel_by_voxel_oracle(shift, scale):
             general[k, j, i] = source[sk, sj, si]
     assert (mrml._gather_axis_aligned(source, mapping, target.shape) is not None) == (scale == 1.0)
     assert np.array_equal(fast, general) and fast.any()
+
+
+REAL_SCANS = Path("/work/shared/testdata")
+
+
+@pytest.mark.parametrize("name", ["real_ct_abdomen_pelvis_3mm.nii.gz", "real_mr_abdomen_3mm.nii.gz"])
+def test_real_scan_survives_node_round_trip_and_panel_input_file(scene, tmp_path, name):
+    """A real scan → volume node → the NRRD the panel hands to the child: same voxels, same LPS grid."""
+    from CervixAutoSegLib.image_io import load_image
+
+    path = REAL_SCANS / name
+    if not path.is_file():
+        pytest.skip(f"{path} not available")
+    image = load_image(path)
+    node = mrml.node_from_volume(scene, image, "real")
+    back = mrml.volume_from_node(node)
+    assert np.array_equal(back.array, image.array) and back.same_grid(image, tolerance=1e-6)
+    panel_input = mrml.VolumeNodeInput(node)
+    assert panel_input.modality == image.modality  # the same guess the command line makes
+    written = load_image(panel_input.write(tmp_path))
+    assert np.array_equal(written.array, image.array) and written.same_grid(image, tolerance=1e-6)
