@@ -25,7 +25,7 @@ def _mps_available(torch: Any) -> bool:
     return bool(backend is not None and backend.is_available())
 
 
-def resolve_device(name: str = "auto") -> "Any":
+def resolve_device(name: str = "auto") -> Any:
     """``"auto"|"cpu"|"cuda"|"cuda:N"|"mps"`` → ``torch.device``.
 
     Raises:
@@ -55,7 +55,7 @@ def resolve_device(name: str = "auto") -> "Any":
     return torch.device(choice)
 
 
-def describe_device(device: "Any") -> str:
+def describe_device(device: Any) -> str:
     """Human description for the GUI and report: ``"CPU (2 threads)"``, ``"CUDA: <name>, 24.0 GB"``."""
     import torch
 
@@ -79,7 +79,7 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 
 
-def release_cached_memory(device: "Any") -> None:
+def release_cached_memory(device: Any) -> None:
     """Give cached accelerator memory back after an out-of-memory error (no-op on CPU)."""
     import torch
 

@@ -36,8 +36,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Union
+from typing import Any
 
 import numpy as np
 
@@ -84,7 +85,7 @@ class NetworkOutput:
     """
 
     labels: np.ndarray
-    field_of_view_border: Optional[np.ndarray]
+    field_of_view_border: np.ndarray | None
     inference: dict
     preprocessing: dict
     timings: dict
@@ -98,12 +99,12 @@ class SegmentationResult:
     structures: tuple
     model: Any
     report: dict
-    out_dir: Optional[Path]
+    out_dir: Path | None
     files: dict[str, Path]
 
 
 # ---------------------------------------------------------------- model choice
-def choose_model(volume: Volume, model: str = "auto", models_root: Optional[Union[str, Path]] = None):
+def choose_model(volume: Volume, model: str = "auto", models_root: str | Path | None = None):
     """The model card for ``volume``; InputError when the model and the image modality disagree.
 
     ``model``: ``"auto"`` (by the image's modality), ``"ct"``/``"mr"`` (best of that family)
@@ -135,7 +136,7 @@ def choose_model(volume: Volume, model: str = "auto", models_root: Optional[Unio
     return card
 
 
-def _no_model_message(modality: str, models_root: Optional[Union[str, Path]]) -> str:
+def _no_model_message(modality: str, models_root: str | Path | None) -> str:
     from .models import list_models, models_dir
 
     where = Path(models_root) if models_root is not None else models_dir()
@@ -150,9 +151,9 @@ def _no_model_message(modality: str, models_root: Optional[Union[str, Path]]) ->
 
 # ---------------------------------------------------------------- network runners
 def run_ct_network(volume: Volume, card: Any, device: Any, options: Any,
-                   report_fraction: Callable[[float, str], None], cancel: Optional[CancelCheck]) -> NetworkOutput:
+                   report_fraction: Callable[[float, str], None], cancel: CancelCheck | None) -> NetworkOutput:
     """ResAU-Net on every body slice: preprocess → batches → labels on the input grid."""
-    from .ct.inference import prepare_network, predict_slices
+    from .ct.inference import predict_slices, prepare_network
     from .ct.preprocess import preprocess_ct, restore_labels
     from .models import load_network
 
@@ -207,8 +208,8 @@ def _runner(family: str) -> Callable[..., NetworkOutput]:
 
 
 # ---------------------------------------------------------------- the flow
-def load_input(source: Union[str, Path, Volume], *, series_uid: Optional[str] = None,
-               family: Optional[str] = None) -> tuple[Volume, Optional[str]]:
+def load_input(source: str | Path | Volume, *, series_uid: str | None = None,
+               family: str | None = None) -> tuple[Volume, str | None]:
     """A path (DICOM folder/file, NIfTI, NRRD) or a Volume → (Volume, path string or None).
 
     When the family is fixed (``--model ct``) a DICOM folder's series choice is limited to that
@@ -237,16 +238,16 @@ def labels_volume(volume: Volume, labels: np.ndarray, model_id: str) -> Volume:
 
 
 def segment(
-    source: Union[str, Path, Volume],
-    out_dir: Optional[Union[str, Path]],
+    source: str | Path | Volume,
+    out_dir: str | Path | None,
     *,
     model: str = "auto",
     device: str = "auto",
-    series_uid: Optional[str] = None,
-    progress: Optional[ProgressCallback] = None,
-    cancel: Optional[CancelCheck] = None,
+    series_uid: str | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCheck | None = None,
     options: Any = None,
-    models_root: Optional[Union[str, Path]] = None,
+    models_root: str | Path | None = None,
 ) -> SegmentationResult:
     """Segment one image and write every output into ``out_dir`` (None: compute only).
 
@@ -283,36 +284,21 @@ def segment(
     timings["load"] = time.perf_counter() - started
 
     tracker.start("preprocess", f"model {card.id} on {describe_device(torch_device)}")
-    runner = _runner(card.family)
-    if options is None:
-        from .ct.inference import InferenceOptions
-
-        options = InferenceOptions()
-
-    def network_fraction(fraction: float, message: str) -> None:
-        if tracker.stage != "network":
-            tracker.start("network", "running the network")
-        tracker.update(fraction, message)
-
-    output = runner(volume, card, torch_device, options, network_fraction, cancel)
-    timings["preprocess"] = output.timings.get("preprocess", 0.0)
-    timings["model_load"] = output.timings.get("model_load", 0.0)
-    timings["network"] = output.timings.get("network", 0.0)
+    output = _run_network(volume, card, torch_device, options, tracker, cancel)
+    for stage in ("preprocess", "model_load", "network"):
+        timings[stage] = output.timings.get(stage, 0.0)
 
     tracker.start("postprocess", "cleaning contours")
     started = time.perf_counter()
-    from .postprocess import postprocess_labels, rules_for
-
-    cleaned, cleanup = postprocess_labels(output.labels, rules_for(card.structures), volume.spacing, volume.direction)
-    labels = labels_volume(volume, cleaned, card.id)
+    labels, cleanup = _postprocess(output.labels, volume, card)
     timings["postprocess"] = time.perf_counter() - started + output.timings.get("restore", 0.0)
 
     device_entry = {"requested": device, "used": output.inference.get("device", str(torch_device)),
                     "description": describe_device(output.inference.get("device", torch_device)),
                     **output.inference}
-    details = dict(volume=volume, input_path=input_path, card=card, device=device_entry, labels=labels,
-                   cleanup=cleanup, field_of_view_border=output.field_of_view_border,
-                   preprocessing=output.preprocessing)
+    details = {"volume": volume, "input_path": input_path, "card": card, "device": device_entry, "labels": labels,
+                   "cleanup": cleanup, "field_of_view_border": output.field_of_view_border,
+                   "preprocessing": output.preprocessing}
     if out_dir is None:
         from .report import build_report
 
@@ -327,6 +313,30 @@ def segment(
     return SegmentationResult(labels, card.structures, card, report, out_dir, files)
 
 
+def _run_network(volume: Volume, card: Any, device: Any, options: Any, tracker: StagedProgress,
+                 cancel: CancelCheck | None) -> NetworkOutput:
+    """The family's runner, its batch progress shown as the ``network`` stage."""
+    if options is None:
+        from .ct.inference import InferenceOptions
+
+        options = InferenceOptions()
+
+    def network_fraction(fraction: float, message: str) -> None:
+        if tracker.stage != "network":
+            tracker.start("network", "running the network")
+        tracker.update(fraction, message)
+
+    return _runner(card.family)(volume, card, device, options, network_fraction, cancel)
+
+
+def _postprocess(raw: np.ndarray, volume: Volume, card: Any) -> tuple[Volume, dict]:
+    """Rule-table cleaning (:mod:`.postprocess`) → label Volume on the input grid + cleanup summary."""
+    from .postprocess import postprocess_labels, rules_for
+
+    cleaned, cleanup = postprocess_labels(raw, rules_for(card.structures), volume.spacing, volume.direction)
+    return labels_volume(volume, cleaned, card.id), cleanup
+
+
 def _check_out_dir(out_dir: Path) -> Path:
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"output {out_dir} exists and is not a folder")
@@ -334,10 +344,10 @@ def _check_out_dir(out_dir: Path) -> Path:
 
 
 # ---------------------------------------------------------------- outputs
-def write_outputs(out_dir: Path, *, volume: Volume, input_path: Optional[str], card: Any, device: Mapping[str, Any],
-                  labels: Volume, cleanup: Mapping[int, Any], field_of_view_border: Optional[np.ndarray],
+def write_outputs(out_dir: Path, *, volume: Volume, input_path: str | None, card: Any, device: Mapping[str, Any],
+                  labels: Volume, cleanup: Mapping[int, Any], field_of_view_border: np.ndarray | None,
                   preprocessing: Mapping[str, Any], timings: dict, job_started: float,
-                  cancel: Optional[CancelCheck] = None) -> tuple[dict[str, Path], dict]:
+                  cancel: CancelCheck | None = None) -> tuple[dict[str, Path], dict]:
     """Write all outputs into a staging folder, then move them into ``out_dir`` (see module docstring)."""
     out_dir = Path(out_dir).absolute()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -356,8 +366,8 @@ def write_outputs(out_dir: Path, *, volume: Volume, input_path: Optional[str], c
     return files, report
 
 
-def _write_all(staging: Path, *, volume: Volume, input_path: Optional[str], card: Any, device: Mapping[str, Any],
-               labels: Volume, cleanup: Mapping[int, Any], field_of_view_border: Optional[np.ndarray],
+def _write_all(staging: Path, *, volume: Volume, input_path: str | None, card: Any, device: Mapping[str, Any],
+               labels: Volume, cleanup: Mapping[int, Any], field_of_view_border: np.ndarray | None,
                preprocessing: Mapping[str, Any], timings: dict, job_started: float, write_started: float) -> dict:
     """Every output file into ``staging``; returns {key: file name} plus ``_report`` (the document)."""
     from .image_io import write_image
@@ -389,8 +399,7 @@ def _write_all(staging: Path, *, volume: Volume, input_path: Optional[str], card
     volumes = {entry["value"]: entry["volume_ml"] for entry in report["structures"]}
     from .preview import write_preview
 
-    title = f"{card.id} v{card.version} — {'NOT FOR CLINICAL USE' if 'NOT FOR CLINICAL' in card.intended_use.upper() else card.family.upper()}"
-    write_preview(staging / PREVIEW_FILE, volume, labels, structures, volumes, title=title)
+    write_preview(staging / PREVIEW_FILE, volume, labels, structures, volumes, title=_preview_title(card))
     names["preview"] = PREVIEW_FILE
 
     timings["write"] = time.perf_counter() - write_started
@@ -403,7 +412,12 @@ def _write_all(staging: Path, *, volume: Volume, input_path: Optional[str], card
     return names
 
 
-def _write_segmentation(path: Path, labels: Volume, structures: tuple, containment: Mapping[int, Any]) -> Optional[str]:
+def _preview_title(card: Any) -> str:
+    research_only = "NOT FOR CLINICAL USE" in card.intended_use.upper()
+    return f"{card.id} v{card.version}" + (" — NOT FOR CLINICAL USE" if research_only else "")
+
+
+def _write_segmentation(path: Path, labels: Volume, structures: tuple, containment: Mapping[int, Any]) -> str | None:
     try:
         from .segfile import write_segmentation_nrrd
     except ImportError:  # pragma: no cover - only while the writer is not installed

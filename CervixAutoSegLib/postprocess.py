@@ -31,7 +31,7 @@ Arrays are ``(z, y, x)``; volumes in ml use the voxel volume of the grid
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -69,7 +69,7 @@ class StructureRule:
     min_component_ml: float = 0.0
     fill_holes: bool = True
     includes: tuple[int, ...] = ()
-    within: Optional[int] = None
+    within: int | None = None
 
     def __post_init__(self) -> None:
         if self.components not in COMPONENT_MODES:
@@ -117,13 +117,13 @@ def rules_for(structures: Sequence[Structure]) -> tuple[StructureRule, ...]:
     return tuple(rules)
 
 
-def voxel_volume_ml(spacing: Sequence[float], direction: Optional[np.ndarray] = None) -> float:
+def voxel_volume_ml(spacing: Sequence[float], direction: np.ndarray | None = None) -> float:
     """Volume of one voxel in ml; ``spacing`` in mm (x, y, z), ``direction`` 3x3 (may be sheared)."""
     determinant = 1.0 if direction is None else abs(float(np.linalg.det(np.asarray(direction, dtype=float))))
     return float(np.prod(np.asarray(spacing, dtype=float))) * determinant / MM3_PER_ML
 
 
-def _box(slices: Sequence[Optional[tuple]], shape: tuple[int, ...]) -> Optional[tuple[slice, ...]]:
+def _box(slices: Sequence[tuple | None], shape: tuple[int, ...]) -> tuple[slice, ...] | None:
     """Union of ``scipy.ndimage.find_objects`` boxes (None entries skipped), plus a margin."""
     boxes = [box for box in slices if box is not None]
     if not boxes:
@@ -173,7 +173,7 @@ def postprocess_labels(
     labels: np.ndarray,
     rules: Sequence[StructureRule],
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
-    direction: Optional[np.ndarray] = None,
+    direction: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[int, StructureCleanup]]:
     """Apply ``rules`` to a (z, y, x) integer label map.
 

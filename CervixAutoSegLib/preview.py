@@ -16,8 +16,8 @@ matplotlib is used with the Agg backend (no display needed).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -56,7 +56,7 @@ def _centre(labels: np.ndarray, values: Sequence[int]) -> tuple[int, int, int]:
     mask = np.isin(labels, list(values)) if values else labels > 0
     if not mask.any():
         return tuple(int(n // 2) for n in labels.shape)  # type: ignore[return-value]
-    return tuple(int(round(float(np.mean(axis)))) for axis in np.nonzero(mask))  # type: ignore[return-value]
+    return tuple(round(float(np.mean(axis))) for axis in np.nonzero(mask))  # type: ignore[return-value]
 
 
 def _views(image: np.ndarray, labels: np.ndarray, centre: tuple[int, int, int],
@@ -77,7 +77,7 @@ def _views(image: np.ndarray, labels: np.ndarray, centre: tuple[int, int, int],
 
 def _label_edges(axes, directions: tuple[str, ...]) -> None:
     top, bottom, left, right = directions
-    style = dict(color="yellow", fontsize=12, fontweight="bold", transform=axes.transAxes)
+    style = {"color": "yellow", "fontsize": 12, "fontweight": "bold", "transform": axes.transAxes}
     axes.text(0.5, 0.98, top, ha="center", va="top", **style)
     axes.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
     axes.text(0.02, 0.5, left, ha="left", va="center", **style)
@@ -85,7 +85,7 @@ def _label_edges(axes, directions: tuple[str, ...]) -> None:
 
 
 def write_preview(path: str | Path, image: Volume, labels: Volume, structures: Sequence[Structure],
-                  volumes_ml: Optional[Mapping[int, float]] = None, title: str = "") -> Path:
+                  volumes_ml: Mapping[int, float] | None = None, title: str = "") -> Path:
     """Render the three views of ``image`` with ``labels`` contours to a PNG, atomically.
 
     Args:

@@ -29,7 +29,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from typing import Callable, Mapping, Optional, TextIO
+from collections.abc import Callable, Mapping
+from typing import TextIO
 
 from .errors import Cancelled
 
@@ -61,7 +62,7 @@ ProgressCallback = Callable[[ProgressEvent], None]
 CancelCheck = Callable[[], bool]
 
 
-def parse_progress_line(line: str) -> Optional[ProgressEvent]:
+def parse_progress_line(line: str) -> ProgressEvent | None:
     """Decode one stdout line of ``--progress-json``; None when it is not a progress event."""
     try:
         document = json.loads(line)
@@ -70,7 +71,7 @@ def parse_progress_line(line: str) -> Optional[ProgressEvent]:
         return None
 
 
-def check_cancelled(cancel: Optional[CancelCheck]) -> None:
+def check_cancelled(cancel: CancelCheck | None) -> None:
     """Raise :class:`Cancelled` when ``cancel`` says so (``None`` never cancels)."""
     if cancel is not None and cancel():
         raise Cancelled("cancelled by the user")
@@ -84,7 +85,7 @@ class StagedProgress:
     >>> tracker.update(0.5, "slices 50/100") # halfway through the network stage
     """
 
-    def __init__(self, callback: Optional[ProgressCallback] = None, cancel: Optional[CancelCheck] = None,
+    def __init__(self, callback: ProgressCallback | None = None, cancel: CancelCheck | None = None,
                  weights: Mapping[str, float] = STAGE_WEIGHTS):
         self._callback = callback
         self._cancel = cancel
@@ -127,7 +128,7 @@ class StagedProgress:
 class JsonLinesReporter:
     """Progress callback writing the ``--progress-json`` protocol to ``stream`` (stdout)."""
 
-    def __init__(self, stream: Optional[TextIO] = None):
+    def __init__(self, stream: TextIO | None = None):
         self._stream = stream
 
     def __call__(self, event: ProgressEvent) -> None:
@@ -139,7 +140,7 @@ class JsonLinesReporter:
 class TextProgressBar:
     """Progress callback drawing a plain-text bar on ``stream`` (stderr), one line redrawn with ``\\r``."""
 
-    def __init__(self, stream: Optional[TextIO] = None):
+    def __init__(self, stream: TextIO | None = None):
         self._stream = stream
         self._line_open = False
 
@@ -151,7 +152,7 @@ class TextProgressBar:
 
     def __call__(self, event: ProgressEvent) -> None:
         stream = self._stream or sys.stderr
-        filled = int(round(event.fraction * _BAR_WIDTH))
+        filled = round(event.fraction * _BAR_WIDTH)
         bar = "#" * filled + "-" * (_BAR_WIDTH - filled)
         line = f"\r[{bar}] {event.fraction * 100:5.1f}% {event.stage:<11} {event.message[:40]:<40}"
         stream.write(line)

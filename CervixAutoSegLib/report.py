@@ -22,9 +22,11 @@ QA flag kinds (:data:`QA_KINDS`) are hints for the reviewing physician, not erro
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +62,7 @@ def _per_slice_area_pixels(labels: np.ndarray, value: int) -> np.ndarray:
 
 
 def structure_statistics(labels: Volume, structures: Sequence[Structure],
-                         cleanup: Optional[Mapping[int, Any]] = None) -> list[dict]:
+                         cleanup: Mapping[int, Any] | None = None) -> list[dict]:
     """Voxel count, volume (ml), slice range and LPS centroid of every structure."""
     voxel_ml = voxel_volume_ml(labels.spacing, labels.direction)
     counts = np.bincount(np.asarray(labels.array, dtype=np.uint8).ravel(), minlength=256)
@@ -99,7 +101,7 @@ def _runs(indices: Iterable[int]) -> list[list[int]]:
 
 
 def slice_qa_flags(labels: Volume, structures: Sequence[Structure],
-                   field_of_view_border: Optional[np.ndarray] = None) -> list[dict]:
+                   field_of_view_border: np.ndarray | None = None) -> list[dict]:
     """Per-slice plausibility flags of every structure (see :data:`QA_KINDS`).
 
     Args:
@@ -124,7 +126,7 @@ def slice_qa_flags(labels: Volume, structures: Sequence[Structure],
             continue
         runs = _runs(present.tolist())
         if len(runs) > 1:
-            missing = [[a[1] + 1, b[0] - 1] for a, b in zip(runs, runs[1:])]
+            missing = [[a[1] + 1, b[0] - 1] for a, b in itertools.pairwise(runs)]
             flags.append({"structure": structure.name, "kind": "gap", "slices": missing,
                           "message": f"{structure.name} missing on slices " +
                                      ", ".join(f"{m[0]}-{m[1]}" if m[0] != m[1] else str(m[0]) for m in missing)})
@@ -157,7 +159,7 @@ def slice_qa_flags(labels: Volume, structures: Sequence[Structure],
     return flags
 
 
-def input_summary(volume: Volume, path: Optional[str]) -> dict:
+def input_summary(volume: Volume, path: str | None) -> dict:
     """The ``input`` entry: where the image came from and its grid."""
     meta = volume.meta
     return {
@@ -186,10 +188,10 @@ def model_summary(card: Any) -> dict:
     }
 
 
-def build_report(*, volume: Volume, input_path: Optional[str], card: Any, device: Mapping[str, Any],
+def build_report(*, volume: Volume, input_path: str | None, card: Any, device: Mapping[str, Any],
                  timings: Mapping[str, float], labels: Volume, structures: Sequence[Structure],
-                 cleanup: Optional[Mapping[int, Any]] = None, field_of_view_border: Optional[np.ndarray] = None,
-                 preprocessing: Optional[Mapping[str, Any]] = None, outputs: Sequence[str] = ()) -> dict:
+                 cleanup: Mapping[int, Any] | None = None, field_of_view_border: np.ndarray | None = None,
+                 preprocessing: Mapping[str, Any] | None = None, outputs: Sequence[str] = ()) -> dict:
     """Assemble the whole report document (layout in the module docstring)."""
     from . import __version__
 

@@ -10,7 +10,11 @@ import torch
 from torch import nn
 
 from CervixAutoSegLib.ct.inference import (
-    InferenceOptions, choose_precision, fuse_batchnorms, predict_slices, prepare_network,
+    InferenceOptions,
+    choose_precision,
+    fuse_batchnorms,
+    predict_slices,
+    prepare_network,
 )
 from CervixAutoSegLib.errors import Cancelled, InputError
 

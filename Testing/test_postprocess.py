@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from CervixAutoSegLib.postprocess import (
-    KEEP_ABOVE_VOLUME, NODAL_MIN_COMPONENT_ML, StructureRule, postprocess_labels, rules_for, voxel_volume_ml,
+    KEEP_ABOVE_VOLUME,
+    NODAL_MIN_COMPONENT_ML,
+    StructureRule,
+    postprocess_labels,
+    rules_for,
+    voxel_volume_ml,
 )
 from CervixAutoSegLib.structures import CT_STRUCTURES, MR_STRUCTURES
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_pipeline import synthetic_ct, write_random_ct_model
 
 from CervixAutoSegLib.cli import main
 from CervixAutoSegLib.image_io import write_image
 from CervixAutoSegLib.progress import parse_progress_line
-from test_pipeline import synthetic_ct, write_random_ct_model
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_progress_json_protocol_over_a_real_pipe(tmp_path, models_root, ct_file)
     lines = completed.stdout.splitlines()
     events = [parse_progress_line(line) for line in lines]
     assert all(event is not None for event in events), "stdout must carry only progress events"
-    assert [json.loads(line).keys() for line in lines][0] == {"stage", "fraction", "message"}
+    assert next(json.loads(line).keys() for line in lines) == {"stage", "fraction", "message"}
     fractions = [event.fraction for event in events]
     assert fractions == sorted(fractions) and 0.0 <= fractions[0] and fractions[-1] == 1.0
     assert events[-1].stage == "done" and "network" in {event.stage for event in events}

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -146,7 +148,7 @@ def fuse_batchnorms(module: nn.Module) -> int:
     fused = 0
     for parent in module.modules():
         children = list(parent.named_children())
-        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
+        for (conv_name, conv), (bn_name, bn) in itertools.pairwise(children):
             if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats
                     and bn.num_features == conv.out_channels and bn.running_mean is not None):
                 setattr(parent, conv_name, fuse_conv_batchnorm(conv, bn))
@@ -174,8 +176,8 @@ def predict_slices(
     *,
     device: torch.device | str = "cpu",
     options: InferenceOptions = InferenceOptions(),
-    progress: Optional[Callable[[int, int], None]] = None,
-    cancel: Optional[Callable[[], bool]] = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
 ) -> tuple[np.ndarray, InferenceInfo]:
     """Arg-max labels of every slice.
 
@@ -206,7 +208,7 @@ def predict_slices(
             try:
                 labels[start:stop] = _forward_argmax(network, batch[start:stop], device, precision,
                                                      options.channels_last)
-            except Exception as error:  # noqa: BLE001 — only out-of-memory is handled, the rest re-raised
+            except Exception as error:
                 if not is_out_of_memory(error):
                     raise
                 info.out_of_memory_retries += 1
