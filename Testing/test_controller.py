@@ -333,3 +333,14 @@ def test_a_run_from_a_volume_node_lands_in_the_real_scene_on_the_node_grid(ct_on
     node = mrml.find_result_node(scene, volume_node)
     assert np.allclose(slicer_segment_lps_points(node, "Bladder"),
                        expected_lps_points(image, image.array > 1000), atol=1e-5)
+
+
+def test_detect_devices_on_this_cpu_only_machine():
+    from CervixAutoSegLib.controller import detect_devices
+
+    pytest.importorskip("torch")
+    info = detect_devices()
+    assert not info.torch_missing and info.cpu.startswith("CPU (")
+    controller = AutoContourController(models_root=Path("/nonexistent-models"), devices=lambda: info)
+    if not info.cuda:
+        assert "cuda" not in [choice.value for choice in controller.view.devices]
