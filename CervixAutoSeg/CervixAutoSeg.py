@@ -304,7 +304,8 @@ class CervixAutoSegTest(ScriptedLoadableModuleTest):
         from CervixAutoSegLib.structures import CT_STRUCTURES
 
         self.delayDisplay("Making a phantom CT")
-        image, truth = _phantom_image_and_truth(make_ct_phantom(seed=0))
+        phantom = make_ct_phantom(0)  # .image (CT Volume) and .labels (truth on its grid)
+        image, truth = phantom.image, phantom.labels
         volumeNode = mrml.node_from_volume(slicer.mrmlScene, image, "Phantom CT")
 
         self.delayDisplay("Auto-contouring on CPU")
@@ -322,11 +323,3 @@ class CervixAutoSegTest(ScriptedLoadableModuleTest):
             self.assertGreater(dice, self.MIN_DICE, f"{structure.name}: Dice {dice:.2f}")
         self.delayDisplay("Test passed")
 
-
-def _phantom_image_and_truth(phantom):
-    """(image, truth) Volumes from what ``make_ct_phantom`` returns (a pair or an object)."""
-    if isinstance(phantom, tuple):
-        return phantom[0], phantom[1]
-    image = getattr(phantom, "image", None) or getattr(phantom, "ct", None) or phantom.volume
-    truth = getattr(phantom, "truth", None) or phantom.labels
-    return image, truth
