@@ -75,13 +75,16 @@ def _views(image: np.ndarray, labels: np.ndarray, centre: tuple[int, int, int],
     ]
 
 
-def _label_edges(axes, directions: tuple[str, ...]) -> None:
+def _label_edges(axes, shape: tuple[int, int], directions: tuple[str, ...]) -> None:
+    """Patient-direction letters just inside the image edges (data coordinates, so they hug the image)."""
     top, bottom, left, right = directions
-    style = {"color": "yellow", "fontsize": 12, "fontweight": "bold", "transform": axes.transAxes}
-    axes.text(0.5, 0.98, top, ha="center", va="top", **style)
-    axes.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
-    axes.text(0.02, 0.5, left, ha="left", va="center", **style)
-    axes.text(0.98, 0.5, right, ha="right", va="center", **style)
+    rows, columns = shape
+    style = {"color": "yellow", "fontsize": 12, "fontweight": "bold"}
+    middle_x, middle_y = (columns - 1) / 2.0, (rows - 1) / 2.0
+    axes.text(middle_x, -0.5, top, ha="center", va="top", **style)
+    axes.text(middle_x, rows - 0.5, bottom, ha="center", va="bottom", **style)
+    axes.text(-0.5, middle_y, left, ha="left", va="center", **style)
+    axes.text(columns - 0.5, middle_y, right, ha="right", va="center", **style)
 
 
 def write_preview(path: str | Path, image: Volume, labels: Volume, structures: Sequence[Structure],
@@ -119,7 +122,7 @@ def write_preview(path: str | Path, image: Volume, labels: Volume, structures: S
                              linewidths=CONTOUR_WIDTH)
         axes.set_title(name, color="white")
         axes.set_axis_off()
-        _label_edges(axes, directions)
+        _label_edges(axes, plane.shape, directions)
     handles = []
     for structure in structures:
         volume = (volumes_ml or {}).get(structure.value)
