@@ -424,3 +424,27 @@ def test_real_scan_survives_node_round_trip_and_panel_input_file(scene, tmp_path
     assert panel_input.modality == image.modality  # the same guess the command line makes
     written = load_image(panel_input.write(tmp_path))
     assert np.array_equal(written.array, image.array) and written.same_grid(image, tolerance=1e-6)
+
+
+@pytest.mark.slow
+def test_the_slicer_self_test_steps_pass_headless(scene, tmp_path):
+    """What CervixAutoSegTest does inside Slicer: phantom CT → node → logic on CPU → segments checked."""
+    from CervixAutoSegLib.errors import ModelError
+    from CervixAutoSegLib.models import find_model
+
+    try:
+        find_model("ct")
+        from CervixAutoSegLib.phantom import make_ct_phantom
+    except (ModelError, ImportError):
+        pytest.skip("needs the bundled CT model and the phantom generator")
+    phantom = make_ct_phantom(0)
+    volume_node = mrml.node_from_volume(scene, phantom.image, "Phantom CT")
+    node = mrml.AutoContourLogic(scene).run(volume_node, tmp_path / "out", model="ct", device="cpu")
+    segmentation = node.GetSegmentation()
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    assert names == [s.name for s in CT_STRUCTURES]
+    labels, _, _ = mrml.labels_from_segmentation(node, phantom.image)
+    for structure in CT_STRUCTURES:
+        found, expected = labels.array == structure.value, np.asarray(phantom.labels.array) == structure.value
+        dice = 2.0 * np.sum(found & expected) / max(1, found.sum() + expected.sum())
+        assert dice > 0.5, f"{structure.name}: Dice {dice:.2f}"
