@@ -38,7 +38,14 @@ from ..errors import Cancelled, InputError
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-"""``auto``: fp16 autocast on CUDA, bf16 autocast on a CPU with native bf16 support, else fp32."""
+"""``auto``: fp16 autocast on CUDA, bf16 autocast on a CPU with native bf16 support, else fp32.
+
+Why bf16 is the CPU default where the CPU has it (measured on this project's 2-core AMD EPYC
+with AVX-512 BF16, ``cervixautoseg benchmark ct --check-bf16 32`` and a phantom-trained
+ResAU-Net): the network runs 2.1x faster (0.49 s vs 1.09 s for 12 slices; ~500 vs ~250
+GFLOP/s), and the labels are accuracy-neutral — 99.94 % of pixels identical to fp32, per-structure
+Dice bf16-vs-fp32 ≥ 0.994, Dice against the phantom truth equal to fp32's within ±0.01.
+``--precision fp32`` is always available."""
 
 DEFAULT_BATCH_SIZE = {"cpu": 4, "cuda": 16, "mps": 8}
 """Slices per forward pass.  CPU: large enough to keep both cores' GEMMs busy, small enough
