@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import slicer
@@ -31,14 +32,11 @@ from vtk.util import numpy_support
 
 from .errors import InputError
 from .progress import CancelCheck, ProgressCallback
-from .segfile import TERMINOLOGY_CONTEXT, SegmentSpec, structure_segments
+from .segfile import BINARY_LABELMAP, TERMINOLOGY_CONTEXT, TERMINOLOGY_TAG, SegmentSpec, structure_segments
 from .structures import Structure, structures_from_json
 from .volume import Volume
 
 log = logging.getLogger(__name__)
-
-BINARY_LABELMAP = "Binary labelmap"
-TERMINOLOGY_TAG = "TerminologyEntry"
 
 # Attributes/tags this module writes, namespaced so they never clash with Slicer's own.
 SOURCE_VOLUME_REFERENCE = "CervixAutoSeg.SourceVolume"
@@ -452,8 +450,6 @@ class AutoContourLogic:
         propagates before the scene is touched.
         """
         import tempfile
-        from pathlib import Path
-
         with tempfile.TemporaryDirectory(prefix="CervixAutoSeg-dicom-") as staging:
             if dicom_files:
                 source = stage_files(dicom_files, Path(staging))
@@ -471,11 +467,9 @@ class AutoContourLogic:
                                 containment=containment, model_id=model_id)
 
 
-def stage_files(files: Sequence, folder) -> object:
+def stage_files(files: Sequence, folder) -> Path:
     """A folder holding exactly ``files`` (symbolic links, copies where links are not allowed)."""
     import shutil
-    from pathlib import Path
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for index, file in enumerate(files):
@@ -493,8 +487,6 @@ def result_parts(result) -> tuple[Volume, tuple[Structure, ...], str, dict]:
     Accepts the pipeline's result object (attributes ``labels``, ``structures``,
     ``model``/``card``) or an output folder path.
     """
-    from pathlib import Path
-
     if isinstance(result, (str, Path)):
         return read_result_dir(result)
     labels = result.labels
@@ -517,8 +509,6 @@ def read_result_dir(out_dir) -> tuple[Volume, tuple[Structure, ...], str, dict]:
     Labels come from ``segmentation.seg.nrrd`` (exact geometry, sheared grids included),
     falling back to ``labels.nii.gz``.
     """
-    from pathlib import Path
-
     from .segfile import read_segmentation_nrrd
 
     out_dir = Path(out_dir)
@@ -552,8 +542,6 @@ def dicom_files_of(volume_node, file_for_instance: Callable[[str], str]) -> list
 
     ``file_for_instance`` is ``slicer.dicomDatabase.fileForInstance`` inside Slicer.
     """
-    from pathlib import Path
-
     uids = (volume_node.GetAttribute(DICOM_INSTANCE_UIDS_ATTRIBUTE) or "").split()
     files = [Path(name) for name in (file_for_instance(uid) for uid in uids) if name]
     if not files:
@@ -575,8 +563,6 @@ def export_rtstruct(segmentation_node, dicom_files: Sequence, out_path=None, *, 
     :func:`CervixAutoSegLib.rtstruct.write_rtstruct`.  Default target: next to the series
     (``RS_CervixAutoSeg_<series UID>.dcm``).  Returns ``(path, structures, skipped names)``.
     """
-    from pathlib import Path
-
     from . import __version__
     from .dicom_series import read_dicom_series
     from .rtstruct import write_rtstruct
@@ -625,9 +611,7 @@ class VolumeNodeInput:
             # Files without DICOM tags: the same air-fraction guess the command line makes.
             self.modality = guess_modality(volume_from_node(node))
 
-    def write(self, folder) -> object:
-        from pathlib import Path
-
+    def write(self, folder) -> Path:
         from .image_io import write_image
 
         path = Path(folder) / self.INPUT_FILE
