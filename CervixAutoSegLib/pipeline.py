@@ -149,6 +149,18 @@ def _no_model_message(modality: str, models_root: str | Path | None) -> str:
             f"(install {article} {modality} model in {where} or give a {others} image)")
 
 
+def _requested_family(model: str, models_root: Optional[Union[str, Path]]) -> Optional[str]:
+    """``"ct"``/``"mr"`` when ``model`` fixes the family (a family name or an installed id), else None."""
+    from .models import find_model
+
+    choice = (model or "auto").strip()
+    if choice.lower() in FAMILY_OF_MODALITY.values():
+        return choice.lower()
+    if choice.lower() == "auto":
+        return None
+    return find_model(choice, models_root).family  # an unknown id fails here, before reading images
+
+
 # ---------------------------------------------------------------- network runners
 def run_ct_network(volume: Volume, card: Any, device: Any, options: Any,
                    report_fraction: Callable[[float, str], None], cancel: CancelCheck | None) -> NetworkOutput:
@@ -278,8 +290,7 @@ def segment(
     torch_device = resolve_device(device)  # before reading: a bad --device fails fast
     tracker.start("load", "reading image")
     started = time.perf_counter()
-    requested_family = model.lower() if model.lower() in ("ct", "mr") else None
-    volume, input_path = load_input(source, series_uid=series_uid, family=requested_family)
+    volume, input_path = load_input(source, series_uid=series_uid, family=_requested_family(model, models_root))
     card = choose_model(volume, model, models_root)
     timings["load"] = time.perf_counter() - started
 

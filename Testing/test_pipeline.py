@@ -413,3 +413,15 @@ def test_gantry_tilted_grid_gets_nrrd_labels_on_the_sheared_grid(tmp_path, model
     assert result.files["labels"].name == "labels.nrrd"
     assert not (tmp_path / "out" / "labels.nii.gz").exists()
     assert_same_grid(load_image(tmp_path / "out" / "labels.nrrd"), tilted)
+
+
+def test_folder_with_ct_and_mr_series_uses_the_ct_series_for_a_ct_model(tmp_path, models_root):
+    from CervixAutoSegLib.dicom_writer import write_dicom_series
+
+    ct = synthetic_ct("HFS")
+    mr = ct.with_array(np.clip(ct.array + 1000, 0, None).astype(np.int16), modality="MR")
+    write_dicom_series(ct, tmp_path / "study" / "ct", modality="CT")
+    write_dicom_series(mr, tmp_path / "study" / "mr", modality="MR")
+    for model in ("ct", MODEL_ID):
+        result = run(tmp_path / "study", None, models_root, model=model)
+        assert result.report["input"]["modality"] == "CT"
