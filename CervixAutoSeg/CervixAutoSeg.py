@@ -93,7 +93,7 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
         from CervixAutoSegLib import dependencies
-        from CervixAutoSegLib.controller import AutoContourController, detect_devices
+        from CervixAutoSegLib.controller import AutoContourController
 
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/CervixAutoSeg.ui"))
         self.layout.addWidget(uiWidget)
@@ -102,7 +102,8 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.logic = CervixAutoSegLogic()
         self.installSession = dependencies.InstallSession(ask=slicer.util.confirmOkCancelDisplay)
-        self.controller = AutoContourController(devices=detect_devices, apply_result=self.applyResult)
+        # Devices are probed in a background process: importing torch must not freeze Slicer.
+        self.controller = AutoContourController(apply_result=self.applyResult)
 
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
@@ -215,7 +216,9 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not ready:
             self.ui.statusLabel.text = message
             return False
-        self.render(self.controller.refresh())  # torch may be new: detect devices again
+        if self.installSession.installed:
+            self.installSession.installed = False
+            self.render(self.controller.refresh())  # torch is new: detect the devices again
         return True
 
     # ------------------------------------------------------------- render

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .errors import InputError
-from .worker import BackgroundJob, JobState, segment_command
+from .worker import BackgroundJob, JobState, python_executable, segment_command
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ STAGE_LABELS = {
 }
 """Stage names of :data:`CervixAutoSegLib.progress.STAGES` as the panel shows them."""
 REPORT_FILE = "report.json"
+DETECTING_NOTE = "Detecting GPUs..."
 PERCENT = 100
 
 
@@ -72,7 +73,11 @@ class DeviceInfo:
 
 
 def detect_devices() -> DeviceInfo:
-    """Probe torch for CUDA/MPS (imports torch; call when the panel is first shown)."""
+    """Probe torch for CUDA/MPS in this process (imports torch: seconds, and hundreds of MB).
+
+    The panel does not call this in Slicer's process: :func:`device_probe_command` runs it
+    in the same kind of child process that will do the inference.
+    """
     try:
         import torch
     except ImportError:
@@ -83,6 +88,29 @@ def detect_devices() -> DeviceInfo:
     backend = getattr(torch.backends, "mps", None)
     mps = bool(backend is not None and backend.is_available())
     return DeviceInfo(cpu=describe_device(torch.device(CPU)), cuda=cuda, mps=mps)
+
+
+def print_devices() -> None:
+    """Entry point of the device probe child: one JSON line describing the devices."""
+    print(json.dumps(dataclasses.asdict(detect_devices())), flush=True)
+
+
+def device_probe_command(python: str | None = None) -> list[str]:
+    """Command printing :func:`detect_devices` as JSON, run in the background by the panel."""
+    return [python or python_executable(), "-c", "from CervixAutoSegLib.controller import print_devices; print_devices()"]
+
+
+def parse_devices(lines: list[str]) -> DeviceInfo | None:
+    """The DeviceInfo a probe printed (its last JSON line), or None."""
+    fields = {field.name for field in dataclasses.fields(DeviceInfo)}
+    for line in reversed(lines):
+        try:
+            document = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(document, dict) and set(document) <= fields:
+            return DeviceInfo(**document)
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +144,9 @@ class AutoContourController:
     """State machine of the panel: idle → running → (succeeded | failed | cancelled) → idle.
 
     Args:
-        devices: returns a :class:`DeviceInfo` (:func:`detect_devices`).
+        devices: returns a :class:`DeviceInfo` synchronously; None (the panel's choice)
+            probes in a background process (:func:`device_probe_command`) so that
+            importing torch never freezes Slicer; :meth:`poll` picks the answer up.
         apply_result: loads a finished output folder into the scene; returns a short summary.
         job_factory: builds the background job from a command (:class:`BackgroundJob`).
         models_root: folder of model directories, read here and passed to the child
@@ -127,7 +157,7 @@ class AutoContourController:
     def __init__(
         self,
         *,
-        devices: Callable[[], DeviceInfo] = detect_devices,
+        devices: Callable[[], DeviceInfo] | None = None,
         apply_result: Callable[[Path], str] | None = None,
         job_factory: Callable[[list[str]], BackgroundJob] = BackgroundJob,
         models_root: Path | None = None,
@@ -142,6 +172,8 @@ class AutoContourController:
         self._clock = clock
         self._cards: list = []
         self._device_info = DeviceInfo()
+        self._probe: BackgroundJob | None = None
+        self._wanted_device = AUTO
         self._input: RunInput | None = None
         self._job: BackgroundJob | None = None
         self._work_dir: Path | None = None
@@ -156,7 +188,11 @@ class AutoContourController:
         from .models import list_models
 
         self._cards = list_models(self._models_root)
-        self._device_info = self._detect_devices()
+        if self._detect_devices is not None:
+            self._device_info = self._detect_devices()
+        elif self._probe is None:
+            self._probe = self._job_factory(device_probe_command(self._python))
+            self._probe.start()
         self.view.models = [Choice(AUTO, "Auto (by image modality)")] + [
             Choice(card.id, f"{MODALITY_OF_FAMILY.get(card.family, card.family)}: {card.id} v{card.version}")
             for card in self._cards
@@ -164,7 +200,7 @@ class AutoContourController:
         if self.view.model not in {choice.value for choice in self.view.models}:
             self.view.model = AUTO
         self.view.devices = self._device_choices()
-        self.set_device(self.view.device)
+        self.set_device(self._wanted_device)
         return self._update_idle()
 
     def set_input(self, run_input: RunInput | None) -> ViewState:
@@ -179,8 +215,12 @@ class AutoContourController:
         """Select a device; one that is not available here falls back to CPU with a note."""
         info = self._device_info
         available = {choice.value for choice in self.view.devices}
-        value = value or AUTO
-        if value in available:
+        value = self._wanted_device = value or AUTO
+        if self._probe is not None:  # not known yet: keep the choice, judge it when the probe answers
+            if value not in available:
+                self.view.devices = [*self.view.devices, Choice(value, value.upper())]
+            self.view.device, self.view.device_note = value, DETECTING_NOTE
+        elif value in available:
             self.view.device = value
             self.view.device_note = self._device_note(value)
         else:
@@ -197,6 +237,8 @@ class AutoContourController:
     # ------------------------------------------------------------ decisions
     def _device_choices(self) -> list[Choice]:
         info = self._device_info
+        if self._probe is not None:
+            return [Choice(AUTO, "Auto"), Choice(CPU, "CPU")]
         best = info.cuda and f"GPU - {info.cuda}" or ("Apple MPS" if info.mps else info.cpu)
         choices = [Choice(AUTO, f"Auto ({best})")]
         if info.cuda:
@@ -293,10 +335,11 @@ class AutoContourController:
         return self.view
 
     def poll(self) -> ViewState:
-        """Advance from the background job (call from a timer while ``view.polling``)."""
+        """Advance the device probe and the background job (call from a timer while ``view.polling``)."""
+        self._poll_probe()
         job = self._job
         if job is None:
-            self.view.polling = False
+            self.view.polling = self._probe is not None
             return self.view
         for event in job.poll():
             self._stage_started.setdefault(event.stage, self._clock())
@@ -307,6 +350,21 @@ class AutoContourController:
             return self.view
         self._finish(job)
         return self.view
+
+    def _poll_probe(self) -> None:
+        probe = self._probe
+        if probe is None:
+            return
+        probe.poll()
+        if not probe.state.finished:
+            return
+        self._probe = None
+        found = parse_devices(probe.output_lines) if probe.state is JobState.SUCCEEDED else None
+        if found is None:
+            log.warning("device probe failed (%s); offering the CPU only", probe.error_message)
+        self._device_info = found or DeviceInfo()
+        self.view.devices = self._device_choices()
+        self.set_device(self._wanted_device)
 
     def _finish(self, job: BackgroundJob) -> None:
         out_dir = self._work_dir / "out" if self._work_dir else None
@@ -325,7 +383,6 @@ class AutoContourController:
             if self._work_dir is not None:
                 shutil.rmtree(self._work_dir, ignore_errors=True)
             self._job, self._work_dir = None, None
-            self.view.polling = False
             self.view.progress_visible = job.state is JobState.SUCCEEDED
             self._update_idle(keep_status=True)
 
@@ -359,7 +416,7 @@ class AutoContourController:
         if self.running:
             return self.view
         self.view.run_text = RUN_TEXT
-        self.view.polling = False
+        self.view.polling = self._probe is not None
         try:
             card = self.choose_model()
         except InputError as error:

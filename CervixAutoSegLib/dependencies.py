@@ -210,6 +210,8 @@ class InstallSession:
         self._planner = planner
         self._installer = installer
         self.asked = False
+        self.installed = False
+        """True once this session installed something (the caller re-detects devices, then clears it)."""
 
     def ready(self) -> tuple[bool, str]:
         """(can the run start, status text when it cannot)."""
@@ -226,6 +228,7 @@ class InstallSession:
             self._installer(install_plan)
         except DependencyError as error:
             return False, str(error)
+        self.installed = True
         return True, ""
 
     def reset(self) -> None:

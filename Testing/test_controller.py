@@ -344,3 +344,38 @@ def test_detect_devices_on_this_cpu_only_machine():
     controller = AutoContourController(models_root=Path("/nonexistent-models"), devices=lambda: info)
     if not info.cuda:
         assert "cuda" not in [choice.value for choice in controller.view.devices]
+
+
+def poll_until_devices_known(controller) -> None:
+    deadline = time.monotonic() + WAIT_LIMIT_SECONDS
+    while controller.view.polling and time.monotonic() < deadline:
+        controller.poll()
+        time.sleep(0.05)
+    assert not controller.view.polling
+
+
+def test_devices_are_probed_in_a_background_process_without_freezing_the_panel(ct_only):
+    pytest.importorskip("torch")
+    controller = AutoContourController(models_root=ct_only, python=sys.executable)  # devices=None: probe
+    view = controller.set_device("cuda")  # e.g. restored from a saved scene, before the probe answered
+    assert view.polling and view.device == "cuda" and view.device_note == "Detecting GPUs..."
+    controller.set_input(FileInput("Pelvis CT", "CT"))
+    assert controller.view.run_enabled  # the panel stays usable while the probe runs
+    poll_until_devices_known(controller)
+    from CervixAutoSegLib.controller import detect_devices
+
+    here = detect_devices()
+    if not here.cuda:
+        assert [c.value for c in controller.view.devices] == ["auto", "cpu"]
+        assert controller.view.device == "cpu" and "CUDA is not available" in controller.view.device_note
+    assert controller.view.devices[-1].label == here.cpu
+
+
+def test_a_failed_device_probe_offers_the_cpu_only(ct_only):
+    def broken_probe(command):
+        return BackgroundJob([sys.executable, "-c", "import sys; sys.exit('torch import crashed')"])
+
+    controller = AutoContourController(models_root=ct_only, job_factory=broken_probe)
+    poll_until_devices_known(controller)
+    assert [c.value for c in controller.view.devices] == ["auto", "cpu"]
+    assert controller.view.device == "auto" and controller.view.device_note.startswith("No GPU detected")

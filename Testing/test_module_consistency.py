@@ -205,7 +205,8 @@ def test_install_session_asks_once_installs_on_yes_and_remembers_a_no():
     assert declined.ready()[0] is False and len(questions) == 1 and installs == []
 
     accepted = dependencies.InstallSession(ask(True), planner=lambda: missing, installer=installs.append)
-    assert accepted.ready() == (True, "") and installs == [missing]
+    assert not accepted.installed
+    assert accepted.ready() == (True, "") and installs == [missing] and accepted.installed
 
     def offline(install_plan):
         raise dependencies.DependencyError(dependencies.offline_message(install_plan))
