@@ -120,10 +120,11 @@ def test_module_cmake_lists_every_tracked_package_file_and_shared_resource():
     shared = tracked_files("Resources")
     missing_scripts = sorted(p for p in package if p.endswith(".py") and p not in scripts)
     missing_resources = sorted(p for p in package + shared if not p.endswith(".py") and p not in resources)
-    assert not missing_scripts, f"add to LIB_PYTHON_SCRIPTS in {MODULE_CMAKE}: {missing_scripts}"
-    assert not missing_resources, f"add to LIB_PYTHON_RESOURCES in {MODULE_CMAKE}: {missing_resources}"
+    fix = "; run python CervixAutoSeg/Testing/update_cmake_lists.py"
+    assert not missing_scripts, f"not in LIB_PYTHON_SCRIPTS of {MODULE_CMAKE}: {missing_scripts}{fix}"
+    assert not missing_resources, f"not in LIB_PYTHON_RESOURCES of {MODULE_CMAKE}: {missing_resources}{fix}"
     gone = sorted(p for p in scripts | resources if not (ROOT / p).is_file())
-    assert not gone, f"listed in {MODULE_CMAKE} but missing: {gone}"
+    assert not gone, f"listed in {MODULE_CMAKE} but missing: {gone}{fix}"
     assert "Resources/CervixAutoSeg.term.json" in resources
 
 
