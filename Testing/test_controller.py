@@ -379,3 +379,48 @@ def test_a_failed_device_probe_offers_the_cpu_only(ct_only):
     poll_until_devices_known(controller)
     assert [c.value for c in controller.view.devices] == ["auto", "cpu"]
     assert controller.view.device == "auto" and controller.view.device_note.startswith("No GPU detected")
+
+
+@pytest.mark.slow
+def test_end_to_end_the_real_segment_command_from_a_volume_node(tmp_path):
+    """Real chain: volume node → NRRD → `python -m CervixAutoSegLib segment --progress-json` in a
+    child → polled progress → report timings → seg.nrrd → segments in a real scene on the node grid.
+    The model has random weights: this checks plumbing and geometry, not contour quality."""
+    slicer = pytest.importorskip("slicer")
+    vtk = pytest.importorskip("vtk")
+    pytest.importorskip("torch")
+    import numpy as np
+    from test_pipeline import synthetic_ct, write_random_ct_model
+
+    from CervixAutoSegLib import mrml
+
+    models = write_random_ct_model(tmp_path / "Models")
+    scene = slicer.vtkMRMLScene()
+    image = synthetic_ct("FFS")
+    volume_node = mrml.node_from_volume(scene, image, "FFS CT")
+    logic = mrml.AutoContourLogic(scene)
+    controller = AutoContourController(
+        models_root=models, python=sys.executable, devices=lambda: NO_GPU,
+        apply_result=lambda out_dir: mrml.summary(logic.apply_result(volume_node, out_dir)))
+    controller.set_input(mrml.VolumeNodeInput(volume_node))
+    assert controller.view.run_enabled, controller.view.status
+    controller.run_clicked()
+    texts = []
+    deadline = time.monotonic() + 600
+    while controller.view.polling and time.monotonic() < deadline:
+        texts.append(controller.poll().progress_text)
+        time.sleep(0.1)
+    status = controller.view.status
+    assert status.startswith("Done in") and "network" in status and "4 segments" in status, status
+    assert any(text.startswith("Running network") for text in texts), sorted(set(texts))
+    node = mrml.find_result_node(scene, volume_node)
+    labels, _, _ = mrml.labels_from_segmentation(node, image)
+    assert labels.shape == image.shape
+    segmentation = node.GetSegmentation()
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == \
+        [s.name for s in CT_STRUCTURES]
+    assert np.isin(labels.array, [0, 1, 2, 3, 4]).all()
+    matrix = vtk.vtkMatrix4x4()
+    segmentation.GetNthSegment(0).GetRepresentation("Binary labelmap").GetImageToWorldMatrix(matrix)
+    image_to_world = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    assert np.allclose(image_to_world, image.ijk_to_ras, atol=1e-5)  # segments on the node's own grid
