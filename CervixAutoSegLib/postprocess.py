@@ -190,8 +190,7 @@ def postprocess_labels(
 
     labels = np.asarray(labels)
     voxel_ml = voxel_volume_ml(spacing, direction)
-    top = int(labels.max(initial=0))
-    boxes = ndimage.find_objects(labels.astype(np.int32, copy=False), max_label=max(top, 1)) if top else []
+    boxes = ndimage.find_objects(labels) if labels.size and labels.max() > 0 else []
     by_value = {rule.value: rule for rule in rules}
     ordered = sorted(rules, key=lambda rule: (rule.within is not None, rule.value))
     masks: dict[int, tuple[tuple[slice, ...], np.ndarray]] = {}

@@ -56,19 +56,31 @@ QA_KINDS = {
 }
 
 
-def _per_slice_area_pixels(labels: np.ndarray, value: int) -> np.ndarray:
-    """Pixels of ``value`` in each slice k of a (z, y, x) label map, shape (z,)."""
-    return np.count_nonzero(labels == value, axis=(1, 2))
+def _per_slice_area_pixels(labels: np.ndarray, value: int, box: Optional[tuple] = None) -> np.ndarray:
+    """Pixels of ``value`` in each slice k of a (z, y, x) label map, shape (z,).
+
+    ``box``: the value's bounding box (``scipy.ndimage.find_objects``) to scan only that; None = absent.
+    """
+    areas = np.zeros(labels.shape[0], dtype=np.int64)
+    if box is not None:
+        areas[box[0]] = np.count_nonzero(labels[box] == value, axis=(1, 2))
+    return areas
 
 
 def structure_statistics(labels: Volume, structures: Sequence[Structure],
                          cleanup: Mapping[int, Any] | None = None) -> list[dict]:
     """Voxel count, volume (ml), slice range and LPS centroid of every structure."""
+    from scipy import ndimage
+
     voxel_ml = voxel_volume_ml(labels.spacing, labels.direction)
-    counts = np.bincount(np.asarray(labels.array, dtype=np.uint8).ravel(), minlength=256)
+    array = np.asarray(labels.array, dtype=np.uint8)
+    # Per label value its bounding box: counting and centroids then scan only that box
+    # (np.bincount would first widen all voxels to 64-bit integers).
+    boxes = ndimage.find_objects(array)
     entries = []
     for structure in structures:
-        voxels = int(counts[structure.value])
+        box = boxes[structure.value - 1] if structure.value <= len(boxes) else None
+        voxels = int(np.count_nonzero(array[box] == structure.value)) if box is not None else 0
         entry: dict[str, Any] = {
             "value": structure.value,
             "name": structure.name,
@@ -79,7 +91,8 @@ def structure_statistics(labels: Volume, structures: Sequence[Structure],
             "centroid_lps_mm": None,
         }
         if voxels:
-            k, j, i = np.nonzero(labels.array == structure.value)
+            k, j, i = np.nonzero(array[box] == structure.value)
+            k, j, i = k + box[0].start, j + box[1].start, i + box[2].start
             entry["slices"] = [int(k.min()), int(k.max())]
             centre_ijk = np.array([i.mean(), j.mean(), k.mean()])
             entry["centroid_lps_mm"] = [round(float(v), 2) for v in labels.index_to_physical(centre_ijk)]
@@ -110,15 +123,20 @@ def slice_qa_flags(labels: Volume, structures: Sequence[Structure],
         field_of_view_border: boolean (z, y, x) on the input grid, True on the outermost
             pixels of the network's field of view (the crop) — for ``crop_border``.
     """
+    from scipy import ndimage
+
     pixel_mm2 = float(labels.spacing[0] * labels.spacing[1])
+    array = np.asarray(labels.array)
+    boxes = ndimage.find_objects(array)
     flags: list[dict] = []
     nz = labels.shape[0]
     border_labels = border_slices = None
     if field_of_view_border is not None:
         border_slices, rows, columns = np.nonzero(field_of_view_border)
-        border_labels = np.asarray(labels.array)[border_slices, rows, columns]
+        border_labels = array[border_slices, rows, columns]
     for structure in structures:
-        areas = _per_slice_area_pixels(labels.array, structure.value) * pixel_mm2
+        box = boxes[structure.value - 1] if structure.value <= len(boxes) else None
+        areas = _per_slice_area_pixels(array, structure.value, box) * pixel_mm2
         present = np.flatnonzero(areas > 0)
         if present.size == 0:
             flags.append({"structure": structure.name, "kind": "absent", "slices": [],

@@ -56,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="device for the network (default: cpu)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--batch-size", type=int, default=0, help="slices per batch (default: per device)")
+    parser.add_argument("--models", default=None, metavar="DIR",
+                        help="folder of model directories (default: the bundled models, else random weights)")
     parser.add_argument("--check-bf16", type=int, default=0, metavar="N",
                         help="also compare bf16 with fp32 labels on N slices of the first case (accuracy check)")
 
@@ -179,11 +181,13 @@ def _run_worker(config: dict) -> dict:
 
 
 # ------------------------------------------------------------------ command
-def _model(work: Path) -> tuple[str, str | None, bool]:
+def _model(work: Path, models_root: str | None = None) -> tuple[str, str | None, bool]:
     """(model id, models root or None for the bundled folder, is_random)."""
     from ..errors import ModelError
     from ..models import find_model
 
+    if models_root is not None:
+        return find_model("ct", models_root).id, str(models_root), False
     try:
         return find_model("ct").id, None, False
     except ModelError:
@@ -244,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
     agreement = None
     with tempfile.TemporaryDirectory(prefix="cervixautoseg-bench-") as folder:
         work = Path(folder)
-        model_id, models_root, random_weights = _model(work)
+        model_id, models_root, random_weights = _model(work, args.models)
         flops_slice = _flops_per_slice(model_id, models_root)
         print(f"model {model_id}{' (random weights: timing only)' if random_weights else ''}; "
               f"{flops_slice / 1e9:.2f} GFLOP per 256x256 slice", file=sys.stderr)
