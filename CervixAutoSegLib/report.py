@@ -56,7 +56,7 @@ QA_KINDS = {
 }
 
 
-def _per_slice_area_pixels(labels: np.ndarray, value: int, box: Optional[tuple] = None) -> np.ndarray:
+def _per_slice_area_pixels(labels: np.ndarray, value: int, box: tuple | None = None) -> np.ndarray:
     """Pixels of ``value`` in each slice k of a (z, y, x) label map, shape (z,).
 
     ``box``: the value's bounding box (``scipy.ndimage.find_objects``) to scan only that; None = absent.
