@@ -149,7 +149,7 @@ def _no_model_message(modality: str, models_root: str | Path | None) -> str:
             f"(install {article} {modality} model in {where} or give a {others} image)")
 
 
-def _requested_family(model: str, models_root: Optional[Union[str, Path]]) -> Optional[str]:
+def _requested_family(model: str, models_root: str | Path | None) -> str | None:
     """``"ct"``/``"mr"`` when ``model`` fixes the family (a family name or an installed id), else None."""
     from .models import find_model
 
