@@ -73,6 +73,8 @@ WALL_MM = {"bladder": 3.0, "rectum": 3.0, "bowel": 2.5}
 """Wall thickness of hollow organs; contents start this deep inside the outer surface."""
 CORTEX_MM = 2.0
 """Cortical shell thickness of bones; marrow inside."""
+MAX_LIFT_STEPS, LIFT_STEP_MM = 15, 3.0
+"""How far (at most 45 mm) a full bladder may displace the uterine corpus."""
 SUPINE_POSITIONS = ("HFS", "FFS")
 PRONE_POSITIONS = ("HFP", "FFP")
 
@@ -391,17 +393,20 @@ class _Builder:
         cervix_r, cervix_len = float(p["cervix_radius_mm"]), float(p["cervix_length_mm"])
         # External os behind the bladder base, in front of the rectum.
         external_os = np.array([p["cervix_x_mm"], 36.0, -14.0])
-        axis_c = _rotate(np.array([0.0, 0.0, 1.0]), (1, 0, 0), -float(p["version_deg"]) * 0.5)
+        # Rotating +z about +x by a positive angle tips it anteriorly (towards -y): anteversion.
+        axis_c = _rotate(np.array([0.0, 0.0, 1.0]), (1, 0, 0), float(p["version_deg"]) * 0.5)
         axis_c = _rotate(axis_c, (0, 1, 0), float(p["uterus_lateral_tilt_deg"]))
         internal_os = external_os + axis_c * cervix_len
-        axis_u = _rotate(axis_c, (1, 0, 0), -(float(p["version_deg"]) * 0.5 + float(p["flexion_deg"])))
+        axis_u = _rotate(axis_c, (1, 0, 0), float(p["version_deg"]) * 0.5 + float(p["flexion_deg"]))
         radii = np.asarray(p["corpus_radii_mm"], float)
         centre = internal_os + axis_u * (radii[2] - 6)
-        # A full bladder lifts the uterus: push the corpus out of the bladder.
-        for _ in range(30):
+        # A full bladder lifts the uterus and tips it back: push the corpus up and posteriorly
+        # (bounded: a small residual overlap is covered by the bladder, painted later).
+        lift = np.array([0.0, 0.45, 1.0]) / np.linalg.norm([0.0, 0.45, 1.0])
+        for _ in range(MAX_LIFT_STEPS):
             if _union_distance([self.bladder_shape], centre[None])[0] > radii[1] + 2:
                 break
-            centre = centre + np.array([0.0, 2.0, 4.0])
+            centre = centre + lift * LIFT_STEP_MM
         axis_u = (centre - internal_os) / np.linalg.norm(centre - internal_os)
         frame = rotation_from_axes(axis_u, (1.0, 0.0, 0.0))  # local 0 = long axis, 1 = lateral
         self.corpus = Ellipsoid(tuple(centre), (radii[2], radii[0], radii[1]), frame)
