@@ -166,3 +166,16 @@ def test_grid_search_trains_every_pair_and_keeps_the_best_on_validation_loss(tmp
     best = min(trials, key=lambda t: t["val_loss"])
     assert grid["chosen"] == {"learning_rate": best["learning_rate"], "batch_size": 2}
     assert models.read_card(out).training["config"]["learning_rate"] == best["learning_rate"]
+
+
+def test_phantom_folder_layout_is_read_and_every_structure_survives_the_crop(tmp_path):
+    phantom = pytest.importorskip("CervixAutoSegLib.phantom")
+    case = phantom.make_ct_phantom(1000)  # a training seed (evaluation seeds start at 5000)
+    phantom.write_phantom(case, tmp_path / "data" / "p1000")
+    sources = discover_cases(tmp_path / "data")
+    assert [s.name for s in sources] == ["p1000"]
+    prepared = prepare_case(sources[0], CTPreprocessing())
+    truth_counts = np.bincount(case.labels.array.reshape(-1), minlength=5)[1:]
+    assert (truth_counts > 0).all()
+    np.testing.assert_array_equal(np.bincount(prepared.labels.reshape(-1), minlength=5)[1:], truth_counts)
+    assert prepared.images.shape[1:] == (256, 256) and prepared.images.dtype == np.float16
