@@ -183,9 +183,11 @@ def _uid(seed: int, modality: str, what: str) -> str:
     return str(generate_uid(prefix=UID_ROOT, entropy_srcs=["CervixAutoSeg phantom", modality, str(seed), what]))
 
 
-def write_phantom(case: PhantomCase, out_dir: Path) -> None:
+def write_phantom(case: PhantomCase, out_dir: Path, *, shuffle_seed: int | None = None) -> None:
     """Write ``out_dir/dicom/*.dcm`` (one series), ``out_dir/truth.nii.gz`` (labels on
     exactly that grid) and ``out_dir/labels.json``.
+
+    ``shuffle_seed``: random file names and Instance Numbers (neither gives slice order).
 
     Raises InputError when ``out_dir`` is a file or ``out_dir/dicom`` already holds files
     (a second series there would be mixed with this one).
@@ -216,6 +218,7 @@ def write_phantom(case: PhantomCase, out_dir: Path) -> None:
         series_instance_uid=_uid(case.seed, case.modality, "series"),
         frame_of_reference_uid=_uid(case.seed, case.modality, "frame"),
         mr_sequence=mr_sequence,
+        shuffle_seed=shuffle_seed,
     )
     write_image(case.labels, out_dir / "truth.nii.gz")
     write_labels_json(out_dir / "labels.json", family)
