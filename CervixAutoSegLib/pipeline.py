@@ -103,6 +103,29 @@ class SegmentationResult:
     files: dict[str, Path]
 
 
+@dataclasses.dataclass
+class Outcome:
+    """Everything the outputs are made from (one run, before writing)."""
+
+    volume: Volume
+    input_path: str | None
+    card: Any
+    device: dict
+    labels: Volume
+    cleanup: Mapping[int, Any]
+    field_of_view_border: np.ndarray | None
+    preprocessing: Mapping[str, Any]
+    timings: dict
+
+    def report(self, outputs: tuple[str, ...] = ()) -> dict:
+        from .report import build_report
+
+        return build_report(volume=self.volume, input_path=self.input_path, card=self.card, device=self.device,
+                            timings=self.timings, labels=self.labels, structures=self.card.structures,
+                            cleanup=self.cleanup, field_of_view_border=self.field_of_view_border,
+                            preprocessing=self.preprocessing, outputs=outputs)
+
+
 # ---------------------------------------------------------------- model choice
 def choose_model(volume: Volume, model: str = "auto", models_root: str | Path | None = None):
     """The model card for ``volume``; InputError when the model and the image modality disagree.
@@ -307,19 +330,15 @@ def segment(
     device_entry = {"requested": device, "used": output.inference.get("device", str(torch_device)),
                     "description": describe_device(output.inference.get("device", torch_device)),
                     **output.inference}
-    details = {"volume": volume, "input_path": input_path, "card": card, "device": device_entry, "labels": labels,
-                   "cleanup": cleanup, "field_of_view_border": output.field_of_view_border,
-                   "preprocessing": output.preprocessing}
+    outcome = Outcome(volume, input_path, card, device_entry, labels, cleanup, output.field_of_view_border,
+                      output.preprocessing, timings)
     if out_dir is None:
-        from .report import build_report
-
         timings["total"] = time.perf_counter() - job_started
-        report = build_report(timings=timings, structures=card.structures, **details)
         tracker.finish()
-        return SegmentationResult(labels, card.structures, card, report, None, {})
+        return SegmentationResult(labels, card.structures, card, outcome.report(), None, {})
 
     tracker.start("write", "writing outputs")
-    files, report = write_outputs(out_dir, timings=timings, job_started=job_started, cancel=cancel, **details)
+    files, report = write_outputs(out_dir, outcome, job_started=job_started, cancel=cancel, step=tracker.update)
     tracker.finish(f"done: {out_dir}")
     return SegmentationResult(labels, card.structures, card, report, out_dir, files)
 
@@ -355,72 +374,71 @@ def _check_out_dir(out_dir: Path) -> Path:
 
 
 # ---------------------------------------------------------------- outputs
-def write_outputs(out_dir: Path, *, volume: Volume, input_path: str | None, card: Any, device: Mapping[str, Any],
-                  labels: Volume, cleanup: Mapping[int, Any], field_of_view_border: np.ndarray | None,
-                  preprocessing: Mapping[str, Any], timings: dict, job_started: float,
-                  cancel: CancelCheck | None = None) -> tuple[dict[str, Path], dict]:
-    """Write all outputs into a staging folder, then move them into ``out_dir`` (see module docstring)."""
+def write_outputs(out_dir: Path, outcome: Outcome, *, job_started: float, cancel: CancelCheck | None = None,
+                  step: Callable[[float, str], None] | None = None) -> tuple[dict[str, Path], dict]:
+    """Write all outputs into a staging folder, then move them into ``out_dir`` (see module docstring).
+
+    ``step(fraction, message)`` is told before each file (fraction of the writing done).
+    Returns ({output key: path in out_dir}, the report document).
+    """
     out_dir = Path(out_dir).absolute()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.segment-", dir=out_dir.parent))
     try:
-        started = time.perf_counter()
-        written = _write_all(staging, volume=volume, input_path=input_path, card=card, device=device,
-                             labels=labels, cleanup=cleanup, field_of_view_border=field_of_view_border,
-                             preprocessing=preprocessing,
-                             timings=timings, job_started=job_started, write_started=started)
+        names, report = _write_all(staging, outcome, job_started, step or (lambda fraction, message: None))
         check_cancelled(cancel)
-        report = written.pop("_report")
-        files = _publish(staging, out_dir, written)
+        files = _publish(staging, out_dir, names)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return files, report
 
 
-def _write_all(staging: Path, *, volume: Volume, input_path: str | None, card: Any, device: Mapping[str, Any],
-               labels: Volume, cleanup: Mapping[int, Any], field_of_view_border: np.ndarray | None,
-               preprocessing: Mapping[str, Any], timings: dict, job_started: float, write_started: float) -> dict:
-    """Every output file into ``staging``; returns {key: file name} plus ``_report`` (the document)."""
+WRITE_STEPS = {"labels": 0.0, "segmentation": 0.1, "rtstruct": 0.25, "preview": 0.75, "report": 0.95}
+"""Where in the writing stage each file starts (RTSTRUCT contouring dominates)."""
+
+
+def _write_all(staging: Path, outcome: Outcome, job_started: float,
+               step: Callable[[float, str], None]) -> tuple[dict[str, str], dict]:
+    """Every output file into ``staging``; returns ({key: file name}, report document)."""
     from .image_io import write_image
-    from .report import build_report, write_report
+    from .preview import write_preview
+    from .report import write_report
     from .rtstruct import organ_tumour_containment
     from .structures import write_labels_json
 
-    structures = card.structures
+    started = time.perf_counter()
+    card, labels, structures = outcome.card, outcome.labels, outcome.card.structures
     containment = organ_tumour_containment(structures)
-    names: dict[str, Any] = {}
+    names: dict[str, str] = {}
 
+    step(WRITE_STEPS["labels"], "label map")
     names["labels"] = LABELS_FILE if labels.is_orthogonal else LABELS_FILE_SHEARED
     write_image(labels, staging / names["labels"])
     write_labels_json(staging / LABELS_JSON, card.id, structures)
     names["labels_json"] = LABELS_JSON
-    names["segmentation"] = _write_segmentation(staging / SEGMENTATION_FILE, labels, structures, containment)
-    if volume.meta.get("source") == "dicom":
+    step(WRITE_STEPS["segmentation"], "Slicer segmentation")
+    if _write_segmentation(staging / SEGMENTATION_FILE, labels, structures, containment):
+        names["segmentation"] = SEGMENTATION_FILE
+    if outcome.volume.meta.get("source") == "dicom":
         from .rtstruct import write_rtstruct
 
-        write_rtstruct(staging / RTSTRUCT_FILE, labels, volume, structures, model_name=card.id,
+        step(WRITE_STEPS["rtstruct"], "RTSTRUCT")
+        write_rtstruct(staging / RTSTRUCT_FILE, labels, outcome.volume, structures, model_name=card.id,
                        model_version=card.version, containment=containment)
         names["rtstruct"] = RTSTRUCT_FILE
 
-    report = build_report(volume=volume, input_path=input_path, card=card, device=device, timings=timings,
-                          labels=labels, structures=structures, cleanup=cleanup,
-                          field_of_view_border=field_of_view_border,
-                          preprocessing=preprocessing, outputs=[*[n for n in names.values() if n], PREVIEW_FILE,
-                                                                REPORT_FILE])
+    step(WRITE_STEPS["preview"], "preview")
+    names["preview"], names["report"] = PREVIEW_FILE, REPORT_FILE
+    report = outcome.report(outputs=tuple(names.values()))
     volumes = {entry["value"]: entry["volume_ml"] for entry in report["structures"]}
-    from .preview import write_preview
+    write_preview(staging / PREVIEW_FILE, outcome.volume, labels, structures, volumes, title=_preview_title(card))
 
-    write_preview(staging / PREVIEW_FILE, volume, labels, structures, volumes, title=_preview_title(card))
-    names["preview"] = PREVIEW_FILE
-
-    timings["write"] = time.perf_counter() - write_started
-    timings["total"] = time.perf_counter() - job_started
-    report["timings_s"] = {name: round(float(seconds), 3) for name, seconds in timings.items()}
+    step(WRITE_STEPS["report"], "report")
+    outcome.timings["write"] = time.perf_counter() - started
+    outcome.timings["total"] = time.perf_counter() - job_started
+    report["timings_s"] = {name: round(float(seconds), 3) for name, seconds in outcome.timings.items()}
     write_report(staging / REPORT_FILE, report)
-    names["report"] = REPORT_FILE
-    names = {key: value for key, value in names.items() if value}
-    names["_report"] = report
-    return names
+    return names, report
 
 
 def _preview_title(card: Any) -> str:
@@ -428,14 +446,15 @@ def _preview_title(card: Any) -> str:
     return f"{card.id} v{card.version}" + (" — NOT FOR CLINICAL USE" if research_only else "")
 
 
-def _write_segmentation(path: Path, labels: Volume, structures: tuple, containment: Mapping[int, Any]) -> str | None:
+def _write_segmentation(path: Path, labels: Volume, structures: tuple, containment: Mapping[int, Any]) -> bool:
+    """The .seg.nrrd; False (with a warning) when the writer is not installed."""
     try:
         from .segfile import write_segmentation_nrrd
     except ImportError:  # pragma: no cover - only while the writer is not installed
         log.warning("segmentation.seg.nrrd not written: the .seg.nrrd writer is not available")
-        return None
+        return False
     write_segmentation_nrrd(path, labels, structures, containment)
-    return path.name
+    return True
 
 
 @contextlib.contextmanager

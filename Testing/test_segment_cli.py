@@ -120,7 +120,7 @@ def test_unknown_series_uid(tmp_path, models_root, capsys):
 def test_progress_protocol_lines_and_stage_fractions():
     import io
 
-    from CervixAutoSegLib.progress import JsonLinesReporter, ProgressEvent, StagedProgress
+    from CervixAutoSegLib.progress import STAGE_WEIGHTS, JsonLinesReporter, ProgressEvent, StagedProgress
 
     stream = io.StringIO()
     tracker = StagedProgress(JsonLinesReporter(stream))
@@ -129,7 +129,9 @@ def test_progress_protocol_lines_and_stage_fractions():
     tracker.update(0.5, "slices 5/10")
     tracker.finish()
     events = [parse_progress_line(line) for line in stream.getvalue().splitlines()]
-    assert events[2] == ProgressEvent("network", pytest.approx(0.15 + 0.35), "slices 5/10")
+    weights = STAGE_WEIGHTS
+    halfway = weights["load"] + weights["preprocess"] + 0.5 * weights["network"]
+    assert events[2] == ProgressEvent("network", pytest.approx(halfway), "slices 5/10")
     assert events[-1] == ProgressEvent("done", 1.0, "done")
     assert parse_progress_line("some stray text") is None
     assert parse_progress_line('{"stage": "load"}') is None
