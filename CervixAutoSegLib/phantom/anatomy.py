@@ -164,7 +164,7 @@ def draw_anatomy_params(rng: np.random.Generator) -> dict:
         "tumour_radius_mm": _uniform(rng, 8, 24),
         "tumour_offset": [_uniform(rng, -0.4, 0.4) for _ in range(3)],
         "tumour_into_uterus": bool(rng.random() < 0.3),
-        "rectum_radius_mm": _uniform(rng, 10, 18),
+        "rectum_radius_mm": _uniform(rng, 9, 16),
         "rectum_gas_bubbles": int(rng.integers(0, 5)),
         "bowel_loops": int(rng.integers(5, 11)),
         "bowel_oral_contrast": bool(rng.random() < 0.25),
@@ -410,6 +410,8 @@ class _Builder:
         axis_u = (centre - internal_os) / np.linalg.norm(centre - internal_os)
         frame = rotation_from_axes(axis_u, (1.0, 0.0, 0.0))  # local 0 = long axis, 1 = lateral
         self.corpus = Ellipsoid(tuple(centre), (radii[2], radii[0], radii[1]), frame)
+        # The isthmus joins the cervix to the corpus however far the bladder lifted it.
+        self.isthmus = Capsule(tuple(internal_os), tuple(centre), cervix_r, float(min(radii[:2])) * 0.8)
         self.endometrium = Ellipsoid(tuple(centre + axis_u * 3), (radii[2] * 0.65, radii[0] * 0.3, radii[1] * 0.2),
                                      frame)
         self.cervix = tube([external_os - axis_c * 4, internal_os + axis_c * 2], [cervix_r, cervix_r * 0.9])
@@ -464,7 +466,7 @@ class _Builder:
             (sigmoid, float(self.rng.uniform(13, 19)), Tissue.FAECES),
             (colon, float(self.rng.uniform(20, 26)), Tissue.FAECES),
         ]
-        avoid = ([self.bladder_shape, self.corpus] + list(self.cervix) + list(self.bone_shapes)
+        avoid = ([self.bladder_shape, self.corpus, self.isthmus] + list(self.cervix) + list(self.bone_shapes)
                  + list(self.nodal_shapes) + list(self.muscle_shapes) + list(self.rectum_shapes))
         low = np.array([-fh + 25, -85.0, max(self.landmarks["internal_os_z"], 40.0)])
         high = np.array([fh - 25, 25.0, 250.0])
@@ -500,7 +502,7 @@ class _Builder:
             if gas:
                 self.add(f"{name} gas", gas, (0.0, Tissue.GAS))
         self.add("vagina", self.vagina, (0.0, Tissue.VAGINA))
-        self.add("corpus", [self.corpus], (0.0, Tissue.MYOMETRIUM))
+        self.add("corpus", [self.isthmus, self.corpus], (0.0, Tissue.MYOMETRIUM))
         self.add("endometrium", [self.endometrium], (0.0, Tissue.ENDOMETRIUM))
         self.add("cervix", self.cervix, (0.0, Tissue.CERVICAL_STROMA))
         self.add("tumour", self.tumour_shapes, (0.0, Tissue.TUMOUR))
@@ -525,10 +527,10 @@ class _Builder:
         uterosacral = []
         for side in (1, -1):
             uterosacral += tube([os_ + np.array([side * 8, 10, -5]), (side * 22, 66, 52)], [6.0, 4.0])
-        ctv_uv = ((self.corpus,) + tuple(self.cervix) + upper_vagina + self.tumour_shapes + (parametria,)
+        ctv_uv = ((self.corpus, self.isthmus) + tuple(self.cervix) + upper_vagina + self.tumour_shapes + (parametria,)
                   + tuple(uterosacral))
         self.regions["ctv_uv"] = Region("ctv_uv", ctv_uv, soft + GYNAECOLOGICAL)
-        organ = (self.corpus,) + tuple(self.cervix) + tuple(self.vagina) + self.tumour_shapes
+        organ = (self.corpus, self.isthmus) + tuple(self.cervix) + tuple(self.vagina) + self.tumour_shapes
         self.regions["mr_organ"] = Region("mr_organ", organ, GYNAECOLOGICAL)
         self.regions["tumour"] = Region("tumour", self.tumour_shapes, (Tissue.TUMOUR,))
 

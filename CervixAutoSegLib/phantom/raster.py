@@ -149,6 +149,7 @@ def label_map(anatomy: Anatomy, grid: AcquisitionGrid, tissue: np.ndarray, modal
     labels = np.zeros(grid.shape, dtype=np.uint8)
     for name, value in order:
         labels[region_mask(anatomy, grid, anatomy.regions[name], tissue)] = value
-    outside = np.isin(tissue, [int(t) for t in NOT_PATIENT])
-    labels[outside] = 0
+    not_patient = np.zeros(256, dtype=bool)
+    not_patient[[int(t) for t in NOT_PATIENT]] = True
+    labels[not_patient[tissue]] = 0
     return labels
