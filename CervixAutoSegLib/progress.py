@@ -142,11 +142,16 @@ class JsonLinesReporter:
 
 
 class TextProgressBar:
-    """Progress callback drawing a plain-text bar on ``stream`` (stderr), one line redrawn with ``\\r``."""
+    """Progress callback drawing a plain-text bar on ``stream`` (stderr).
+
+    On a terminal one line is redrawn in place (carriage return); into a file or pipe (batch logs) a
+    line is written only when the stage changes, so logs stay short.
+    """
 
     def __init__(self, stream: TextIO | None = None):
         self._stream = stream
         self._line_open = False
+        self._last_stage = ""
 
     def close(self) -> None:
         """End the bar's line (after an error, so the error message starts on its own line)."""
@@ -156,11 +161,18 @@ class TextProgressBar:
 
     def __call__(self, event: ProgressEvent) -> None:
         stream = self._stream or sys.stderr
-        filled = round(event.fraction * _BAR_WIDTH)
+        interactive = bool(getattr(stream, "isatty", lambda: False)())
+        if not interactive and event.stage == self._last_stage:
+            return
+        self._last_stage = event.stage
+        filled = int(event.fraction * _BAR_WIDTH + 0.5)
         bar = "#" * filled + "-" * (_BAR_WIDTH - filled)
-        line = f"\r[{bar}] {event.fraction * 100:5.1f}% {event.stage:<11} {event.message[:40]:<40}"
-        stream.write(line)
-        self._line_open = True
-        if event.stage == "done":
-            self.close()
+        line = f"[{bar}] {event.fraction * 100:5.1f}% {event.stage:<11} {event.message[:40]:<40}"
+        if interactive:
+            stream.write("\r" + line)
+            self._line_open = True
+            if event.stage == "done":
+                self.close()
+        else:
+            stream.write(line.rstrip() + "\n")
         stream.flush()
