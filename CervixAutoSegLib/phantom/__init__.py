@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..volume import Volume
-from .anatomy import Anatomy, Tissue, make_anatomy
+from .anatomy import ANATOMY_STREAM, Anatomy, Tissue, make_anatomy
 from .grids import AcquisitionGrid, make_grid, plane_direction, reoriented
 
 __all__ = [
@@ -39,7 +39,7 @@ __all__ = [
     "make_mr_phantom", "plane_direction", "render", "reoriented", "write_phantom",
 ]
 
-STREAM_ANATOMY, STREAM_GRID, STREAM_APPEARANCE, STREAM_NOISE = 1, 2, 3, 4
+STREAM_ANATOMY, STREAM_GRID, STREAM_APPEARANCE, STREAM_NOISE, STREAM_TEXTURE = ANATOMY_STREAM, 2, 3, 4, 5
 """Spawn keys of the per-seed random streams."""
 MODALITIES = ("CT", "MR")
 UID_ROOT = "1.2.826.0.1.3680043.10.1492."
@@ -100,7 +100,7 @@ def render(anatomy: Anatomy, grid: AcquisitionGrid, modality: str, *, seed: int 
             ``mr.draw_mr_appearance``.
     """
     from . import ct, mr
-    from .raster import label_map, rasterise
+    from .raster import add_texture, label_map, rasterise
 
     modality = modality.upper()
     if modality not in MODALITIES:
@@ -110,6 +110,7 @@ def render(anatomy: Anatomy, grid: AcquisitionGrid, modality: str, *, seed: int 
         draw = ct.draw_ct_appearance if modality == "CT" else mr.draw_mr_appearance
         appearance = draw(_rng(seed, STREAM_APPEARANCE))
     ideal, tissue = rasterise(anatomy, grid, look.intensities(appearance), modality)
+    add_texture(ideal, tissue, grid, look.textures(appearance), _rng(seed, STREAM_TEXTURE))
     labels = label_map(anatomy, grid, tissue, modality)
     finish = ct.finish_ct if modality == "CT" else mr.finish_mr
     pixels = finish(ideal, grid, appearance, _rng(seed, STREAM_NOISE))

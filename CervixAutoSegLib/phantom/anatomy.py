@@ -73,6 +73,8 @@ WALL_MM = {"bladder": 3.0, "rectum": 3.0, "bowel": 2.5}
 """Wall thickness of hollow organs; contents start this deep inside the outer surface."""
 CORTEX_MM = 2.0
 """Cortical shell thickness of bones; marrow inside."""
+ANATOMY_STREAM = 1
+"""Spawn key of the anatomy's random stream under a phantom seed (see ``phantom.__init__``)."""
 MAX_LIFT_STEPS, LIFT_STEP_MM = 15, 3.0
 """How far (at most 45 mm) a full bladder may displace the uterine corpus."""
 SUPINE_POSITIONS = ("HFS", "FFS")
@@ -558,7 +560,7 @@ def make_anatomy(seed: int, **overrides) -> Anatomy:
     """Draw and build the patient of ``seed``; ``overrides`` replace named draws."""
     from ..errors import InputError
 
-    params = draw_anatomy_params(np.random.default_rng(np.random.SeedSequence([int(seed), 1])))
+    params = draw_anatomy_params(np.random.default_rng(np.random.SeedSequence([int(seed), ANATOMY_STREAM])))
     unknown = sorted(set(overrides) - set(params))
     if unknown:
         raise InputError(f"unknown anatomy parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(params))}")

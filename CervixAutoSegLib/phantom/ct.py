@@ -40,12 +40,19 @@ def draw_ct_appearance(rng: np.random.Generator) -> dict:
         "hu": {tissue.name: value for tissue, value in hu.items()},
         "noise_sigma_hu": u(8, 25),
         "psf_sigma_mm": u(0.4, 0.8),
+        # Mottled faeces (mixed stool and small gas pockets) mark rectum and colon.
+        "texture": {Tissue.FAECES.name: u(40, 90), Tissue.BOWEL_FLUID.name: u(3, 10), Tissue.FAT.name: 0.0},
     }
 
 
 def intensities(appearance: Mapping) -> dict[Tissue, float]:
     """Tissue → HU from a drawn appearance."""
     return {Tissue[name]: float(value) for name, value in appearance["hu"].items()}
+
+
+def textures(appearance: Mapping) -> dict[Tissue, float]:
+    """Tissue → texture amplitude (HU)."""
+    return {Tissue[name]: float(value) for name, value in appearance.get("texture", {}).items()}
 
 
 def draw_ct_grid(rng: np.random.Generator, anatomy: Anatomy, **overrides) -> tuple[AcquisitionGrid, dict]:

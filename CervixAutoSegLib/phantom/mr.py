@@ -44,11 +44,19 @@ def draw_mr_appearance(rng: np.random.Generator) -> dict:
         "bias_coefficients": [u(-0.25, 0.25) for _ in range(6)],
         "gain": u(0.8, 2.5),
         "psf_sigma_mm": u(0.3, 0.6),
+        "texture": {Tissue.FAECES.name: u(60, 150), Tissue.MYOMETRIUM.name: u(10, 30),
+                    Tissue.TUMOUR.name: u(15, 40)},
     }
 
 
 def intensities(appearance: Mapping) -> dict[Tissue, float]:
+    """Tissue → T2w signal (arbitrary units)."""
     return {Tissue[name]: float(value) for name, value in appearance["signal"].items()}
+
+
+def textures(appearance: Mapping) -> dict[Tissue, float]:
+    """Tissue → texture amplitude (signal units)."""
+    return {Tissue[name]: float(value) for name, value in appearance.get("texture", {}).items()}
 
 
 def draw_mr_grid(rng: np.random.Generator, anatomy: Anatomy, **overrides) -> tuple[AcquisitionGrid, dict]:

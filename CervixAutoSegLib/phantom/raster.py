@@ -153,3 +153,34 @@ def label_map(anatomy: Anatomy, grid: AcquisitionGrid, tissue: np.ndarray, modal
     not_patient[[int(t) for t in NOT_PATIENT]] = True
     labels[not_patient[tissue]] = 0
     return labels
+
+
+TEXTURE_WAVES = 8
+"""Plane waves summed into a texture field (enough to look mottled, not periodic)."""
+TEXTURE_WAVELENGTH_MM = (5.0, 16.0)
+
+
+def add_texture(image: np.ndarray, tissue: np.ndarray, grid: AcquisitionGrid,
+                amplitudes: Mapping[Tissue, float], rng: np.random.Generator) -> None:
+    """Add mottled texture in place to the voxels of some tissues (e.g. faeces).
+
+    The field is a sum of random plane waves evaluated at voxel-centre LPS positions,
+    scaled to unit variance times the tissue's amplitude (image units).  ``image`` and
+    ``tissue`` are (z, y, x).
+    """
+    affine = grid.index_to_lps.astype(np.float32)
+    for kind, amplitude in amplitudes.items():
+        directions = rng.normal(size=(TEXTURE_WAVES, 3))
+        directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+        wavelengths = rng.uniform(*TEXTURE_WAVELENGTH_MM, size=TEXTURE_WAVES)
+        phases = rng.uniform(0, 2 * np.pi, size=TEXTURE_WAVES)
+        mask = tissue == kind
+        if amplitude == 0 or not mask.any():
+            continue
+        k, j, i = np.nonzero(mask)
+        points = np.stack([i, j, k], axis=1).astype(np.float32) @ affine[:3, :3].T + affine[:3, 3]
+        field = np.zeros(len(points), dtype=np.float32)
+        for direction, wavelength, phase in zip(directions, wavelengths, phases):
+            field += np.cos(points @ (2 * np.pi / wavelength * direction).astype(np.float32) + np.float32(phase))
+        # A sum of n unit cosines with random phases has variance n / 2.
+        image[mask] += np.float32(amplitude / np.sqrt(TEXTURE_WAVES / 2)) * field
