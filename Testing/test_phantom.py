@@ -106,6 +106,18 @@ def test_labels_sit_on_the_right_tissue_and_inside_the_body(ct_cases):
         assert -10 <= np.median(case.image.array[urine]) <= 30
 
 
+def test_labels_lie_inside_the_body_outline(ct_cases):
+    """Checked against the analytic body surface itself, not the rasterised tissue map."""
+    from CervixAutoSegLib.phantom import make_anatomy
+
+    for case in ct_cases:
+        anatomy = make_anatomy(case.seed)
+        body = next(part for part in anatomy.parts if part.name == "body").shapes[0]
+        lps = voxel_lps(case.labels, case.labels.array > 0)
+        in_anatomy = (np.c_[lps, np.ones(len(lps))] @ np.linalg.inv(anatomy.pose).T)[:, :3]
+        assert np.all(body.contains(in_anatomy)), case.seed
+
+
 def test_hu_of_tissues_are_realistic(ct_cases):
     expected = {Tissue.FAT: (-130, -70), Tissue.MUSCLE: (25, 75), Tissue.URINE: (-10, 30),
                 Tissue.CORTEX: (500, 1300), Tissue.AIR: (-1024, -950)}
