@@ -22,8 +22,8 @@ from CervixAutoSegLib.ct.training import CHECKPOINT_FILE, LOG_FILE, build_ct_net
 from CervixAutoSegLib.errors import InputError
 from CervixAutoSegLib.volume import Volume
 
-TINY = TrainConfig(batch_size=4, patch_size=64, steps_per_epoch=4, max_epochs=2, patience=3, augment=False,
-                   bf16=False, max_val_slices=2, checkpoint_minutes=60.0, seed=3)
+TINY = TrainConfig(batch_size=2, patch_size=64, steps_per_epoch=3, max_epochs=2, patience=3, augment=False,
+                   bf16=True, max_val_slices=2, checkpoint_minutes=60.0, seed=3, hd95_cases=0)
 
 
 def tiny_case(seed: int, nz: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -61,6 +61,7 @@ def slice_cases(tmp_path_factory):
     return [prepare_case(source, params, folder / "cache") for source in sources]
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss(slice_cases):
     torch.manual_seed(0)
     config = dataclasses.replace(TINY, steps_per_epoch=12, max_epochs=1, learning_rate=1e-3)
@@ -81,12 +82,13 @@ def test_training_lowers_the_loss(slice_cases):
     assert outcome.history[0]["dsc"].keys() == {"Bladder", "Rectum", "CTVn", "CTVp"}
 
 
+@pytest.mark.slow
 def test_resume_from_a_mid_epoch_checkpoint_matches_an_uninterrupted_run(slice_cases, tmp_path):
     straight = train_network(TINY, slice_cases, slice_cases[:1], tmp_path / "straight")
     interrupted_dir = tmp_path / "interrupted"
-    train_network(TINY, slice_cases, slice_cases[:1], interrupted_dir, stop_after_steps=6)  # epoch 2, step 2
+    train_network(TINY, slice_cases, slice_cases[:1], interrupted_dir, stop_after_steps=4)  # epoch 2, step 1
     checkpoint = torch.load(interrupted_dir / CHECKPOINT_FILE, weights_only=False)
-    assert (checkpoint["epoch"], checkpoint["step_in_epoch"]) == (1, 2)
+    assert (checkpoint["epoch"], checkpoint["step_in_epoch"]) == (1, 1)
     resumed = train_network(TINY, slice_cases, slice_cases[:1], interrupted_dir, resume=True)
     assert [h["epoch"] for h in resumed.history] == [1, 2]
     for (name, a), b in zip(straight.network.state_dict().items(), resumed.network.state_dict().values()):
@@ -96,7 +98,7 @@ def test_resume_from_a_mid_epoch_checkpoint_matches_an_uninterrupted_run(slice_c
 
 
 def test_early_stopping_after_patience_epochs_without_improvement(slice_cases):
-    config = dataclasses.replace(TINY, learning_rate=0.0, max_epochs=10, patience=2)
+    config = dataclasses.replace(TINY, learning_rate=0.0, max_epochs=10, patience=1, steps_per_epoch=1)
     outcome = train_network(config, slice_cases, slice_cases[:1])
     # LR 0: the weights never move (only BatchNorm statistics drift), so validation stops improving.
     assert outcome.stopped_early and len(outcome.history) <= 4
