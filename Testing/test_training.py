@@ -154,6 +154,51 @@ def test_sampler_balances_structures(slice_cases):
     assert (seen[1:] >= 8).all()  # every structure in a good share of patches
 
 
+def test_sampler_structure_weights_set_the_odds_of_each_centre_structure(slice_cases):
+    sampler = PatchSampler(slice_cases, 64, np.random.default_rng(1), NO_AUGMENTATION, foreground_fraction=1.0,
+                           structure_weights={3: 6.0, 1: 0.0})
+    targets = []
+    centre = sampler._centre
+    sampler._centre = lambda labels, value: targets.append(value) or centre(labels, value)
+    for _ in range(400):
+        sampler.sample()
+    share = np.bincount(targets, minlength=5) / len(targets)
+    assert share[1] == 0 and 0.65 < share[3] < 0.85 and 0.05 < share[2] < 0.2 and 0.05 < share[4] < 0.2
+    assert sampler.value_odds.tolist() == [0.0, 1 / 8, 6 / 8, 1 / 8]
+    with pytest.raises(InputError):
+        PatchSampler(slice_cases, 64, np.random.default_rng(1), structure_weights={1: 0, 2: 0, 3: 0, 4: 0})
+
+
+def test_structure_weights_option_is_parsed_by_name_and_survives_the_checkpoint_json():
+    from CervixAutoSegLib.commands.train import parse_structure_weights
+
+    weights = parse_structure_weights("ctvn=3,Rectum=1.5")
+    assert weights == {3: 3.0, 2: 1.5}
+    config = TrainConfig(structure_weights=weights)
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    for bad in ("Liver=2", "CTVn=x", "CTVn=-1"):
+        with pytest.raises(InputError):
+            parse_structure_weights(bad)
+
+
+@pytest.mark.slow
+def test_warm_start_begins_from_the_given_model_weights(slice_cases, tmp_path):
+    first = train_network(TINY, slice_cases, slice_cases[:1], max_epochs=1)
+    models.write_model_dir(tmp_path / "first", first.network, model_id="first", family="ct",
+                           architecture="ResAUNet", architecture_kwargs={"in_channels": 1, "classes": 5,
+                                                                         "attention": "channel"},
+                           version="1", preprocessing={}, training={}, validation={})
+    warm = dataclasses.replace(TINY, init_from=str(tmp_path / "first"), learning_rate=0.0, max_epochs=1)
+    outcome = train_network(warm, slice_cases, slice_cases[:1])
+    # LR 0: only BatchNorm running statistics move, so the convolutions are the saved (fp16) ones.
+    saved = models.load_network(models.read_card(tmp_path / "first")).state_dict()
+    name = "encoder.conv1.weight"
+    assert torch.equal(outcome.network.state_dict()[name], saved[name])
+    assert not torch.equal(build_ct_network(TINY).state_dict()[name], saved[name])
+    with pytest.raises(InputError, match="attention"):
+        train_network(dataclasses.replace(warm, attention="spatial"), slice_cases, slice_cases[:1])
+
+
 def test_grid_search_trains_every_pair_and_keeps_the_best_on_validation_loss(tmp_path):
     write_cases(tmp_path / "cases", range(3))
     out = tmp_path / "model"

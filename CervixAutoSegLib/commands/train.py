@@ -65,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hyper.add_argument("--hd95-cases", type=int, default=defaults.hd95_cases,
                        help="validation cases whose HD95 is logged each epoch (default %(default)s)")
     hyper.add_argument("--seed", type=int, default=defaults.seed)
+    hyper.add_argument("--structure-weights", metavar="NAME=W,...",
+                       help="odds of centring foreground patches on each structure, e.g. CTVn=3 "
+                            "(others 1; default: equal)")
+    hyper.add_argument("--init-from", type=Path, metavar="MODEL_DIR",
+                       help="warm start: begin a fresh run from this model directory's weights")
     grid = parser.add_argument_group("grid search")
     grid.add_argument("--grid-search", action="store_true", help="pick LR and batch size on validation loss first")
     grid.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-4, 1e-4])
@@ -84,7 +89,30 @@ def _config(args: argparse.Namespace):
         lr_decay=args.lr_decay, checkpoint_minutes=args.checkpoint_minutes, seed=args.seed,
         attention=args.attention, augment=not args.no_augment, bf16=not args.no_bf16, threads=args.threads,
         max_val_slices=args.max_val_slices, hd95_cases=args.hd95_cases,
+        structure_weights=parse_structure_weights(args.structure_weights),
+        init_from=str(args.init_from) if args.init_from else None,
     )
+
+
+def parse_structure_weights(text: str | None) -> dict[int, float] | None:
+    """``"CTVn=3,Rectum=1.5"`` → ``{3: 3.0, 2: 1.5}`` (label values of the CT structures)."""
+    from ..errors import InputError
+    from ..structures import CT_STRUCTURES
+
+    if not text:
+        return None
+    by_name = {s.name.lower(): s.value for s in CT_STRUCTURES}
+    weights: dict[int, float] = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        try:
+            weights[by_name[name.strip().lower()]] = float(value)
+        except (KeyError, ValueError):
+            raise InputError(f"--structure-weights: expected NAME=WEIGHT with NAME in "
+                             f"{', '.join(s.name for s in CT_STRUCTURES)}, got {item!r}") from None
+        if weights[by_name[name.strip().lower()]] < 0:
+            raise InputError(f"--structure-weights: weights must be >= 0, got {item!r}")
+    return weights
 
 
 def _sources(args: argparse.Namespace):

@@ -32,6 +32,10 @@ class TrainConfig:
     seed: int = 0
     attention: str = "channel"
     foreground_fraction: float = 0.7
+    structure_weights: dict[int, float] | None = None
+    """Relative odds of centring a foreground patch on each label value (None = equal)."""
+    init_from: str | None = None
+    """Model directory whose weights start a fresh run (warm start); None = random init."""
     augment: bool = True
     bf16: bool = True
     """bf16 autocast on CPU (fast with AVX-512 BF16 / AMX)."""
@@ -48,4 +52,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        kept = {k: v for k, v in values.items() if k in names}
+        if kept.get("structure_weights"):
+            # JSON turns the integer keys into strings.
+            kept["structure_weights"] = {int(k): float(v) for k, v in kept["structure_weights"].items()}
+        return cls(**kept)

@@ -200,14 +200,16 @@ def split_cases(sources: Sequence[CaseSource], ratios: Sequence[int] = DEFAULT_S
 class PatchSampler:
     """Random training patches, biased towards foreground and balanced across structures.
 
-    With probability ``foreground_fraction`` a structure is drawn uniformly among those
-    present in the training set, then a slice containing it, and the patch is centred
-    on one of its pixels (jittered by up to a quarter patch); otherwise the slice and the
-    centre are uniform.  Rare thin structures (CTV-N) are thus seen as often as the bladder.
+    With probability ``foreground_fraction`` a structure is drawn among those present in
+    the training set (uniformly, or in proportion to ``structure_weights`` keyed by label
+    value), then a slice containing it, and the patch is centred on one of its pixels
+    (jittered by up to a quarter patch); otherwise the slice and the centre are uniform.
+    Rare thin structures (CTV-N) are thus seen at least as often as the bladder.
     """
 
     def __init__(self, cases: Sequence[SliceCase], patch_size: int, rng: np.random.Generator,
-                 augment: AugmentParams = AugmentParams(), foreground_fraction: float = 0.7):
+                 augment: AugmentParams = AugmentParams(), foreground_fraction: float = 0.7,
+                 structure_weights: dict[int, float] | None = None):
         if not cases:
             raise InputError("no training slices")
         self.cases = list(cases)
@@ -224,6 +226,11 @@ class PatchSampler:
                     self.slices_with.setdefault(value, []).extend((c, int(s)) for s in present)
                 if value > int(case.labels.max()):
                     break
+        self.values = sorted(self.slices_with)
+        weights = np.array([(structure_weights or {}).get(v, 1.0) for v in self.values], dtype=float)
+        if self.values and (np.any(weights < 0) or weights.sum() <= 0):
+            raise InputError(f"structure sampling weights must be >= 0 and not all 0, got {structure_weights}")
+        self.value_odds = weights / weights.sum() if self.values else weights
 
     def _centre(self, labels: np.ndarray, value: int | None) -> tuple[float, float]:
         size = labels.shape[0]
@@ -238,8 +245,7 @@ class PatchSampler:
         """One augmented patch: image float32 ``(P, P)``, labels uint8 ``(P, P)``."""
         value = None
         if self.slices_with and self.rng.random() < self.foreground_fraction:
-            values = sorted(self.slices_with)
-            value = values[self.rng.integers(len(values))]
+            value = self.values[self.rng.choice(len(self.values), p=self.value_odds)]
             c, s = self.slices_with[value][self.rng.integers(len(self.slices_with[value]))]
         else:
             c, s = self.all_slices[self.rng.integers(len(self.all_slices))]

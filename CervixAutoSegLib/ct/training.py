@@ -199,6 +199,18 @@ def _save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, temporary)
 
 
+def initial_weights(model_dir: str | Path, config: TrainConfig) -> dict[str, torch.Tensor]:
+    """Float32 state dict of a verified model directory whose network matches ``config``."""
+    from ..errors import ModelError
+    from ..models import load_network, read_card
+
+    card = read_card(model_dir)
+    if card.family != "ct" or card.architecture_kwargs.get("attention", "channel") != config.attention:
+        raise ModelError(f"model {card.id} in {model_dir} is not a CT ResAU-Net with "
+                         f"{config.attention!r} attention: cannot warm-start from it")
+    return load_network(card).state_dict()
+
+
 def _load_checkpoint(path: Path) -> dict:
     # Our own file (config, history, numpy RNG state): not weights-only.
     return torch.load(path, map_location="cpu", weights_only=False)
@@ -250,9 +262,12 @@ def train_network(
         best, history, bad_epochs = state["best"], state["history"], state["bad_epochs"]
         if work_dir is not None and (work_dir / BEST_FILE).is_file():
             best_state = _load_checkpoint(work_dir / BEST_FILE)["model"]
+    elif config.init_from:
+        network.load_state_dict(initial_weights(config.init_from, config))
+        log.info("warm start from the weights in %s", config.init_from)
     sampler = PatchSampler(train_cases, config.patch_size, rng,
                            AugmentParams() if config.augment else NO_AUGMENTATION,
-                           config.foreground_fraction)
+                           config.foreground_fraction, config.structure_weights)
     loss_fn = make_loss(config.loss)
     limit = max_epochs if max_epochs is not None else config.max_epochs
     stopped_early = bad_epochs >= config.patience
