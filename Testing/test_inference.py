@@ -73,7 +73,7 @@ def test_progress_after_every_batch_and_cancel_between_batches(batch):
     with pytest.raises(Cancelled):
         predict_slices(network, batch, options=InferenceOptions(batch_size=4, precision="fp32"),
                        cancel=lambda: next(calls))
-    assert network.batch_sizes == [4, 4]  # stopped before the third batch
+    assert network.batch_sizes == [4, 4, 4, 4]  # two batches (plain + mirrored pass each), not the third
 
 
 def test_out_of_memory_halves_the_batch_and_retries_the_same_slices(batch):
@@ -93,6 +93,24 @@ def test_accelerator_out_of_memory_at_one_slice_falls_back_to_cpu(batch, caplog)
     assert info.fell_back_to_cpu and info.device == "cpu"
     assert network.devices[:2] == ["meta", "meta"] and set(network.devices[2:]) == {"cpu"}
     assert "continuing on the CPU" in caplog.text
+
+
+def test_flip_tta_averages_the_mirrored_softmax_and_makes_the_labels_mirror_equivariant():
+    torch.manual_seed(0)
+    network = nn.Conv2d(1, CLASSES, kernel_size=(3, 7), padding=(1, 3)).eval()  # not mirror-symmetric
+    slices = np.random.default_rng(5).random((3, 1, 16, 24)).astype(np.float32)
+    mirrored = np.ascontiguousarray(slices[..., ::-1])
+    fp32_tta, fp32_plain = (InferenceOptions(precision="fp32", flip_tta=flag) for flag in (True, False))
+
+    tta, info = predict_slices(network, slices, options=fp32_tta)
+    assert info.flip_tta
+    with torch.no_grad():
+        x = torch.from_numpy(slices)
+        by_hand = network(x).softmax(1) + network(x.flip(-1)).softmax(1).flip(-1)
+    np.testing.assert_array_equal(tta, by_hand.argmax(1).numpy())
+    np.testing.assert_array_equal(predict_slices(network, mirrored, options=fp32_tta)[0], tta[..., ::-1])
+    plain = predict_slices(network, slices, options=fp32_plain)[0]
+    assert not np.array_equal(predict_slices(network, mirrored, options=fp32_plain)[0], plain[..., ::-1])
 
 
 def test_cpu_out_of_memory_at_one_slice_is_a_clear_error(batch):

@@ -56,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="device for the network (default: cpu)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--batch-size", type=int, default=0, help="slices per batch (default: per device)")
+    parser.add_argument("--no-flip-tta", action="store_true", help="one network pass per slice (as segment --no-flip-tta)")
     parser.add_argument("--models", default=None, metavar="DIR",
                         help="folder of model directories (default: the bundled models, else random weights)")
     parser.add_argument("--check-bf16", type=int, default=0, metavar="N",
@@ -153,7 +154,8 @@ def _worker(config: dict) -> dict:
     from ..ct.inference import InferenceOptions
     from ..pipeline import segment
 
-    options = InferenceOptions(batch_size=config["batch_size"], precision=config["precision"])
+    options = InferenceOptions(batch_size=config["batch_size"], precision=config["precision"],
+                               flip_tta=config.get("flip_tta", True))
     started = time.perf_counter()
     result = segment(config["dicom"], config["out"], model=config["model"], device=config["device"],
                      options=options, models_root=config["models_root"])
@@ -165,6 +167,7 @@ def _worker(config: dict) -> dict:
         "network_slices": len(report["preprocessing"].get("slice_indices", [])),
         "precision": report["device"].get("precision"),
         "batch_size": report["device"].get("batch_size"),
+        "network_passes": 2 if report["device"].get("flip_tta") else 1,
         "device": report["device"].get("description"),
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / _KB_PER_GB,
     }
@@ -262,10 +265,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"segmenting a 512x512x{slices} CT ...", file=sys.stderr)
             measured = _run_worker({"dicom": str(dicom), "out": str(work / f"out{slices}"), "model": model_id,
                                     "models_root": models_root, "device": args.device,
-                                    "precision": args.precision, "batch_size": args.batch_size})
+                                    "precision": args.precision, "batch_size": args.batch_size,
+                                    "flip_tta": not args.no_flip_tta})
             network_s = measured["timings_s"].get("network", 0.0)
             measured["slices"] = slices
-            measured["network_gflops_per_s"] = (flops_slice * measured["network_slices"] / network_s / 1e9
+            measured["network_gflops_per_s"] = (flops_slice * measured["network_slices"] * measured["network_passes"]
+                                                / network_s / 1e9
                                                 if network_s > 0 else 0.0)
             cases.append(measured)
             for path in dicom.iterdir():

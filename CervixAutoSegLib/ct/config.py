@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-LOSS_NAMES = ("lovasz", "ce", "sce", "dice")
+LOSS_NAMES = ("lovasz", "ce", "sce", "dice", "lovasz+ce")
 DEFAULT_LOSS = "lovasz"
 ATTENTION_KINDS = ("channel", "spatial", "none")
 
