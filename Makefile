@@ -7,6 +7,7 @@ DEMO_DIR ?= demo
 
 EVAL_DIR ?= runs/eval-ct
 EVAL_SEEDS ?= 5000 5001 5002 5003 5004 5005 5006 5007 5008 5009
+SEGMENT_ARGS ?=
 
 .PHONY: setup setup-test demo test compat evaluate-ct
 
@@ -37,7 +38,7 @@ evaluate-ct:
 	rm -rf $(EVAL_DIR)
 	for seed in $(EVAL_SEEDS); do \
 	  $(PYTHON) -m CervixAutoSegLib phantom --modality ct --seed $$seed --out $(EVAL_DIR)/truth/seed$$seed && \
-	  $(PYTHON) -m CervixAutoSegLib segment $(EVAL_DIR)/truth/seed$$seed/dicom --out $(EVAL_DIR)/pred/seed$$seed \
+	  $(PYTHON) -m CervixAutoSegLib segment $(EVAL_DIR)/truth/seed$$seed/dicom --out $(EVAL_DIR)/pred/seed$$seed $(SEGMENT_ARGS) \
 	    || exit 1; \
 	done
 	$(PYTHON) -m CervixAutoSegLib evaluate --truth $(EVAL_DIR)/truth --pred $(EVAL_DIR)/pred --out $(EVAL_DIR)/report

@@ -447,7 +447,5 @@ def test_the_slicer_self_test_steps_pass_headless(scene, tmp_path):
     for structure in CT_STRUCTURES:
         found, expected = labels.array == structure.value, np.asarray(phantom.labels.array) == structure.value
         dice = 2.0 * np.sum(found & expected) / max(1, found.sum() + expected.sum())
-        # The bundled phantom model 0.1 still draws CTVn poorly (Dice ~0.3-0.5, issue 4): the
-        # self-test checks placement, not the accuracy target, so CTVn needs real overlap only.
-        minimum = 0.25 if structure.name == "CTVn" else 0.5
-        assert dice > minimum, f"{structure.name}: Dice {dice:.2f}"
+        # Placement, not the accuracy target (that is `make evaluate-ct`): every structure overlaps well.
+        assert dice > 0.6, f"{structure.name}: Dice {dice:.2f}"
