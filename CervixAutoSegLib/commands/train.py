@@ -106,12 +106,13 @@ def parse_structure_weights(text: str | None) -> dict[int, float] | None:
     for item in text.split(","):
         name, _, value = item.partition("=")
         try:
-            weights[by_name[name.strip().lower()]] = float(value)
+            label, weight = by_name[name.strip().lower()], float(value)
         except (KeyError, ValueError):
             raise InputError(f"--structure-weights: expected NAME=WEIGHT with NAME in "
                              f"{', '.join(s.name for s in CT_STRUCTURES)}, got {item!r}") from None
-        if weights[by_name[name.strip().lower()]] < 0:
+        if weight < 0:
             raise InputError(f"--structure-weights: weights must be >= 0, got {item!r}")
+        weights[label] = weight
     return weights
 
 
