@@ -155,7 +155,7 @@ def _worker(config: dict) -> dict:
     from ..pipeline import segment
 
     options = InferenceOptions(batch_size=config["batch_size"], precision=config["precision"],
-                               flip_tta=config.get("flip_tta", True))
+                               flip_tta=config["flip_tta"])
     started = time.perf_counter()
     result = segment(config["dicom"], config["out"], model=config["model"], device=config["device"],
                      options=options, models_root=config["models_root"])

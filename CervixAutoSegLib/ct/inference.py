@@ -248,7 +248,7 @@ def predict_slices(
 
 
 def _forward_argmax(network: nn.Module, slices: np.ndarray, device: torch.device, precision: str,
-                    channels_last: bool, flip_tta: bool = False) -> np.ndarray:
+                    channels_last: bool, flip_tta: bool) -> np.ndarray:
     """(n, C, H, W) float32 → arg-max (n, H, W) uint8, computed on ``device``.
 
     With ``flip_tta`` the softmax of the slices mirrored along W (x) is mirrored back and
