@@ -109,9 +109,10 @@ def test_train_command_writes_a_model_directory_that_loads(tmp_path, capsys):
     out = tmp_path / "model"
     code = cli.main(["train", "ct", "--data", str(tmp_path / "cases"), "--out", str(out), "--patch-size", "64",
                      "--batch-size", "2", "--steps-per-epoch", "2", "--max-epochs", "1", "--split", "2:1:0",
-                     "--max-val-slices", "2", "--no-augment"])
+                     "--max-val-slices", "2", "--no-augment", "--end-fraction", "0.25"])
     assert code == 0
     card = models.read_card(out)
+    assert card.training["config"]["end_fraction"] == 0.25
     assert card.family == "ct" and card.architecture == "ResAUNet"
     assert card.validation["best_epoch"] == 1 and set(card.validation["dsc"]) == {"Bladder", "Rectum", "CTVn", "CTVp"}
     assert card.training["cases"] == {"train": 2, "validation": 1, "test": 0}
@@ -129,6 +130,9 @@ def test_train_command_errors_are_one_line(tmp_path, capsys):
     assert cli.main(["train", "ct", "--out", str(tmp_path / "m"), "--patch-size", "100",
                      "--phantom-seeds", "1-2"]) != 0
     assert "multiple of 32" in capsys.readouterr().err
+    assert cli.main(["train", "ct", "--out", str(tmp_path / "m"), "--end-fraction", "1.5",
+                     "--phantom-seeds", "1-2"]) != 0
+    assert "--end-fraction must be between 0 and 1" in capsys.readouterr().err
 
 
 def test_split_is_case_level_and_uses_the_papers_ratio():
@@ -167,6 +171,29 @@ def test_sampler_structure_weights_set_the_odds_of_each_centre_structure(slice_c
     assert sampler.value_odds.tolist() == [0.0, 1 / 8, 6 / 8, 1 / 8]
     with pytest.raises(InputError):
         PatchSampler(slice_cases, 64, np.random.default_rng(1), structure_weights={1: 0, 2: 0, 3: 0, 4: 0})
+
+
+def test_end_patches_come_from_the_slices_beyond_each_end_centred_where_the_structure_stops():
+    # One structure (CTV-N, value 3) on slices 5..9 of 20 (2.5 mm apart): its caudal end
+    # is a blob near (42, 52), its cranial end one near (12, 112), far apart in-plane.
+    labels = np.zeros((20, 128, 128), np.uint8)
+    labels[5:9, 40:45, 50:55] = 3
+    labels[9, 10:15, 110:115] = 3
+    case = SliceCase("ends", np.zeros((20, 128, 128), np.float16), labels, spacing_zyx=(2.5, 1.0, 1.0))
+    sampler = PatchSampler([case], 64, np.random.default_rng(4), NO_AUGMENTATION, end_fraction=1.0,
+                           end_margin_mm=5.0)
+    drawn = []
+    sampler._patch = lambda c, s, centre: drawn.append((s, centre)) or (None, None)
+    for _ in range(200):
+        sampler.sample()
+    slices = {s for s, _ in drawn}
+    assert slices == {3, 4, 10, 11}  # 5 mm = 2 slices beyond each end, never the structure's own
+    quarter = 64 / 4
+    for s, (y, x) in drawn:
+        expected = (42, 52) if s < 5 else (12, 112)
+        assert abs(y - expected[0]) <= quarter + 2 and abs(x - expected[1]) <= quarter + 2
+    with pytest.raises(InputError):
+        PatchSampler([case], 64, np.random.default_rng(4), end_fraction=1.5)
 
 
 def test_structure_weights_option_is_parsed_by_name_and_survives_the_checkpoint_json():

@@ -68,6 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hyper.add_argument("--structure-weights", metavar="NAME=W,...",
                        help="odds of centring foreground patches on each structure, e.g. CTVn=3 "
                             "(others 1; default: equal)")
+    hyper.add_argument("--end-fraction", type=float, default=defaults.end_fraction,
+                       help="share of patches from slices just beyond a structure's cranial or caudal end, "
+                            "where a 2D network cannot see it stop (default %(default)s)")
+    hyper.add_argument("--end-margin-mm", type=float, default=defaults.end_margin_mm,
+                       help="how far beyond the end those slices reach (default %(default)s mm)")
     hyper.add_argument("--init-from", type=Path, metavar="MODEL_DIR",
                        help="warm start: begin a fresh run from this model directory's weights")
     grid = parser.add_argument_group("grid search")
@@ -83,6 +88,8 @@ def _config(args: argparse.Namespace):
 
     if args.patch_size % 32:
         raise InputError(f"--patch-size must be a multiple of 32, got {args.patch_size}")
+    if not 0.0 <= args.end_fraction <= 1.0:
+        raise InputError(f"--end-fraction must be between 0 and 1, got {args.end_fraction}")
     return TrainConfig(
         loss=args.loss, learning_rate=args.lr, batch_size=args.batch_size, patch_size=args.patch_size,
         max_epochs=args.max_epochs, steps_per_epoch=args.steps_per_epoch, patience=args.patience,
@@ -90,6 +97,7 @@ def _config(args: argparse.Namespace):
         attention=args.attention, augment=not args.no_augment, bf16=not args.no_bf16, threads=args.threads,
         max_val_slices=args.max_val_slices, hd95_cases=args.hd95_cases,
         structure_weights=parse_structure_weights(args.structure_weights),
+        end_fraction=args.end_fraction, end_margin_mm=args.end_margin_mm,
         init_from=str(args.init_from) if args.init_from else None,
     )
 

@@ -34,6 +34,10 @@ class TrainConfig:
     foreground_fraction: float = 0.7
     structure_weights: dict[int, float] | None = None
     """Relative odds of centring a foreground patch on each label value (None = equal)."""
+    end_fraction: float = 0.0
+    """Share of patches taken from the slices just beyond a structure's cranial or caudal end."""
+    end_margin_mm: float = 30.0
+    """How far beyond a structure's end those slices reach (mm along z)."""
     init_from: str | None = None
     """Model directory whose weights start a fresh run (warm start); None = random init."""
     augment: bool = True

@@ -197,35 +197,58 @@ def split_cases(sources: Sequence[CaseSource], ratios: Sequence[int] = DEFAULT_S
 
 
 # ----------------------------------------------------------------- sampling
+def _end_slices(present: np.ndarray, n_slices: int, reach: int, case: int) -> list[tuple[int, int, int]]:
+    """(case, slice, last slice of the structure) for the slices within ``reach`` beyond
+    either end of ``present`` (sorted slice indices holding the structure)."""
+    first, last = int(present[0]), int(present[-1])
+    below = [(case, s, first) for s in range(max(0, first - reach), first)]
+    above = [(case, s, last) for s in range(last + 1, min(n_slices, last + reach + 1))]
+    return below + above
+
+
 class PatchSampler:
     """Random training patches, biased towards foreground and balanced across structures.
 
-    With probability ``foreground_fraction`` a structure is drawn among those present in
-    the training set (uniformly, or in proportion to ``structure_weights`` keyed by label
-    value), then a slice containing it, and the patch is centred on one of its pixels
-    (jittered by up to a quarter patch); otherwise the slice and the centre are uniform.
-    Rare thin structures (CTV-N) are thus seen at least as often as the bladder.
+    With probability ``end_fraction`` the patch is an *end patch*: a structure is drawn
+    (by the odds below), then one of the slices within ``end_margin_mm`` beyond its
+    cranial or caudal end, and the patch is centred where the structure is on its last
+    slice.  A 2D network cannot see where a structure stops along z (CTV-N at the
+    aortic bifurcation, CTV-UV along the vagina); these slices teach it, where uniform
+    sampling shows them rarely.
+
+    Otherwise, with probability ``foreground_fraction`` a structure is drawn among those
+    present in the training set (uniformly, or in proportion to ``structure_weights``
+    keyed by label value), then a slice containing it, and the patch is centred on one
+    of its pixels (jittered by up to a quarter patch); else the slice and the centre are
+    uniform.  Rare thin structures (CTV-N) are thus seen at least as often as the bladder.
     """
 
     def __init__(self, cases: Sequence[SliceCase], patch_size: int, rng: np.random.Generator,
                  augment: AugmentParams = AugmentParams(), foreground_fraction: float = 0.7,
-                 structure_weights: dict[int, float] | None = None):
+                 structure_weights: dict[int, float] | None = None, end_fraction: float = 0.0,
+                 end_margin_mm: float = 30.0):
         if not cases:
             raise InputError("no training slices")
+        if not 0.0 <= end_fraction <= 1.0:
+            raise InputError(f"the share of end patches must be in [0, 1], got {end_fraction}")
         self.cases = list(cases)
         self.patch_size = patch_size
         self.rng = rng
         self.augment = augment
         self.foreground_fraction = foreground_fraction
+        self.end_fraction = end_fraction
         self.all_slices = [(c, s) for c, case in enumerate(self.cases) for s in range(case.images.shape[0])]
         self.slices_with: dict[int, list[tuple[int, int]]] = {}
+        self.ends_of: dict[int, list[tuple[int, int, int]]] = {}
+        """Label value → (case, slice beyond the structure, its last slice on that side)."""
         for c, case in enumerate(self.cases):
-            for value in range(1, 256):
+            reach = max(1, int(round(end_margin_mm / case.spacing_zyx[0])))
+            for value in range(1, int(case.labels.max()) + 1):
                 present = np.flatnonzero((case.labels == value).any(axis=(1, 2)))
-                if present.size:
-                    self.slices_with.setdefault(value, []).extend((c, int(s)) for s in present)
-                if value > int(case.labels.max()):
-                    break
+                if not present.size:
+                    continue
+                self.slices_with.setdefault(value, []).extend((c, int(s)) for s in present)
+                self.ends_of.setdefault(value, []).extend(_end_slices(present, len(case.labels), reach, c))
         self.values = sorted(self.slices_with)
         weights = np.array([(structure_weights or {}).get(v, 1.0) for v in self.values], dtype=float)
         if self.values and (np.any(weights < 0) or weights.sum() <= 0):
@@ -244,15 +267,27 @@ class PatchSampler:
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         """One augmented patch: image float32 ``(P, P)``, labels uint8 ``(P, P)``."""
         value = None
+        if self.end_fraction and self.values and self.rng.random() < self.end_fraction:
+            value = self._draw_value()
+            ends = self.ends_of[value]
+            if ends:
+                c, s, last = ends[self.rng.integers(len(ends))]
+                centre = self._centre(self.cases[c].labels[last], value)
+                return self._patch(c, s, centre)
         if self.slices_with and self.rng.random() < self.foreground_fraction:
-            value = self.values[self.rng.choice(len(self.values), p=self.value_odds)]
+            value = self._draw_value()
             c, s = self.slices_with[value][self.rng.integers(len(self.slices_with[value]))]
         else:
+            value = None
             c, s = self.all_slices[self.rng.integers(len(self.all_slices))]
-        image = self.cases[c].images[s].astype(np.float32)
-        labels = self.cases[c].labels[s]
-        centre = self._centre(labels, value)
-        return augment_pair(image, labels, self.rng, self.augment, self.patch_size, centre)
+        return self._patch(c, s, self._centre(self.cases[c].labels[s], value))
+
+    def _draw_value(self) -> int:
+        return self.values[self.rng.choice(len(self.values), p=self.value_odds)]
+
+    def _patch(self, case: int, index: int, centre: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+        image = self.cases[case].images[index].astype(np.float32)
+        return augment_pair(image, self.cases[case].labels[index], self.rng, self.augment, self.patch_size, centre)
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Images ``(B, 1, P, P)`` float32 and labels ``(B, P, P)`` int64."""

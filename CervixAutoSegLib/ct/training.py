@@ -267,7 +267,8 @@ def train_network(
         log.info("warm start from the weights in %s", config.init_from)
     sampler = PatchSampler(train_cases, config.patch_size, rng,
                            AugmentParams() if config.augment else NO_AUGMENTATION,
-                           config.foreground_fraction, config.structure_weights)
+                           config.foreground_fraction, config.structure_weights,
+                           config.end_fraction, config.end_margin_mm)
     loss_fn = make_loss(config.loss)
     limit = max_epochs if max_epochs is not None else config.max_epochs
     stopped_early = bad_epochs >= config.patience
