@@ -15,8 +15,8 @@ import pytest
 from scipy import ndimage
 
 from CervixAutoSegLib import cli
-from CervixAutoSegLib.phantom import Tissue, make_ct_phantom, make_grid, make_mr_phantom, write_phantom
-from CervixAutoSegLib.phantom.anatomy import BONE, BOWEL, NOT_PATIENT
+from CervixAutoSegLib.phantom import Tissue, make_anatomy, make_ct_phantom, make_grid, make_mr_phantom, write_phantom
+from CervixAutoSegLib.phantom.anatomy import BONE, BOWEL, NOT_PATIENT, _union_distance
 from CervixAutoSegLib.structures import CT_STRUCTURES, MR_STRUCTURES
 
 CT_SEEDS = (11, 12, 13)
@@ -25,6 +25,10 @@ ORGAN, TUMOUR = 1, 2
 
 # Plausible structure volumes (ml) for an adult female pelvis in a planning CT.
 CT_VOLUME_RANGES_ML = {BLADDER: (50, 600), RECTUM: (20, 250), CTV_N: (60, 600), CTV_UV: (40, 700)}
+FLOATING_REACH_MM, MAX_FLOATING_CTV_N = 2.0, 0.025
+"""A CTV-N piece is floating if no vessel, muscle, bone or node lies within 2 mm in its
+slice; phantoms of version 1 had 4-7 % of CTV-N floating (lumen-only bits of the
+external iliac vessels running through the psoas), version 2 has about 1 %."""
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +149,37 @@ def test_ctv_n_is_left_and_right_below_the_common_iliac_bifurcation(ct_cases):
         shift_x = anatomy_params["pose_shift_mm"][0]
         # One left (+x in LPS) and one right of the midline.
         assert min(sides) < shift_x < max(sides), (case.seed, sides)
+
+
+def test_every_piece_of_ctv_n_touches_visible_anatomy(ct_cases):
+    # The nodal CTV is drawn from visible anatomy (vessels + margin, side-wall muscle,
+    # sacrum): a slice-by-slice network can only learn pieces that touch something it sees.
+    anchors = [Tissue.ARTERY, Tissue.VEIN, Tissue.MUSCLE, Tissue.CORTEX, Tissue.LYMPH_NODE]
+    for case in ct_cases:
+        ctv_n, anchor = case.labels.array == CTV_N, np.isin(case.tissue, anchors)
+        reach = int(np.ceil(FLOATING_REACH_MM / case.labels.spacing[0]))
+        floating = 0
+        for k in range(ctv_n.shape[0]):
+            pieces, count = ndimage.label(ctv_n[k])
+            near = ndimage.grey_dilation(pieces, size=2 * reach + 1)  # each piece, grown by ``reach``
+            touching = np.unique(near[anchor[k]])
+            floating += int(np.isin(pieces, touching, invert=True)[pieces > 0].sum())
+        assert floating / ctv_n.sum() < MAX_FLOATING_CTV_N, (case.seed, floating / ctv_n.sum())
+
+
+@pytest.mark.parametrize("overrides", [{}, {"femoral_head_x_mm": 80.0, "common_iliac_end_z_mm": 108.0},
+                                       {"femoral_head_x_mm": 94.0, "aorta_radius_mm": 10.0}])
+def test_common_and_external_iliac_vessels_run_beside_the_psoas_not_through_it(overrides):
+    anatomy = make_anatomy(11, **overrides)
+    parts = {part.name: part for part in anatomy.parts}
+    top, bifurcation = anatomy.landmarks["femoral_head_top_z"], anatomy.landmarks["bifurcation_z"]
+    for kind in ("arteries", "veins"):
+        # Anterior iliac vessels (y < 30 mm) within the nodal CTV's extent.
+        capsules = [c for c in parts[kind].shapes if top <= c.start[2] <= bifurcation and c.start[1] < 30]
+        centres = np.array([c.start for c in capsules])
+        radii = np.array([c.start_radius for c in capsules])
+        gaps = _union_distance(parts["muscles"].shapes, centres) - radii
+        assert gaps.min() > -1.0, (kind, gaps.min(), centres[np.argmin(gaps)])
 
 
 # ------------------------------------------------------------------ MR

@@ -143,6 +143,17 @@ def test_split_is_case_level_and_uses_the_papers_ratio():
     assert split_cases(list(range(2)), (111, 30, 15))[1]  # validation never empty with 2 cases
 
 
+def test_phantom_cache_entries_change_with_the_phantom_version(monkeypatch):
+    # A new phantom version draws other patients from the same seeds: cached slices of
+    # the old ones must not be reused.
+    from CervixAutoSegLib import phantom
+    from CervixAutoSegLib.ct.dataset import phantom_cases
+
+    current = phantom_cases([7])[0].fingerprint
+    monkeypatch.setattr(phantom, "PHANTOM_VERSION", phantom.PHANTOM_VERSION + 1)
+    assert phantom_cases([7])[0].fingerprint != current
+
+
 def test_seed_ranges():
     assert parse_seed_range("1000-1002,1010") == [1000, 1001, 1002, 1010]
     with pytest.raises(InputError):

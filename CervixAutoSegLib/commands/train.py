@@ -132,10 +132,13 @@ def _sources(args: argparse.Namespace):
         raise InputError("give exactly one of --data DIR or --phantom-seeds RANGE")
     if args.data:
         return discover_cases(args.data), {"kind": "folder", "path": str(args.data)}
+    from ..phantom import PHANTOM_VERSION
+
     seeds = parse_seed_range(args.phantom_seeds)
     return phantom_cases(seeds), {
         "kind": "synthetic phantoms (CervixAutoSegLib.phantom.make_ct_phantom), not patient data",
         "seeds": args.phantom_seeds,
+        "phantom_version": PHANTOM_VERSION,
     }
 
 

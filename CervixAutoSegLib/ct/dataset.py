@@ -136,7 +136,9 @@ def phantom_cases(seeds: Sequence[int]) -> list[CaseSource]:
 
         return load
 
-    return [CaseSource(f"phantom-ct-{seed}", loader(seed), f"phantom-{seed}") for seed in seeds]
+    from ..phantom import PHANTOM_VERSION
+
+    return [CaseSource(f"phantom-ct-{seed}", loader(seed), f"phantom-v{PHANTOM_VERSION}-{seed}") for seed in seeds]
 
 
 def parse_seed_range(text: str) -> list[int]:

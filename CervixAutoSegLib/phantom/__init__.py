@@ -42,6 +42,9 @@ __all__ = [
 STREAM_ANATOMY, STREAM_GRID, STREAM_APPEARANCE, STREAM_NOISE, STREAM_TEXTURE = ANATOMY_STREAM, 2, 3, 4, 5
 """Spawn keys of the per-seed random streams."""
 MODALITIES = ("CT", "MR")
+PHANTOM_VERSION = 2
+"""Bumped whenever a seed starts giving a different patient or scan (training caches are
+keyed by it).  2: iliac vessels beside the psoas, obturator strip on the side wall."""
 UID_ROOT = "1.2.826.0.1.3680043.10.1492."
 """Prefix of the deterministic phantom UIDs (pydicom-style hashed suffix)."""
 
@@ -57,7 +60,8 @@ class PhantomCase:
         modality: "CT" or "MR".
         patient_position: DICOM Patient Position of the acquisition.
         seed: the seed it was made from.
-        params: everything that was randomised (anatomy, grid, appearance), JSON-able.
+        params: the phantom version and everything that was randomised (anatomy, grid,
+            appearance), JSON-able.
         tissue: uint8 tissue map (:class:`Tissue`) on the same grid (for tests/analysis).
         grid: the acquisition grid.
     """
@@ -114,7 +118,8 @@ def render(anatomy: Anatomy, grid: AcquisitionGrid, modality: str, *, seed: int 
     labels = label_map(anatomy, grid, tissue, modality)
     finish = ct.finish_ct if modality == "CT" else mr.finish_mr
     pixels = finish(ideal, grid, appearance, _rng(seed, STREAM_NOISE))
-    params = {"anatomy": _jsonable(anatomy.params), "grid": grid.to_dict(), "appearance": _jsonable(appearance)}
+    params = {"version": PHANTOM_VERSION, "anatomy": _jsonable(anatomy.params), "grid": grid.to_dict(),
+              "appearance": _jsonable(appearance)}
     meta = {"phantom_seed": int(seed), "patient_position": grid.patient_position}
     return PhantomCase(
         image=grid.volume(pixels, modality, meta),

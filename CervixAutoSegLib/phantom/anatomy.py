@@ -69,6 +69,12 @@ NOT_PATIENT = (Tissue.AIR, Tissue.TABLE_SHELL, Tissue.TABLE_FOAM)
 
 NODAL_MARGIN_MM = 7.0
 """Loose connective tissue drawn around the pelvic vessels (Small et al. 2008)."""
+VESSEL_GAP_MM = 1.0
+"""Fat between the iliac vessels and the psoas along whose medial border they run."""
+OBTURATOR_RADIUS_MM, OBTURATOR_TUCK_MM = 9.0, 2.0
+"""The obturator nodal strip (an 18 mm wide tube) reaches this far into the side-wall
+muscle, so that its fat part always lies against the muscle (trimmed off it)."""
+FACE_STEP_MM = 0.5
 WALL_MM = {"bladder": 3.0, "rectum": 3.0, "bowel": 2.5}
 """Wall thickness of hollow organs; contents start this deep inside the outer surface."""
 CORTEX_MM = 2.0
@@ -204,6 +210,45 @@ def _union_distance(shapes: Sequence[Shape], points: np.ndarray) -> np.ndarray:
     return np.min(distances, axis=0)
 
 
+def _medial_face_x(shapes: Sequence[Shape], y: float, z: float, stop: float = 140.0) -> float | None:
+    """x (mm, left side) where the union of ``shapes`` begins, walking out from the
+    midline along the line (y, z) (past any shape the midline itself is in, such as a
+    vertebra); None if it never does before ``stop``."""
+    xs = np.arange(0.0, stop, FACE_STEP_MM)
+    points = np.stack([xs, np.full_like(xs, y), np.full_like(xs, z)], axis=1)
+    inside = _union_distance(shapes, points) < 0
+    clear = int(np.argmin(inside))  # first point outside
+    entries = np.flatnonzero(inside[clear:])
+    return float(xs[clear + entries[0]]) if entries.size else None
+
+
+Point = tuple[float, float, float]
+
+
+def _against_wall(walls: Sequence[Shape], point: Sequence[float], radius: float,
+                  gap: float = VESSEL_GAP_MM) -> Point:
+    """``point`` (left side) moved along x so that a tube of ``radius`` lies ``gap`` mm
+    medial to the first of ``walls`` met walking out from the midline; unchanged if
+    there is no wall on that line."""
+    face = _medial_face_x(walls, point[1], point[2])
+    return (face - radius - gap if face is not None else point[0], point[1], point[2])
+
+
+def _clear_of_wall(walls: Sequence[Shape], points: Sequence[Sequence[float]], radius: float) -> list[Point]:
+    """``points`` of a tube of ``radius``; those that would put it into a wall moved medially."""
+    moved = [_against_wall(walls, p, radius) for p in points]
+    return [q if q[0] < p[0] else tuple(p) for p, q in zip(points, moved)]
+
+
+def _path_clear_of_wall(walls: Sequence[Shape], start: Point, points: Sequence[Sequence[float]],
+                        radius: float) -> list[Point]:
+    """A tube's control points from ``start`` through ``points``, midpoints added so that
+    the curve between them stays clear of the walls too."""
+    nodes = [np.asarray(start, float)] + [np.asarray(p, float) for p in points]
+    dense = [point for a, b in zip(nodes, nodes[1:]) for point in ((a + b) / 2, b)]
+    return [start] + _clear_of_wall(walls, dense, radius)
+
+
 def _pose(params: Mapping) -> np.ndarray:
     affine = np.eye(4)
     affine[:3, :3] = rotation_xyz(params["pose_rotation_deg"]) @ np.diag(params["pose_scale"])
@@ -279,7 +324,8 @@ class _Builder:
             shapes.append(Ellipsoid(_mirror((fh - 5, 98, 10), side), (55, 24, 85),
                                     rotation_xyz((0, 0, side * 25))))  # gluteus maximus
             shapes.append(Ellipsoid(_mirror((fh + 32, 50, 75), side), (24, 42, 50)))  # gluteus medius
-            shapes.append(Ellipsoid(_mirror((fh - 30, 12, -12), side), (8, 34, 28)))  # obturator internus
+            # Obturator internus lines the side wall of the lesser pelvis up to near the brim.
+            shapes.append(Ellipsoid(_mirror((fh - 30, 14, 15), side), (7, 26, 55)))
             shapes.append(Ellipsoid(_mirror((36, 100, 160), side), (22, 22, 110)))  # erector spinae
             shapes.append(Ellipsoid(_mirror((40, -93 - 1.1 * fat, 110), side), (38, 8, 95)))  # rectus abdominis
             shapes.append(Ellipsoid(_mirror((fh + 10, 0, -150), side), (62, 68, 95)))  # thigh muscles
@@ -327,29 +373,47 @@ class _Builder:
 
     # ------------------------------------------------------------------ vessels
     def vessels(self) -> None:
+        """Aorta, IVC and iliac vessels, and the nodal CTV around them.
+
+        The iliac vessels follow nominal courses, moved medially wherever these would
+        enter the psoas or the side wall, so that the common and external iliac vessels
+        run along the medial border of the psoas, as in the consensus atlas; the
+        obturator nodal strip lies against the side-wall muscle.  Every part of the nodal
+        CTV thus touches something visible (a vessel, a muscle or the sacrum).
+        """
         bif, ci, fh = self.bif_z, self.ci_z, self.fh_x
         aorta_r = float(self.p["aorta_radius_mm"])
         self.nodal_shapes: list[Shape] = []
         arteries = tube([(9, 12, 260), (8, 14, bif + 40), (5, 16, bif)], aorta_r)
         veins = tube([(-22, 20, 260), (-18, 22, bif + 20), (-4, 26, bif - 12)], aorta_r * 1.15)
         top_of_heads = self.landmarks["femoral_head_top_z"]
+        a_r, v_r = aorta_r * 0.6, aorta_r * 0.75
+        external_a_r, external_v_r = a_r * 0.85, v_r * 0.9
+
+        walls = self.muscle_shapes + self.bone_shapes
+        internal_a_r, internal_v_r = a_r * 0.65, v_r * 0.75
+        split_a, split_v = _clear_of_wall(walls, [(44, 28, ci), (42, 36, ci - 6)], max(a_r, v_r))
+        common_a = [(5, 16, bif)] + _clear_of_wall(walls, [(25, 20, (bif + ci) / 2)], a_r) + [split_a]
+        external_a = _path_clear_of_wall(walls, split_a, [(58, 18, 65), (fh - 12, -18, 18), (fh - 8, -32, -10)],
+                                         external_a_r)
+        internal_a = _path_clear_of_wall(walls, split_a, [(36, 48, 84), (50, 56, 62), (56, 58, 40)], internal_a_r)
+        common_v = _clear_of_wall(walls, [(24, 32, (bif + ci) / 2 - 8)], v_r) + [split_v]
+        external_v = _path_clear_of_wall(walls, split_v, [(56, 28, 60), (fh - 22, -10, 18), (fh - 20, -26, -10)],
+                                         external_v_r)
+        internal_v = _path_clear_of_wall(walls, split_v, [(34, 56, 80), (48, 64, 60), (54, 66, 40)], internal_v_r)
+        obturator = [_against_wall(walls, p, OBTURATOR_RADIUS_MM, -OBTURATOR_TUCK_MM)
+                     for p in ((fh - 46, 34, 70), (fh - 47, 20, 45), (fh - 46, 6, top_of_heads - 5))]
         for side in (1, -1):
-            common_artery = [(5, 16, bif), (25, 20, (bif + ci) / 2), (44, 28, ci)]
-            external_artery = [(44, 28, ci), (58, 18, 65), (fh - 12, -18, 18), (fh - 8, -32, -10)]
-            internal_artery = [(44, 28, ci), (52, 48, 75), (56, 56, 40)]
-            common_vein = [(-4 * side, 26, bif - 12), (24, 32, (bif + ci) / 2 - 8), (42, 36, ci - 6)]
-            external_vein = [(42, 36, ci - 6), (56, 28, 60), (fh - 22, -10, 18), (fh - 20, -26, -10)]
-            internal_vein = [(42, 36, ci - 6), (50, 58, 72), (54, 64, 40)]
-            a_r, v_r = aorta_r * 0.6, aorta_r * 0.75
-            for points, radius, into in ((common_artery, a_r, arteries), (external_artery, a_r * 0.85, arteries),
-                                         (internal_artery, a_r * 0.65, arteries), (common_vein, v_r, veins),
-                                         (external_vein, v_r * 0.9, veins), (internal_vein, v_r * 0.75, veins)):
+            # The IVC is right of the midline: the left common vein crosses from it.
+            common_vein = [(-4 * side, 26, bif - 12)] + common_v
+            for points, radius, into in ((common_a, a_r, arteries), (external_a, external_a_r, arteries),
+                                         (internal_a, internal_a_r, arteries), (common_vein, v_r, veins),
+                                         (external_v, external_v_r, veins), (internal_v, internal_v_r, veins)):
                 capsules = _bilateral_tube(points, radius, side)
                 into.extend(capsules)
                 self.nodal_shapes.extend(Offset(c, NODAL_MARGIN_MM) for c in capsules)
-            # Obturator region: along the pelvic side wall, medial to obturator internus.
-            self.nodal_shapes += _bilateral_tube([(fh - 46, 2, 70), (fh - 47, 6, 35), (fh - 46, 8, top_of_heads - 5)],
-                                                 9.0, side)
+            # Obturator region: down the pelvic side wall, against its muscle, towards the obturator canal.
+            self.nodal_shapes += _bilateral_tube(obturator, OBTURATOR_RADIUS_MM, side)
             # Lateral sacral (presacral) nodes in front of the sacral foramina, to S3.
             self.nodal_shapes += _bilateral_tube([(26, 40, ci), (26, 56, 85), (24, 66, self.landmarks["s3_z"])],
                                                  9.0, side)
