@@ -3,7 +3,8 @@
 Driven by a per-structure rule table (:class:`StructureRule`) so CT and MR models share it:
 
 * ``components="largest"`` keeps the largest 3D connected component (bladder, rectum,
-  CTV-UV, MR organ, MR tumour);
+  CTV-UV, MR organ, MR tumour), and any other at least :data:`PART_OF_LARGEST` of its
+  size (the structure split in two by a missed bridge, not a stray island);
 * ``components="min_volume"`` keeps every component of at least ``min_component_ml``
   (CTV-N: the left and right pelvic nodal regions are separate components below the
   aortic bifurcation and both must survive; small islands go);
@@ -45,6 +46,12 @@ COMPONENT_MODES = (KEEP_LARGEST, KEEP_ABOVE_VOLUME, KEEP_ALL)
 NODAL_MIN_COMPONENT_ML = 2.0
 """CTV-N components smaller than this are dropped: a nodal region (vessels + 7 mm margin)
 over even two 3 mm slices is well above it, while stray false-positive islands are below."""
+
+PART_OF_LARGEST = 0.2
+"""A component at least this fraction of the largest one is kept with it.  Stray islands
+are a few percent of the structure; a piece this big is the structure itself, cut in two
+where the network missed a bridge (on held-out phantom 5009 the uterine corpus, 14 ml, was
+cut off the cervix: keeping only the largest part took CTV-UV DSC from 0.87 to 0.72)."""
 
 MM3_PER_ML = 1000.0
 _BOX_MARGIN = 1
@@ -151,8 +158,7 @@ def select_components(mask: np.ndarray, mode: str, min_voxels: float = 0.0) -> t
     sizes = np.bincount(components.ravel(), minlength=count + 1)
     sizes[0] = 0
     if mode == KEEP_LARGEST:
-        keep = np.zeros(count + 1, dtype=bool)
-        keep[int(np.argmax(sizes))] = True
+        keep = sizes >= PART_OF_LARGEST * sizes.max()
     else:
         keep = sizes >= min_voxels
         keep[0] = False

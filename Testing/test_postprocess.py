@@ -50,6 +50,22 @@ def test_largest_component_kept_for_organs_and_other_labels_untouched():
     assert summary[BLADDER].removed_ml == pytest.approx(18 * voxel_volume_ml(SPACING))
 
 
+def test_a_structure_cut_in_two_keeps_both_big_parts_but_not_its_islands():
+    # CTV-UV whose corpus the network cut off the cervix: both parts are the structure.
+    labels = np.zeros((20, 40, 40), np.uint8)
+    box(labels, CTVP, (0, 10), (5, 20), (5, 20))       # cervix part: 2250 voxels
+    box(labels, CTVP, (12, 20), (5, 15), (5, 15))      # corpus part: 800 voxels (36 %)
+    box(labels, CTVP, (12, 14), (30, 34), (30, 34))    # island: 32 voxels (1.4 %)
+    cleaned, summary = postprocess_labels(labels, rules_for(CT_STRUCTURES), SPACING)
+    assert np.count_nonzero(cleaned == CTVP) == 2250 + 800
+    assert not cleaned[12:14, 30:34, 30:34].any()
+    assert summary[CTVP].components_found == 3 and summary[CTVP].components_kept == 2
+    box(labels, CTVP, (12, 20), (5, 15), (5, 15))
+    labels[12:20, 5:15, 8:15] = 0                      # corpus part shrunk to 240 voxels (11 %)
+    cleaned, _ = postprocess_labels(labels, rules_for(CT_STRUCTURES), SPACING)
+    assert np.count_nonzero(cleaned == CTVP) == 2250
+
+
 def test_nodal_ctv_keeps_both_sides_and_drops_small_islands():
     labels = np.zeros((20, 60, 80), np.uint8)
     box(labels, CTVN, (0, 20), (20, 35), (5, 20))     # right side: 4500 voxels = 9 ml
