@@ -268,7 +268,6 @@ class PatchSampler:
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         """One augmented patch: image float32 ``(P, P)``, labels uint8 ``(P, P)``."""
-        value = None
         if self.end_fraction and self.values and self.rng.random() < self.end_fraction:
             value = self._draw_value()
             ends = self.ends_of[value]
