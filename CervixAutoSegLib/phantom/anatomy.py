@@ -389,9 +389,8 @@ class _Builder:
         top_of_heads = self.landmarks["femoral_head_top_z"]
         a_r, v_r = aorta_r * 0.6, aorta_r * 0.75
         external_a_r, external_v_r = a_r * 0.85, v_r * 0.9
-
-        walls = self.muscle_shapes + self.bone_shapes
         internal_a_r, internal_v_r = a_r * 0.65, v_r * 0.75
+        walls = self.muscle_shapes + self.bone_shapes
         split_a, split_v = _clear_of_wall(walls, [(44, 28, ci), (42, 36, ci - 6)], max(a_r, v_r))
         common_a = [(5, 16, bif)] + _clear_of_wall(walls, [(25, 20, (bif + ci) / 2)], a_r) + [split_a]
         external_a = _path_clear_of_wall(walls, split_a, [(58, 18, 65), (fh - 12, -18, 18), (fh - 8, -32, -10)],
