@@ -35,7 +35,7 @@ CONTOUR_WIDTH = 1.4
 
 def oriented_to_lps(volume: Volume) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Voxels permuted/flipped so array (z, y, x) runs towards LPS (S, P, L); spacing (x, y, z) mm."""
-    from .ct.preprocess import orientation_to_lps, reorient
+    from .orientation import orientation_to_lps, reorient
 
     axes, flips = orientation_to_lps(volume.direction)
     oriented = reorient(np.asarray(volume.array), axes, flips)

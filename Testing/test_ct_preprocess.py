@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from CervixAutoSegLib.ct.preprocess import (CTPreprocessing, orientation_to_lps, preprocess_ct, preprocess_labels,
+from CervixAutoSegLib.ct.preprocess import (CTPreprocessing, preprocess_ct, preprocess_labels,
                                             restore_labels, window_hu)
 from CervixAutoSegLib.errors import InputError
+from CervixAutoSegLib.orientation import orientation_to_lps
 from CervixAutoSegLib.volume import Volume
 
 SPACING = (0.8, 0.9, 2.5)  # (x, y, z) mm: non-unit, anisotropic

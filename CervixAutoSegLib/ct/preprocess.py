@@ -39,7 +39,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..cropping import extract_box, paste_box
 from ..errors import InputError
+from ..orientation import Reorientation, reorient, unreorient
 from ..volume import Volume
 
 WINDOW_LEVEL_HU = 50.0
@@ -139,49 +141,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-# ----------------------------------------------------------------- orientation
-def orientation_to_lps(direction: np.ndarray) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
-    """Axis permutation and flips that bring a (z, y, x) array closest to LPS (S, P, L).
-
-    Args:
-        direction: 3x3, column ``c`` is the LPS unit vector of index axis (i, j, k)[c].
-
-    Returns:
-        ``axes`` for ``np.transpose`` of the (z, y, x) array and, per output axis
-        (z, y, x), whether to reverse it afterwards.
-    """
-    direction = np.asarray(direction, dtype=np.float64)
-    # Assign each index axis to the LPS axis it is most aligned with, strongest first, so
-    # that an oblique (e.g. 45°) axis cannot steal an axis already taken.
-    weights = np.abs(direction / np.linalg.norm(direction, axis=0))
-    lps_of_index: dict[int, int] = {}
-    for flat in np.argsort(-weights, axis=None):
-        lps_axis, index_axis = divmod(int(flat), 3)
-        if index_axis in lps_of_index or lps_axis in lps_of_index.values():
-            continue
-        lps_of_index[index_axis] = lps_axis
-    index_of_lps = {lps: index for index, lps in lps_of_index.items()}
-    # Output array axis p holds LPS axis 2 - p (z=S, y=P, x=L); input array axis of
-    # index axis a is 2 - a.
-    axes = tuple(2 - index_of_lps[2 - p] for p in range(3))
-    flips = tuple(bool(direction[2 - p, index_of_lps[2 - p]] < 0) for p in range(3))
-    return axes, flips  # type: ignore[return-value]
-
-
-def reorient(array: np.ndarray, axes: tuple[int, ...], flips: tuple[bool, ...]) -> np.ndarray:
-    """Apply :func:`orientation_to_lps`'s permutation then flips to a (z, y, x) array."""
-    out = np.transpose(array, axes)
-    flip_axes = tuple(p for p in range(3) if flips[p])
-    return np.flip(out, axis=flip_axes) if flip_axes else out
-
-
-def unreorient(array: np.ndarray, axes: tuple[int, ...], flips: tuple[bool, ...]) -> np.ndarray:
-    """Exact inverse of :func:`reorient`."""
-    flip_axes = tuple(p for p in range(3) if flips[p])
-    out = np.flip(array, axis=flip_axes) if flip_axes else array
-    return np.transpose(out, np.argsort(axes))
-
-
 # ------------------------------------------------------------------- body mask
 def body_mask(hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> np.ndarray:
     """Largest 3D connected component above ``threshold_hu``; bool, same shape as ``hu``."""
@@ -272,27 +231,12 @@ def crop_start_for(mask: np.ndarray, crop_size: int) -> tuple[int, int]:
 
 def extract_crops(array: np.ndarray, start: tuple[int, int], size: int, fill: float) -> np.ndarray:
     """``array[:, y0:y0+size, x0:x0+size]`` of a (z, y, x) array, padded with ``fill``."""
-    nz, ny, nx = array.shape
-    out = np.full((nz, size, size), fill, dtype=array.dtype)
-    y0, x0 = start
-    sy, sx = max(y0, 0), max(x0, 0)
-    ey, ex = min(y0 + size, ny), min(x0 + size, nx)
-    if sy < ey and sx < ex:
-        out[:, sy - y0:ey - y0, sx - x0:ex - x0] = array[:, sy:ey, sx:ex]
-    return out
+    return extract_box(array, start, (size, size), fill)
 
 
 def paste_crops(crops: np.ndarray, start: tuple[int, int], shape_yx: tuple[int, int], fill: int = 0) -> np.ndarray:
     """Inverse of :func:`extract_crops`: (n, size, size) → (n, ny, nx), outside = ``fill``."""
-    n, size, _ = crops.shape
-    ny, nx = shape_yx
-    out = np.full((n, ny, nx), fill, dtype=crops.dtype)
-    y0, x0 = start
-    sy, sx = max(y0, 0), max(x0, 0)
-    ey, ex = min(y0 + size, ny), min(x0 + size, nx)
-    if sy < ey and sx < ex:
-        out[:, sy:ey, sx:ex] = crops[:, sy - y0:ey - y0, sx - x0:ex - x0]
-    return out
+    return paste_box(crops, start, shape_yx, fill)
 
 
 # ------------------------------------------------------------------ public API
@@ -355,12 +299,9 @@ def preprocess_ct(volume: Volume, params: CTPreprocessing | Mapping[str, Any] | 
 
 
 def _orient(volume: Volume) -> tuple[np.ndarray, dict]:
-    axes, flips = orientation_to_lps(volume.direction)
-    oriented = reorient(np.asarray(volume.array), axes, flips)
-    # Array axis a of the input is index axis 2 - a, whose spacing is spacing[2 - a];
-    # oriented axis p (z, y, x) shows LPS axis 2 - p.
-    spacing = tuple(float(volume.spacing[2 - axes[2 - c]]) for c in range(3))  # (x, y, z)
-    return oriented, {"axes": axes, "flips": flips, "oriented_spacing": spacing}
+    turn = Reorientation.to_lps(volume.direction, volume.spacing)
+    oriented = turn.apply(np.asarray(volume.array))
+    return oriented, {"axes": turn.axes, "flips": turn.flips, "oriented_spacing": turn.spacing}
 
 
 def preprocess_labels(labels: np.ndarray, context: PreprocessContext) -> np.ndarray:

@@ -1,0 +1,62 @@
+"""Boxes cut out of arrays and pasted back: the crop/paste pair every family's preprocessing uses.
+
+A box is given by its start index per axis (may be negative, or reach past the end: the
+part outside the array is ``fill``) and its size per axis.  :func:`paste_box` is the exact
+inverse of :func:`extract_box` on the part of the box inside the array.  Leading axes not
+named by ``start`` (say the slice axis of a stack of 2D crops) are taken whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _overlap(start: Sequence[int], size: Sequence[int], shape: Sequence[int]) -> tuple[tuple[slice, ...],
+                                                                                      tuple[slice, ...]]:
+    """(slices into the array, slices into the box) of the region both cover."""
+    inside, in_box = [], []
+    for first, length, extent in zip(start, size, shape):
+        low, high = max(first, 0), min(first + length, extent)
+        if low >= high:
+            return (), ()
+        inside.append(slice(low, high))
+        in_box.append(slice(low - first, high - first))
+    return tuple(inside), tuple(in_box)
+
+
+def extract_box(array: np.ndarray, start: Sequence[int], size: Sequence[int], fill: float = 0) -> np.ndarray:
+    """``array[..., s0:s0+n0, s1:s1+n1, ...]`` over the last ``len(start)`` axes, padded with ``fill``."""
+    lead = array.shape[:array.ndim - len(start)]
+    out = np.full(lead + tuple(size), fill, dtype=array.dtype)
+    inside, in_box = _overlap(start, size, array.shape[len(lead):])
+    if inside:
+        out[(Ellipsis,) + in_box] = array[(Ellipsis,) + inside]
+    return out
+
+
+def paste_box(box: np.ndarray, start: Sequence[int], shape: Sequence[int], fill: float = 0) -> np.ndarray:
+    """Inverse of :func:`extract_box`: the box placed into an array of trailing shape ``shape``."""
+    lead = box.shape[:box.ndim - len(start)]
+    out = np.full(lead + tuple(shape), fill, dtype=box.dtype)
+    inside, in_box = _overlap(start, box.shape[len(lead):], shape)
+    if inside:
+        out[(Ellipsis,) + inside] = box[(Ellipsis,) + in_box]
+    return out
+
+
+def bounding_box(mask: np.ndarray, margin: Sequence[int] | int = 0) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """(start, size) of the smallest box holding every True voxel, grown by ``margin`` voxels
+    per side and clipped to the array; None for an empty mask."""
+    if not mask.any():
+        return None
+    margins = [margin] * mask.ndim if isinstance(margin, int) else list(margin)
+    start, size = [], []
+    for axis in range(mask.ndim):
+        profile = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        low = max(int(profile[0]) - margins[axis], 0)
+        high = min(int(profile[-1]) + 1 + margins[axis], mask.shape[axis])
+        start.append(low)
+        size.append(high - low)
+    return tuple(start), tuple(size)
