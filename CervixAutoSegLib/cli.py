@@ -2,7 +2,7 @@
 
 Each sub-command lives in its own module of :mod:`CervixAutoSegLib.commands` and
 provides ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
-A user error (:class:`~CervixAutoSegLib.errors.InputError`) becomes one line on stderr
+Any error the package reports on purpose (:class:`~CervixAutoSegLib.errors.CervixAutoSegError`) becomes one line on stderr
 and a non-zero exit code, never a traceback.
 """
 
@@ -15,7 +15,7 @@ import sys
 from typing import Sequence
 
 from . import __version__
-from .errors import Cancelled, InputError
+from .errors import Cancelled, CervixAutoSegError
 
 COMMANDS = (
     "phantom",
@@ -55,13 +55,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.handler(args) or 0)
-    except InputError as error:
+    except Cancelled:
+        print(f"cervixautoseg {args.command}: cancelled", file=sys.stderr)
+        return Cancelled.exit_code
+    except CervixAutoSegError as error:
         message = " ".join(str(error).split())
         print(f"cervixautoseg {args.command}: error: {message}", file=sys.stderr)
         return error.exit_code
-    except Cancelled:
-        print(f"cervixautoseg {args.command}: cancelled", file=sys.stderr)
-        return 130
     except KeyboardInterrupt:
         print(f"cervixautoseg {args.command}: interrupted", file=sys.stderr)
         return 130

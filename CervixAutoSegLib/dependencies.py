@@ -20,10 +20,14 @@ import importlib.util
 import socket
 from collections.abc import Callable, Iterable, Sequence
 
+from .errors import DependencyError
+
+__all__ = ["DependencyError"]  # re-exported: the module panel catches it from here
+
 PYPI_HOST = "pypi.org"
 HTTPS_PORT = 443
 ONLINE_CHECK_TIMEOUT_SECONDS = 3.0
-TORCH_REQUIREMENT = ">=2.2"
+TORCH_REQUIREMENT = ">=2.4.1"
 """torch versions the networks run with (passed to PyTorchUtils)."""
 
 PROTECTED = frozenset({"torch", "numpy", "simpleitk", "vtk"})
@@ -50,6 +54,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("nrrd", "pynrrd", "1.1.1"),
     Requirement("matplotlib", "matplotlib", "3.9.2"),
     Requirement("pydicom", "pydicom", "2.4.4"),
+    Requirement("monai", "monai", "1.5.2"),  # PocketNet (DynUNet) and sliding-window inference
     # Their dependencies (installed explicitly because every install is --no-deps).
     Requirement("imageio", "imageio", "2.35.1"),
     Requirement("tifffile", "tifffile", "2024.8.30"),
@@ -137,10 +142,6 @@ def offline_message(install_plan: InstallPlan) -> str:
     return (f"Cannot reach {PYPI_HOST}, so the missing packages cannot be downloaded ({', '.join(names)}). "
             "Connect this computer to the internet and try again, or install them offline with Slicer's "
             "PythonSlicer: 'PythonSlicer -m pip install --no-deps <downloaded wheel files>'.")
-
-
-class DependencyError(RuntimeError):
-    """The packages could not be installed; the message says what to do."""
 
 
 def install(install_plan: InstallPlan, *,

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_path
+from .decimal_strings import format_ds
 from .errors import InputError
 from .volume import Volume
 
@@ -45,7 +46,7 @@ CT_RESCALE_INTERCEPT = -1024.0
 """CT stores HU + 1024 as unsigned 16 bit, as most scanners do (air = 0)."""
 UINT16_MAX = 65535
 INT16_MIN, INT16_MAX = -32768, 32767
-DS_MAX_CHARACTERS = 16
+
 
 CT_WINDOW = (40.0, 400.0)
 """Default soft-tissue window (centre, width) in HU for CT."""
@@ -71,27 +72,6 @@ DEFAULT_T2_TSE = {
     "ProtocolName": "t2_tse_tra",
 }
 """A typical axial T2-weighted turbo spin echo (Siemens-like names), the MR default."""
-
-
-def format_ds(value: float) -> str:
-    """Format a number as a DICOM Decimal String of at most 16 characters.
-
-    ``str(float)`` can produce 18+ characters (``-0.7071067811865476``), which is an
-    invalid DS; this keeps as many significant digits as fit.
-    """
-    value = float(value)
-    if not np.isfinite(value):
-        raise InputError(f"cannot store non-finite number {value} in DICOM")
-    if value == 0.0:
-        return "0"
-    for digits in range(DS_MAX_CHARACTERS, 0, -1):
-        text = f"{value:.{digits}g}"
-        if "e" in text:
-            mantissa, exponent = text.split("e")
-            text = f"{mantissa}e{int(exponent)}"
-        if len(text) <= DS_MAX_CHARACTERS:
-            return text
-    raise InputError(f"cannot format {value} as a DICOM decimal string")  # pragma: no cover
 
 
 def _ds_list(values: Sequence[float]) -> list[str]:

@@ -13,7 +13,7 @@ from CervixAutoSegLib.dicom_series import read_dicom_series
 from CervixAutoSegLib.errors import InputError
 from CervixAutoSegLib.rtstruct import build_rtstruct_dataset, write_rtstruct
 from CervixAutoSegLib.rtstruct.contours import keyhole, mask_polygons
-from CervixAutoSegLib.rtstruct.decimal_strings import format_ds, format_ds_values
+from CervixAutoSegLib.decimal_strings import format_ds, format_ds_values
 from CervixAutoSegLib.rtstruct.uids import (
     IMPLICIT_VR_LITTLE_ENDIAN,
     MR_IMAGE_STORAGE,

@@ -23,7 +23,5 @@ APPROVAL_UNAPPROVED = "UNAPPROVED"
 SEGMENTATION_ALGORITHM_FAMILY = Code("DCM", "113076", "Segmentation")
 """Algorithm Family (CID 7162) of the ROI Derivation Algorithm Identification."""
 
-DS_MAX_LENGTH = 16
-"""Longest Decimal String value DICOM allows (PS3.5 Table 6.2-1)."""
 SH_MAX_LENGTH = 16
 LO_MAX_LENGTH = 64

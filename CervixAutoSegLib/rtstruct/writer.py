@@ -23,7 +23,7 @@ from ..volume import Volume
 from . import uids
 from .contours import keyhole as join_holes
 from .contours import mask_polygons
-from .decimal_strings import ds_bytes, format_ds_values
+from ..decimal_strings import ds_bytes, format_ds_values
 from .planes import ImagePlanes, image_planes
 
 log = logging.getLogger(__name__)

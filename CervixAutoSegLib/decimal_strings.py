@@ -1,7 +1,9 @@
 """Decimal String (DS) formatting that never exceeds the 16 characters DICOM allows.
 
-pydicom would accept longer strings and planning systems (Eclipse among them) then
-refuse the file, so the writer formats every coordinate itself.
+pydicom would accept longer strings (``str(-0.7071067811865476)`` has 19) and planning
+systems (Eclipse among them) then refuse the file, so every DICOM writer of the package
+formats its numbers here: :func:`format_ds` one value as faithfully as 16 characters
+allow, :func:`format_ds_values` many contour coordinates fast.
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .uids import DS_MAX_LENGTH
+from .errors import InputError
+
+DS_MAX_LENGTH = 16
+"""Characters a Decimal String may hold (PS3.5 6.2)."""
 
 COORDINATE_DECIMALS = 6
 """Coordinates are rounded to 1 nm first: kills float noise such as ``1e-14`` → ``0``."""
@@ -20,21 +25,31 @@ _SIGNIFICANT_DIGITS = 10
 
 
 def format_ds(value: float) -> str:
-    """One value as the shortest faithful DS string of at most 16 characters."""
+    """One value as a DS string of at most 16 characters with as many significant digits as fit.
+
+    Raises:
+        InputError: for NaN or infinity (a one-line message, as for any bad input).
+    """
+    value = float(value)
     if not np.isfinite(value):
-        raise ValueError(f"a Decimal String cannot hold {value!r}")
-    for digits in range(_SIGNIFICANT_DIGITS, 0, -1):
+        raise InputError(f"a DICOM Decimal String cannot hold {value!r}")
+    if value == 0.0:
+        return "0"  # also for -0.0
+    for digits in range(DS_MAX_LENGTH, 0, -1):
         text = f"{value:.{digits}g}"
+        if "e" in text:  # "1e-05" -> "1e-5": the exponent's padding costs characters
+            mantissa, exponent = text.split("e")
+            text = f"{mantissa}e{int(exponent)}"
         if len(text) <= DS_MAX_LENGTH:
             return text
-    raise ValueError(f"{value!r} does not fit a Decimal String")  # pragma: no cover - unreachable for floats
+    raise InputError(f"{value!r} does not fit a DICOM Decimal String")  # pragma: no cover - unreachable
 
 
 def format_ds_values(values: Iterable[float] | np.ndarray) -> list[str]:
     """Many coordinates (mm) as DS strings, rounded to :data:`COORDINATE_DECIMALS` decimals."""
     values = np.asarray(values, dtype=np.float64).reshape(-1)
     if not np.all(np.isfinite(values)):
-        raise ValueError("a Decimal String cannot hold NaN or infinity")
+        raise InputError("a DICOM Decimal String cannot hold NaN or infinity")
     rounded = np.round(values, COORDINATE_DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0
     texts = [f"{v:.{_SIGNIFICANT_DIGITS}g}" for v in rounded.tolist()]
     # The fast path fits for any coordinate below 1e6 mm; anything else takes the careful one.
