@@ -141,9 +141,7 @@ def test_real_ct_test_image_reads_in_lps(tmp_path):
     """The shared real CT: LPS direction diag(-1,-1,1) as its README says, HU values."""
     from pathlib import Path
 
-    path = Path("/work/shared/testdata/real_ct_abdomen_pelvis_3mm.nii.gz")
-    if not path.exists():
-        pytest.skip("shared test data not present")
+    path = Path(__file__).parent / "Data" / "real_ct_abdomen_pelvis_3mm.nii.gz"  # see Data/README.md
     volume = load_image(path)
     assert volume.size_ijk == (122, 101, 112)
     np.testing.assert_allclose(volume.direction, np.diag([-1.0, -1.0, 1.0]), atol=1e-6)
