@@ -112,6 +112,7 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.runButton.connect("clicked(bool)", self.onRunClicked)
         self.ui.exportButton.connect("clicked(bool)", self.onExportClicked)
         self.ui.refreshModelsButton.connect("clicked(bool)", self.onRefreshModels)
+        self.ui.flipTTACheckBox.connect("toggled(bool)", self.onFlipTTAToggled)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -181,6 +182,9 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.device = value
             self.render(self.controller.set_device(value))
 
+    def onFlipTTAToggled(self, checked):
+        self.render(self.controller.set_flip_tta(checked))
+
     def onRefreshModels(self):
         self.render(self.controller.refresh())
 
@@ -236,7 +240,12 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.format = f"{view.progress_text} (%p%)" if view.progress_text else "%p%"
         self.ui.statusLabel.text = view.status
         self.ui.exportButton.enabled = view.export_enabled
-        for widget in (self.ui.inputVolumeSelector, self.ui.modelComboBox, self.ui.deviceComboBox):
+        if self.ui.flipTTACheckBox.checked != view.flip_tta:
+            wasBlocked = self.ui.flipTTACheckBox.blockSignals(True)
+            self.ui.flipTTACheckBox.checked = view.flip_tta
+            self.ui.flipTTACheckBox.blockSignals(wasBlocked)
+        for widget in (self.ui.inputVolumeSelector, self.ui.modelComboBox, self.ui.deviceComboBox,
+                       self.ui.flipTTACheckBox):
             widget.enabled = not view.polling
         if view.polling and not self._timer.isActive():
             self._timer.start()
@@ -304,7 +313,7 @@ class CervixAutoSegTest(ScriptedLoadableModuleTest):
 
         from CervixAutoSegLib import mrml
         from CervixAutoSegLib.phantom import make_ct_phantom
-        from CervixAutoSegLib.structures import CT_STRUCTURES
+        from CervixAutoSegLib.ct.family import CT_STRUCTURES
 
         self.delayDisplay("Making a phantom CT")
         phantom = make_ct_phantom(0)  # .image (CT Volume) and .labels (truth on its grid)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .errors import InputError
+from .families import families, family_for_modality, get_family
 from .worker import BackgroundJob, JobState, python_executable, segment_command
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,6 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 CPU, CUDA, MPS = "cpu", "cuda", "mps"
 RUN_TEXT, CANCEL_TEXT, CANCELLING_TEXT = "Auto-contour", "Cancel", "Cancelling..."
-FAMILY_OF_MODALITY = {"CT": "ct", "MR": "mr"}
-MODALITY_OF_FAMILY = {family: modality for modality, family in FAMILY_OF_MODALITY.items()}
 STAGE_LABELS = {
     "load": "Loading image",
     "preprocess": "Preparing image",
@@ -136,6 +135,8 @@ class ViewState:
     progress_text: str = ""
     status: str = ""
     export_enabled: bool = False
+    flip_tta: bool = True
+    """Run mirrored too (test-time augmentation): the user's choice, else the chosen family's default."""
     polling: bool = False
 
 
@@ -179,6 +180,7 @@ class AutoContourController:
         self._work_dir: Path | None = None
         self._stage_started: dict[str, float] = {}
         self._has_segmentation = False
+        self._flip_tta: bool | None = None
         self.view = ViewState()
         self.refresh()
 
@@ -194,8 +196,7 @@ class AutoContourController:
             self._probe = self._job_factory(device_probe_command(self._python))
             self._probe.start()
         self.view.models = [Choice(AUTO, "Auto (by image modality)")] + [
-            Choice(card.id, f"{MODALITY_OF_FAMILY.get(card.family, card.family)}: {card.id} v{card.version}")
-            for card in self._cards
+            Choice(card.id, f"{get_family(card.family).modality}: {card.id} v{card.version}") for card in self._cards
         ]
         if self.view.model not in {choice.value for choice in self.view.models}:
             self.view.model = AUTO
@@ -228,6 +229,11 @@ class AutoContourController:
             self.view.device_note = f"{value.upper()} is not available on this computer; using {info.cpu}."
         return self.view
 
+    def set_flip_tta(self, enabled: bool) -> ViewState:
+        """The user's test-time-augmentation choice (kept across model changes)."""
+        self._flip_tta = bool(enabled)
+        return self._update_idle(keep_status=True)
+
     def set_segmentation(self, available: bool) -> ViewState:
         """Whether a segmentation to export is selected."""
         self._has_segmentation = bool(available)
@@ -259,7 +265,13 @@ class AutoContourController:
         return ""
 
     def choose_model(self, run_input: RunInput | None = None):
-        """The model card for the input and the model choice; InputError says why there is none."""
+        """The model card for the input and the model choice; InputError says why there is none.
+
+        The panel words its reasons for the user; the pick itself is the command line's rule
+        (:func:`CervixAutoSegLib.models.choose_model`), so the panel and the child agree.
+        """
+        from .models import choose_model
+
         run_input = run_input or self._input
         if run_input is None:
             raise InputError("Select an input volume (a CT or T2-weighted MR image).")
@@ -268,23 +280,21 @@ class AutoContourController:
             card = next((c for c in self._cards if c.id == self.view.model), None)
             if card is None:
                 raise InputError(f"Model {self.view.model} is not installed.")
-            expected = MODALITY_OF_FAMILY.get(card.family, "")
+            expected = get_family(card.family).modality
             if modality and modality != expected:
                 raise InputError(f"{card.id} contours {expected} images but {run_input.name} is {modality}.")
             return card
-        family = FAMILY_OF_MODALITY.get(modality)
+        family = family_for_modality(modality)
         if family is None:
-            raise InputError(f"Cannot tell whether {run_input.name} is CT or MR: choose a model.")
-        candidates = [card for card in self._cards if card.family == family]
-        if not candidates:
+            kinds = " or ".join(f.modality for f in families())
+            raise InputError(f"Cannot tell whether {run_input.name} is {kinds}: choose a model.")
+        if not any(card.family == family.name for card in self._cards):
             installed = ", ".join(card.id for card in self._cards) or "none"
             raise InputError(
                 f"No {modality} model is installed, so {modality} images cannot be auto-contoured "
                 f"(installed: {installed}). A model of another modality is never used instead."
             )
-        from .models import find_model
-
-        return find_model(family, self._models_root)  # the child's own "auto" rule, so both agree
+        return choose_model(modality, AUTO, self._models_root)
 
     # ------------------------------------------------------------- running
     @property
@@ -312,7 +322,7 @@ class AutoContourController:
             return self._update_idle(keep_status=True)
         model_argument = card.family if self.view.model == AUTO else card.id
         command = segment_command(input_path, work_dir / "out", model=model_argument, device=self.view.device,
-                                  python=self._python)
+                                  python=self._python, options={"flip_tta": self.view.flip_tta})
         if self._models_root is not None:
             command += ["--models", str(self._models_root)]
         self._work_dir = work_dir
@@ -426,6 +436,8 @@ class AutoContourController:
         else:
             self.view.run_enabled = True
             self.view.run_tooltip = f"Contour {self._input.name} with {card.id}"  # type: ignore[union-attr]
+            default = get_family(card.family).inference_defaults.flip_tta
+            self.view.flip_tta = default if self._flip_tta is None else self._flip_tta
             if not keep_status:
                 self.view.status = ""
         self.view.export_enabled = self._has_segmentation

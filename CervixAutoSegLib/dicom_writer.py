@@ -269,11 +269,7 @@ def write_dicom_series(
     Returns:
         The written paths, in array (k) order.
     """
-    modality = modality.upper()
-    if modality not in SOP_CLASS_BY_MODALITY:
-        raise InputError(f"can only write CT or MR image series, not {modality!r}")
-    if patient_position not in PATIENT_POSITIONS:
-        raise InputError(f"unknown patient position {patient_position!r}; use one of {', '.join(PATIENT_POSITIONS)}")
+    modality = _checked_modality(modality, patient_position)
     nz, ny, nx = volume.shape
     positions = slice_positions_of(volume) if slice_positions is None else np.asarray(slice_positions, float)
     if positions.shape != (nz, 3):
@@ -302,12 +298,7 @@ def write_dicom_series(
     template.PixelSpacing = _ds_list([volume.spacing[1], volume.spacing[0]])
     template.SliceThickness = format_ds(slice_gap)
     if modality == "CT":
-        template.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        template.RescaleIntercept = format_ds(intercept)
-        template.RescaleSlope = format_ds(slope)
-        template.RescaleType = "HU"
-        template.KVP = "120"
-        template.WindowCenter, template.WindowWidth = (format_ds(v) for v in CT_WINDOW)
+        _add_ct_attributes(template, slope, intercept)
     else:
         _add_mr_attributes(template, mr_sequence or {}, slice_gap)
         low, high = float(np.min(stored)), float(np.max(stored))
@@ -316,15 +307,37 @@ def write_dicom_series(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for k in range(nz):
-        ds = template.copy()
-        ds.SOPInstanceUID = _new_uid()
-        ds.InstanceNumber = int(instance_numbers[k])
-        ds.ImagePositionPatient = _ds_list(positions[k])
-        ds.SliceLocation = format_ds(float(np.dot(positions[k], normal)))
-        ds.PixelData = np.ascontiguousarray(stored[k]).astype(stored.dtype.newbyteorder("<")).tobytes()
-        path = out_dir / names[k]
-        _write_dataset(ds, path)
-        written.append(path)
-    return written
+    return [_write_slice(template, stored[k], positions[k], normal, int(instance_numbers[k]), out_dir / names[k])
+            for k in range(nz)]
+
+
+def _checked_modality(modality: str, patient_position: str) -> str:
+    """``modality`` upper-cased; InputError for one we cannot write or an unknown patient position."""
+    modality = modality.upper()
+    if modality not in SOP_CLASS_BY_MODALITY:
+        raise InputError(f"can only write CT or MR image series, not {modality!r}")
+    if patient_position not in PATIENT_POSITIONS:
+        raise InputError(f"unknown patient position {patient_position!r}; use one of {', '.join(PATIENT_POSITIONS)}")
+    return modality
+
+
+def _add_ct_attributes(template, slope: float, intercept: float) -> None:
+    template.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    template.RescaleIntercept = format_ds(intercept)
+    template.RescaleSlope = format_ds(slope)
+    template.RescaleType = "HU"
+    template.KVP = "120"
+    template.WindowCenter, template.WindowWidth = (format_ds(v) for v in CT_WINDOW)
+
+
+def _write_slice(template, pixels: np.ndarray, position: np.ndarray, normal: np.ndarray, instance_number: int,
+                 path: Path) -> Path:
+    """One image of the series: the template with this slice's UID, position and pixels."""
+    ds = template.copy()
+    ds.SOPInstanceUID = _new_uid()
+    ds.InstanceNumber = instance_number
+    ds.ImagePositionPatient = _ds_list(position)
+    ds.SliceLocation = format_ds(float(np.dot(position, normal)))
+    ds.PixelData = np.ascontiguousarray(pixels).astype(pixels.dtype.newbyteorder("<")).tobytes()
+    _write_dataset(ds, path)
+    return path

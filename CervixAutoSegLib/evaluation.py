@@ -46,7 +46,7 @@ import numpy as np
 
 from .errors import InputError
 from .metrics import DEFINITIONS, MaskComparison, Status, check_same_grid, compare_volumes, definitions
-from .structures import Structure, structures_for, structures_from_json
+from .structures import Structure, structures_from_json
 from .volume import Volume
 
 LOG = logging.getLogger(__name__)
@@ -258,10 +258,9 @@ def structures_near(pred: Path, model: str) -> tuple[Structure, ...]:
             return structures_from_json(json.loads(labels_json.read_text(encoding="utf-8")))
         except (ValueError, KeyError, TypeError) as error:
             raise InputError(f"{labels_json} is not a valid labels.json: {error}") from None
-    try:
-        return structures_for(model)
-    except ValueError as error:
-        raise InputError(str(error)) from None
+    from .families import structures_of
+
+    return structures_of(model)
 
 
 def label_values(structure: Structure, structures: Sequence[Structure]) -> tuple[int, ...]:

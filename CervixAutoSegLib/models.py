@@ -1,17 +1,22 @@
-"""Model directories: weights + model card, registry, checksum and loading.
+"""Model directories: weights + model card, lookup, checksum and loading.
 
 A model directory ``Resources/Models/<model_id>/`` holds
 
-* ``model.json`` — the model card (:class:`ModelCard`): id, family (``"ct"``/``"mr"``),
-  architecture and its keyword arguments, the structures it draws (labels.json format:
-  values, TG-263 names, colours, terminology), preprocessing (window/normalisation, crop,
-  expected spacing...), the weights file name and its sha256, a training-data summary,
-  measured validation metrics and the intended use;
-* the weights (``weights.pt``): a float16 ``state_dict`` saved with ``torch.save``.
+* ``model.json`` — the model card (:class:`ModelCard`, format 2): id, family (a name in the
+  family registry, :mod:`.families`), the networks it runs — each with a role
+  (``"network"`` for a one-network model; ``"organ"`` and ``"tumor"`` for a two-stage one),
+  architecture name and keyword arguments, weights file and its sha256 — the structures it
+  draws (labels.json format: values, TG-263 names, colours, terminology), preprocessing,
+  a training-data summary, measured validation metrics, QA thresholds and the intended use;
+* the weights (``weights.pt``, or ``weights-<role>.pt``): float16 ``state_dict`` files
+  saved with ``torch.save``.
 
-A clinic's own retrained model is just another directory in the same format; the
-module and the command line load it without code changes.  Loading verifies the
-sha256, so a corrupt or swapped weights file is refused with a one-line
+Format-1 cards (one network: ``architecture``, ``architecture_kwargs``, ``weights_file``,
+``sha256`` at the top level) still load, as a card with one ``"network"``.
+
+A clinic's own retrained model is just another directory in the same format; the module
+and the command line load it without code changes.  Loading verifies every sha256, so a
+corrupt or swapped weights file is refused with a one-line
 :class:`~CervixAutoSegLib.errors.ModelError` instead of producing silently wrong contours.
 
 torch is imported only by the functions that need it.
@@ -21,42 +26,53 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import io
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, NamedTuple
 
 from .atomic import write_bytes_atomic, write_text_atomic
-from .errors import ModelError
-from .structures import Structure, labels_document, structures_for, structures_from_json
+from .errors import InputError, ModelError
+from .structures import Structure, labels_document, structures_from_json
 
 CARD_FILE = "model.json"
 WEIGHTS_FILE = "weights.pt"
-CARD_FORMAT_VERSION = 1
+CARD_FORMAT_VERSION = 2
+SINGLE_ROLE = "network"
+"""Role of the only network of a one-network model."""
 RESOURCES_ENV = "CERVIXAUTOSEG_RESOURCES"
-FAMILIES = ("ct", "mr")
 NOT_FOR_CLINICAL_USE = (
     "Research and demonstration only. Trained on synthetic pelvis phantoms: NOT FOR CLINICAL USE."
 )
 _HASH_CHUNK = 1 << 20
 
-ARCHITECTURES: dict[str, str] = {
-    "ResAUNet": "CervixAutoSegLib.ct.network:build_network",
-}
-"""Architecture name → ``"module:function"`` building it from ``architecture_kwargs``.
 
-Other network families add themselves with :func:`register_architecture`; the card
-stores only the name, so cards stay valid when code moves.
-"""
+@dataclasses.dataclass(frozen=True)
+class NetworkEntry:
+    """One network of a model card."""
+
+    role: str
+    architecture: str
+    architecture_kwargs: dict
+    weights_file: str
+    sha256: str
+
+    def to_json(self) -> dict:
+        return {"role": self.role, "architecture": self.architecture,
+                "architecture_kwargs": self.architecture_kwargs, "weights_file": self.weights_file,
+                "weights_dtype": "float16", "sha256": self.sha256}
 
 
-def register_architecture(name: str, builder: str) -> None:
-    """Make ``name`` loadable; ``builder`` is ``"package.module:function"``."""
-    ARCHITECTURES[name] = builder
+class NetworkSpec(NamedTuple):
+    """A network to save: the module, its architecture name and the kwargs that rebuild it."""
+
+    module: Any
+    architecture: str
+    architecture_kwargs: Mapping[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,20 +82,32 @@ class ModelCard:
     id: str
     family: str
     version: str
-    architecture: str
-    architecture_kwargs: dict
+    networks: tuple[NetworkEntry, ...]
     structures: tuple[Structure, ...]
     preprocessing: dict
-    weights_file: str
-    sha256: str
     training: dict
     validation: dict
     intended_use: str
     path: Path
+    qa: dict = dataclasses.field(default_factory=dict)
+    """QA thresholds and plausibility ranges learned from the training data."""
+
+    def network(self, role: str | None = None) -> NetworkEntry:
+        """The network of ``role`` (None: the only one)."""
+        if role is None and len(self.networks) == 1:
+            return self.networks[0]
+        for entry in self.networks:
+            if entry.role == role:
+                return entry
+        raise ModelError(f"model {self.id} has no {role or 'single'} network "
+                         f"(roles: {', '.join(n.role for n in self.networks)})")
 
     @property
-    def weights_path(self) -> Path:
-        return self.path / self.weights_file
+    def roles(self) -> tuple[str, ...]:
+        return tuple(entry.role for entry in self.networks)
+
+    def weights_path(self, role: str | None = None) -> Path:
+        return self.path / self.network(role).weights_file
 
     def labels(self) -> dict:
         """labels.json document of this model."""
@@ -92,24 +120,39 @@ class ModelCard:
             "id": self.id,
             "family": self.family,
             "version": self.version,
-            "architecture": self.architecture,
-            "architecture_kwargs": self.architecture_kwargs,
+            "networks": [entry.to_json() for entry in self.networks],
             "labels": self.labels()["labels"],
             "preprocessing": self.preprocessing,
-            "weights_file": self.weights_file,
-            "weights_dtype": "float16",
-            "sha256": self.sha256,
             "training": self.training,
             "validation": self.validation,
+            "qa": self.qa,
             "intended_use": self.intended_use,
         }
 
 
 # ---------------------------------------------------------------- locations
+INSTALLED_RESOURCES = Path("share") / "cervixautoseg" / "Resources"
+"""Where ``pip install .`` puts ``Resources/`` (models, terminology), below ``sys.prefix``."""
+
+
 def resources_dir() -> Path:
-    """``$CERVIXAUTOSEG_RESOURCES`` if set, else the repository's ``Resources/``."""
+    """The folder holding ``Models/`` and the terminology file, first found of:
+
+    1. ``$CERVIXAUTOSEG_RESOURCES``;
+    2. ``Resources/`` beside the package (a repository checkout, an editable install, or the
+       Slicer extension, which installs both side by side);
+    3. ``<sys.prefix>/share/cervixautoseg/Resources`` (a regular ``pip install .``).
+
+    When none exists, (2) is returned, so "no model directories in <path>" names it.
+    """
+    import sys
+
     override = os.environ.get(RESOURCES_ENV)
-    return Path(override) if override else Path(__file__).resolve().parents[1] / "Resources"
+    if override:
+        return Path(override)
+    beside = Path(__file__).resolve().parents[1] / "Resources"
+    installed = Path(sys.prefix) / INSTALLED_RESOURCES
+    return installed if not beside.is_dir() and installed.is_dir() else beside
 
 
 def models_dir() -> Path:
@@ -118,7 +161,7 @@ def models_dir() -> Path:
 
 # ------------------------------------------------------------------ reading
 def read_card(model_dir: str | Path) -> ModelCard:
-    """Parse ``model_dir/model.json``; ModelError when missing or malformed."""
+    """Parse ``model_dir/model.json`` (format 1 or 2); ModelError when missing or malformed."""
     model_dir = Path(model_dir)
     card_path = model_dir / CARD_FILE
     try:
@@ -128,26 +171,47 @@ def read_card(model_dir: str | Path) -> ModelCard:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ModelError(f"model card {card_path} is unreadable: {error}") from None
     try:
-        family = str(document["family"]).lower()
-        if family not in FAMILIES:
-            raise ValueError(f"family {family!r} is not one of {FAMILIES}")
+        family = _registered_family(str(document["family"]))
         return ModelCard(
             id=str(document["id"]),
             family=family,
             version=str(document.get("version", "0")),
-            architecture=str(document["architecture"]),
-            architecture_kwargs=dict(document.get("architecture_kwargs", {})),
+            networks=_networks_of(document),
             structures=structures_from_json({"labels": document["labels"]}),
             preprocessing=dict(document.get("preprocessing", {})),
-            weights_file=str(document.get("weights_file", WEIGHTS_FILE)),
-            sha256=str(document["sha256"]).lower(),
             training=dict(document.get("training", {})),
             validation=dict(document.get("validation", {})),
             intended_use=str(document.get("intended_use", "")),
             path=model_dir,
+            qa=dict(document.get("qa", {})),
         )
     except (KeyError, TypeError, ValueError) as error:
-        raise ModelError(f"model card {card_path} is invalid: {error!s}") from None
+        raise ModelError(f"model card {card_path} is invalid: {' '.join(str(error).split())}") from None
+
+
+def _registered_family(name: str) -> str:
+    from .families import get_family
+
+    return get_family(name.lower()).name  # InputError (a ValueError) for an unknown family
+
+
+def _networks_of(document: Mapping[str, Any]) -> tuple[NetworkEntry, ...]:
+    """The card's networks; a format-1 card's top-level network becomes role ``"network"``."""
+    entries = document.get("networks")
+    if entries is None:
+        entries = [{"role": SINGLE_ROLE, **{k: document[k] for k in ("architecture", "sha256")},
+                    "architecture_kwargs": document.get("architecture_kwargs", {}),
+                    "weights_file": document.get("weights_file", WEIGHTS_FILE)}]
+    networks = tuple(
+        NetworkEntry(role=str(entry.get("role", SINGLE_ROLE)), architecture=str(entry["architecture"]),
+                     architecture_kwargs=dict(entry.get("architecture_kwargs", {})),
+                     weights_file=str(entry.get("weights_file", WEIGHTS_FILE)), sha256=str(entry["sha256"]).lower())
+        for entry in entries
+    )
+    roles = [entry.role for entry in networks]
+    if not networks or len(set(roles)) != len(roles):
+        raise ValueError(f"a card lists one or more networks with distinct roles, got {roles}")
+    return networks
 
 
 def list_models(root: str | Path | None = None) -> list[ModelCard]:
@@ -173,7 +237,7 @@ def _version_key(version: str) -> tuple:
 
 
 def find_model(family_or_id: str, root: str | Path | None = None) -> ModelCard:
-    """A model by exact id, or the best model of a family (``"ct"``/``"mr"``).
+    """A model by exact id, or the best model of a registered family (e.g. ``"ct"``).
 
     "Best" = highest ``validation.mean_dsc`` in its card, then the latest version.
     """
@@ -188,6 +252,48 @@ def find_model(family_or_id: str, root: str | Path | None = None) -> ModelCard:
         known = ", ".join(card.id for card in cards) or "none"
         raise ModelError(f"no model {family_or_id!r} in {where} (installed: {known})")
     return max(candidates, key=lambda card: (_mean_validation_dsc(card), _version_key(card.version), card.id))
+
+
+def choose_model(modality: str, model: str = "auto", root: str | Path | None = None) -> ModelCard:
+    """The model card for an image of ``modality``; InputError when none fits.
+
+    ``model``: ``"auto"`` (the family registered for the modality), a family name (its best
+    model) or a model id.  A model of another modality is never used instead.
+    """
+    from .families import family_for_modality, family_names, get_family
+
+    modality = (modality or "").upper()
+    requested = (model or "auto").strip()
+    if requested.lower() == "auto":
+        family = family_for_modality(modality)
+        if family is None:
+            choices = " or ".join(f"--model {name}" for name in family_names())
+            raise InputError(f"cannot tell which model family fits the image (modality {modality or 'unknown'!r}); "
+                             f"use {choices}")
+        try:
+            card = find_model(family.name, root)
+        except ModelError:
+            raise InputError(_no_model_message(modality, root)) from None
+    else:
+        card = find_model(requested.lower() if requested.lower() in family_names() else requested, root)
+    expected = get_family(card.family).modality
+    if modality and modality != expected.upper():
+        raise InputError(f"model {card.id} segments {expected} images but the input is {modality}; "
+                         f"give a {expected} image or choose a {modality} model")
+    return card
+
+
+def _no_model_message(modality: str, root: str | Path | None) -> str:
+    from .families import get_family
+
+    where = Path(root) if root is not None else models_dir()
+    installed = sorted({get_family(card.family).modality for card in list_models(where)})
+    article = "an" if modality[:1] in "AEFHILMNORSX" else "a"
+    if not installed:
+        return f"no {modality} model is installed (no model directories in {where})"
+    others = " and ".join(installed)
+    return (f"no {modality} model is installed; the {others} model cannot segment {modality} images "
+            f"(install {article} {modality} model in {where} or give a {others} image)")
 
 
 # ------------------------------------------------------------------ writing
@@ -209,50 +315,44 @@ def half_state_dict(network) -> dict:
 
 def write_model_dir(
     out_dir: str | Path,
-    network,
+    network: Any,
     *,
     model_id: str,
     family: str,
-    architecture: str,
+    architecture: str | None = None,
     architecture_kwargs: Mapping[str, Any] | None = None,
     version: str = "1",
     structures: tuple[Structure, ...] | None = None,
     preprocessing: Mapping[str, Any] | None = None,
     training: Mapping[str, Any] | None = None,
     validation: Mapping[str, Any] | None = None,
+    qa: Mapping[str, Any] | None = None,
     intended_use: str = NOT_FOR_CLINICAL_USE,
 ) -> ModelCard:
-    """Save ``network`` as a model directory (fp16 weights + card with their sha256).
+    """Save a model directory: fp16 weights of every network + a card with their sha256.
 
-    The directory is assembled next to ``out_dir`` and swapped in whole, so a reader
-    sees the old model or the new one, never new weights with an old card.
+    ``network`` is one ``torch.nn.Module`` (with ``architecture`` and ``architecture_kwargs``;
+    role ``"network"``) or a mapping role → :class:`NetworkSpec` for a multi-network model.
+    The directory is assembled next to ``out_dir`` and swapped in whole, so a reader sees
+    the old model or the new one, never new weights with an old card.
     """
-    import torch
+    from .families import get_family
 
     out_dir = Path(out_dir)
-    family = family.lower()
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    family = get_family(family).name
+    if not isinstance(network, Mapping):
+        if architecture is None:
+            raise ValueError("architecture is required for a single network")
+        network = {SINGLE_ROLE: NetworkSpec(network, architecture, architecture_kwargs or {})}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        buffer = io.BytesIO()
-        torch.save(half_state_dict(network), buffer)
-        write_bytes_atomic(staging / WEIGHTS_FILE, buffer.getvalue())
+        entries = tuple(_save_weights(staging, role, spec, single=len(network) == 1) for role, spec in network.items())
         card = ModelCard(
-            id=model_id,
-            family=family,
-            version=str(version),
-            architecture=architecture,
-            architecture_kwargs=dict(architecture_kwargs or {}),
-            structures=tuple(structures) if structures is not None else structures_for(family),
-            preprocessing=dict(preprocessing or {}),
-            weights_file=WEIGHTS_FILE,
-            sha256=file_sha256(staging / WEIGHTS_FILE),
-            training=dict(training or {}),
-            validation=dict(validation or {}),
-            intended_use=intended_use,
-            path=out_dir,
+            id=model_id, family=family, version=str(version), networks=entries,
+            structures=tuple(structures) if structures is not None else get_family(family).structures,
+            preprocessing=dict(preprocessing or {}), training=dict(training or {}),
+            validation=dict(validation or {}), intended_use=intended_use, path=out_dir, qa=dict(qa or {}),
         )
         write_text_atomic(staging / CARD_FILE, json.dumps(card.to_json(), indent=2) + "\n")
         # mkdtemp/mkstemp create owner-only entries; a model directory is shared read-only data.
@@ -264,6 +364,16 @@ def write_model_dir(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return card
+
+
+def _save_weights(folder: Path, role: str, spec: NetworkSpec, single: bool) -> NetworkEntry:
+    import torch
+
+    name = WEIGHTS_FILE if single and role == SINGLE_ROLE else f"weights-{role}.pt"
+    buffer = io.BytesIO()
+    torch.save(half_state_dict(spec.module), buffer)
+    write_bytes_atomic(folder / name, buffer.getvalue())
+    return NetworkEntry(role, spec.architecture, dict(spec.architecture_kwargs), name, file_sha256(folder / name))
 
 
 def _swap_directory(new: Path, target: Path) -> None:
@@ -283,37 +393,45 @@ def _swap_directory(new: Path, target: Path) -> None:
 
 
 # ------------------------------------------------------------------ loading
-def verify_weights(card: ModelCard) -> None:
-    """ModelError unless the weights file exists and matches the card's sha256."""
-    if not card.weights_path.is_file():
-        raise ModelError(f"weights of model {card.id} are missing ({card.weights_path})")
-    if file_sha256(card.weights_path) != card.sha256:
-        raise ModelError(
-            f"weights of model {card.id} do not match the sha256 in its model card (file corrupt or replaced)"
-        )
+def verify_weights(card: ModelCard, role: str | None = None) -> None:
+    """ModelError unless the weights of ``role`` (None: every network) exist and match their sha256."""
+    for entry in card.networks if role is None else (card.network(role),):
+        path = card.path / entry.weights_file
+        if not path.is_file():
+            raise ModelError(f"weights of model {card.id} are missing ({path})")
+        if file_sha256(path) != entry.sha256:
+            raise ModelError(f"weights of model {card.id} ({entry.weights_file}) do not match the sha256 in its "
+                             "model card (file corrupt or replaced)")
 
 
-def _builder(architecture: str) -> Callable[..., Any]:
+def build_network(card: ModelCard, role: str | None = None):
+    """The untrained network of ``role`` from the family's builder and the card's kwargs."""
+    from .families import get_family
+
+    entry = card.network(role)
+    builders = get_family(card.family).architectures
+    if entry.architecture not in builders:
+        raise ModelError(f"model {card.id}: unknown network architecture {entry.architecture!r} for the "
+                         f"{card.family} family (known: {', '.join(sorted(builders)) or 'none'})")
     try:
-        module_name, function_name = ARCHITECTURES[architecture].split(":")
-    except KeyError:
-        raise ModelError(
-            f"unknown network architecture {architecture!r} (known: {', '.join(sorted(ARCHITECTURES))})"
-        ) from None
-    return getattr(importlib.import_module(module_name), function_name)
+        return builders[entry.architecture](**entry.architecture_kwargs)
+    except (TypeError, ValueError, KeyError) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ModelError(f"model {card.id}: the {entry.architecture} settings in its card are invalid "
+                         f"({first_line})") from None
 
 
-def load_network(card: ModelCard, device: str = "cpu"):
-    """Verified weights → ``torch.nn.Module`` in eval mode, float32, on ``device``."""
+def load_network(card: ModelCard, role: str | None = None, device: str = "cpu"):
+    """Verified weights of ``role`` → ``torch.nn.Module`` in eval mode, float32, on ``device``."""
     import torch
 
-    verify_weights(card)
-    network = _builder(card.architecture)(card.architecture, **card.architecture_kwargs)
+    verify_weights(card, card.network(role).role)
+    network = build_network(card, role)
     try:
-        state = torch.load(card.weights_path, map_location="cpu", weights_only=True)
+        state = torch.load(card.weights_path(role), map_location="cpu", weights_only=True)
         state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
         network.load_state_dict(state, strict=True)
-    except Exception as error:  # torch raises many types for unreadable / mismatched files
+    except Exception as error:  # noqa: BLE001 - torch raises many types for unreadable / mismatched files
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelError(f"weights of model {card.id} cannot be loaded: {first_line}") from None
     return network.to(device).eval()

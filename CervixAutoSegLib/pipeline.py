@@ -12,7 +12,7 @@ Steps: load (:mod:`.image_io`) → choose the model for the image's modality (ne
 model on MR or the reverse) → preprocess → network → labels back on the input grid →
 postprocess (:mod:`.postprocess`) → outputs.
 
-Outputs (DESIGN.md contract) in ``out_dir``: ``labels.nii.gz`` (``labels.nrrd`` for a
+Outputs in ``out_dir`` (a contract other tools rely on): ``labels.nii.gz`` (``labels.nrrd`` for a
 gantry-tilted grid, which NIfTI cannot store), ``labels.json``, ``segmentation.seg.nrrd``,
 ``rtstruct.dcm`` (DICOM input only), ``report.json``, ``preview.png``.
 
@@ -22,15 +22,14 @@ of an earlier run that this run does not produce (say an old ``rtstruct.dcm``) a
 removed, so the folder never mixes two runs.  A failure or a cancel before that point
 leaves ``out_dir`` exactly as it was; files in ``out_dir`` that are not ours are never touched.
 
-The network step is chosen per model family from :data:`FAMILY_RUNNERS`; a runner takes
-``(volume, card, device, options, report_fraction, cancel)`` and returns a :class:`NetworkOutput`.
+The network step is the runner of the card's family in the registry (:mod:`.families`):
+``runner(volume, card, device, options, report_fraction, cancel)`` → :class:`NetworkOutput`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import logging
 import os
 import shutil
@@ -43,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, ModelError
+from .families import NetworkOutput
 from .progress import CancelCheck, ProgressCallback, StagedProgress, check_cancelled
 from .volume import Volume
 
@@ -58,38 +58,6 @@ PREVIEW_FILE = "preview.png"
 OUTPUT_FILES = (LABELS_FILE, LABELS_FILE_SHEARED, LABELS_JSON, SEGMENTATION_FILE, RTSTRUCT_FILE,
                 REPORT_FILE, PREVIEW_FILE)
 """Every file name ``segment`` may write; stale ones of an earlier run are removed."""
-
-MODEL_CHOICES = ("auto", "ct", "mr")
-FAMILY_OF_MODALITY = {"CT": "ct", "MR": "mr"}
-MODALITY_OF_FAMILY = {family: modality for modality, family in FAMILY_OF_MODALITY.items()}
-
-FAMILY_RUNNERS: dict[str, str] = {
-    "ct": "CervixAutoSegLib.pipeline:run_ct_network",
-    "mr": "CervixAutoSegLib.mr.inference:run_mr_network",
-}
-"""Model family → ``"module:function"`` running its network on a Volume (see module docstring)."""
-
-
-@dataclasses.dataclass
-class NetworkOutput:
-    """What a family runner returns.
-
-    Attributes:
-        labels: uint8 (z, y, x) on the input grid, before postprocessing.
-        field_of_view_border: boolean (z, y, x) on the input grid, True on the outermost pixels
-            the network saw (its crop), for the crop-border QA flag; None when not applicable.
-        inference: device/precision/batch facts for the report.
-        preprocessing: JSON summary of the preprocessing context.
-        timings: seconds per sub-stage ("preprocess", "model_load" (read + verify + prepare the
-            weights), "network" (forward passes only), "restore").
-    """
-
-    labels: np.ndarray
-    field_of_view_border: np.ndarray | None
-    inference: dict
-    preprocessing: dict
-    timings: dict
-
 
 @dataclasses.dataclass
 class SegmentationResult:
@@ -127,128 +95,47 @@ class Outcome:
 
 
 # ---------------------------------------------------------------- model choice
-def choose_model(volume: Volume, model: str = "auto", models_root: str | Path | None = None):
-    """The model card for ``volume``; InputError when the model and the image modality disagree.
+def choose_model(volume: Volume, model: str | Any = "auto", models_root: str | Path | None = None):
+    """The model card for ``volume`` (see :func:`CervixAutoSegLib.models.choose_model`).
 
-    ``model``: ``"auto"`` (by the image's modality), ``"ct"``/``"mr"`` (best of that family)
-    or a model id.
+    ``model`` may also be a :class:`~CervixAutoSegLib.models.ModelCard` (training evaluates
+    the card it has just written through this very path); its modality is still checked.
     """
-    from .models import find_model
+    from .families import get_family
+    from .models import ModelCard
+    from .models import choose_model as choose_card
 
+    if not isinstance(model, ModelCard):
+        return choose_card(volume.modality, model, models_root)
+    expected = get_family(model.family).modality.upper()
     modality = (volume.modality or "").upper()
-    requested = (model or "auto").strip()
-    if requested.lower() == "auto":
-        family = FAMILY_OF_MODALITY.get(modality)
-        if family is None:
-            raise InputError(
-                f"cannot tell whether the image is CT or MR (modality {modality or 'unknown'!r}); "
-                "use --model ct or --model mr"
-            )
-        try:
-            card = find_model(family, models_root)
-        except ModelError:
-            raise InputError(_no_model_message(modality, models_root)) from None
-    else:
-        card = find_model(requested.lower() if requested.lower() in ("ct", "mr") else requested, models_root)
-    expected = MODALITY_OF_FAMILY[card.family]
     if modality and modality != expected:
-        raise InputError(
-            f"model {card.id} segments {expected} images but the input is {modality}; "
-            f"give a {expected} image or choose a {modality} model"
-        )
-    return card
+        raise InputError(f"model {model.id} segments {expected} images but the input is {modality}")
+    return model
 
 
-def _no_model_message(modality: str, models_root: str | Path | None) -> str:
-    from .models import list_models, models_dir
+def _requested_modality(model: str | Any, models_root: str | Path | None) -> str | None:
+    """The modality ``model`` fixes (a family name, an installed id or a card), else None (``auto``)."""
+    from .families import family_names, get_family
+    from .models import ModelCard, find_model
 
-    where = Path(models_root) if models_root is not None else models_dir()
-    installed = sorted({card.family.upper() for card in list_models(where)})
-    article = "an" if modality == "MR" else "a"
-    if not installed:
-        return f"no {modality} model is installed (no model directories in {where})"
-    others = " and ".join(installed)
-    return (f"no {modality} model is installed; the {others} model cannot segment {modality} images "
-            f"(install {article} {modality} model in {where} or give a {others} image)")
-
-
-def _requested_family(model: str, models_root: str | Path | None) -> str | None:
-    """``"ct"``/``"mr"`` when ``model`` fixes the family (a family name or an installed id), else None."""
-    from .models import find_model
-
-    choice = (model or "auto").strip()
-    if choice.lower() in FAMILY_OF_MODALITY.values():
-        return choice.lower()
-    if choice.lower() == "auto":
+    if isinstance(model, ModelCard):
+        return get_family(model.family).modality
+    choice = (model or "auto").strip().lower()
+    if choice == "auto":
         return None
-    return find_model(choice, models_root).family  # an unknown id fails here, before reading images
-
-
-# ---------------------------------------------------------------- network runners
-def run_ct_network(volume: Volume, card: Any, device: Any, options: Any,
-                   report_fraction: Callable[[float, str], None], cancel: CancelCheck | None) -> NetworkOutput:
-    """ResAU-Net on every body slice: preprocess → batches → labels on the input grid."""
-    from .ct.inference import predict_slices, prepare_network
-    from .ct.preprocess import preprocess_ct, restore_labels
-    from .models import load_network
-
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    batch, context = preprocess_ct(volume, card.preprocessing)
-    timings["preprocess"] = time.perf_counter() - started
-    check_cancelled(cancel)
-
-    started = time.perf_counter()
-    network = prepare_network(load_network(card, "cpu"), device, options)
-    timings["model_load"] = time.perf_counter() - started
-    started = time.perf_counter()
-    total = batch.shape[0]
-    crop_labels, info = predict_slices(
-        network, batch, device=device, options=options, cancel=cancel,
-        progress=lambda done, count: report_fraction(done / max(count, 1), f"slices {done}/{count}"),
-    )
-    del batch, network
-    timings["network"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    labels = restore_labels(crop_labels, context)
-    border = restore_labels(_crop_ring(crop_labels.shape, _ring_width(context)), context).astype(bool)
-    timings["restore"] = time.perf_counter() - started
-    log.info("network: %d slices in %.1f s", total, timings["network"])
-    return NetworkOutput(labels=labels, field_of_view_border=border, inference=info.to_json(),
-                         preprocessing=context.to_dict(), timings=timings)
-
-
-def _ring_width(context: Any) -> int:
-    """Crop pixels per input pixel (rounded up): a ring this wide survives the way back to a coarser input grid."""
-    input_xy = np.asarray(context.oriented_spacing[:2], dtype=float)
-    working_xy = np.asarray(context.working_spacing[:2], dtype=float)
-    return max(int(np.ceil(float(np.max(input_xy / working_xy)) - 1e-6)), 1)
-
-
-def _crop_ring(shape: tuple[int, ...], width: int = 1) -> np.ndarray:
-    """uint8 (n, H, W): 1 on the ``width`` outermost rows/columns of every crop (mapped back like labels)."""
-    ring = np.ones(shape, dtype=np.uint8)
-    ring[:, width:-width, width:-width] = 0
-    return ring
-
-
-def _runner(family: str) -> Callable[..., NetworkOutput]:
-    module_name, function_name = FAMILY_RUNNERS[family].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        raise InputError(f"{family.upper()} segmentation is not available in this installation") from None
-    return getattr(module, function_name)
+    if choice in family_names():
+        return get_family(choice).modality
+    return get_family(find_model(model.strip(), models_root).family).modality  # an unknown id fails here, early
 
 
 # ---------------------------------------------------------------- the flow
 def load_input(source: str | Path | Volume, *, series_uid: str | None = None,
-               family: str | None = None) -> tuple[Volume, str | None]:
+               modality: str | None = None) -> tuple[Volume, str | None]:
     """A path (DICOM folder/file, NIfTI, NRRD) or a Volume → (Volume, path string or None).
 
-    When the family is fixed (``--model ct``) a DICOM folder's series choice is limited to that
-    modality; image files keep their own (guessed) modality so a mismatch is caught, not hidden.
+    When the model fixes the modality (``--model ct``) a DICOM folder's series choice is limited
+    to it; image files keep their own (guessed) modality so a mismatch is caught, not hidden.
     """
     from .image_io import guess_modality, load_image
 
@@ -258,8 +145,7 @@ def load_input(source: str | Path | Volume, *, series_uid: str | None = None,
             volume = volume.with_array(volume.array, modality=guess_modality(volume))
         return volume, None
     path = Path(source)
-    modality = MODALITY_OF_FAMILY.get(family or "") if path.is_dir() else None
-    return load_image(path, series_uid=series_uid, modality=modality), str(path)
+    return load_image(path, series_uid=series_uid, modality=modality if path.is_dir() else None), str(path)
 
 
 def labels_volume(volume: Volume, labels: np.ndarray, model_id: str) -> Volume:
@@ -289,13 +175,15 @@ def segment(
     Args:
         source: DICOM folder or file, NIfTI/NRRD file, or a :class:`Volume` (Slicer).
         out_dir: output folder (created); see the module docstring for its contents.
-        model: ``"auto"``, ``"ct"``, ``"mr"`` or a model id.
+        model: ``"auto"`` (the family registered for the image's modality), a family name,
+            a model id, or a :class:`~CervixAutoSegLib.models.ModelCard`.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
         series_uid: Series Instance UID when a DICOM folder holds several series.
         progress: receives :class:`~CervixAutoSegLib.progress.ProgressEvent` objects.
         cancel: polled between batches and stages; True → :class:`~CervixAutoSegLib.errors.Cancelled`,
             nothing written.
-        options: :class:`~CervixAutoSegLib.ct.inference.InferenceOptions` (batch size, precision).
+        options: :class:`~CervixAutoSegLib.inference_options.InferenceOptions` (batch size, precision,
+            flip TTA), or a mapping of the fields to change in the family's defaults (None: the defaults).
         models_root: folder of model directories (default: the bundled ``Resources/Models``).
 
     Raises:
@@ -313,7 +201,7 @@ def segment(
     torch_device = resolve_device(device)  # before reading: a bad --device fails fast
     tracker.start("load", "reading image")
     started = time.perf_counter()
-    volume, input_path = load_input(source, series_uid=series_uid, family=_requested_family(model, models_root))
+    volume, input_path = load_input(source, series_uid=series_uid, modality=_requested_modality(model, models_root))
     card = choose_model(volume, model, models_root)
     timings["load"] = time.perf_counter() - started
 
@@ -346,17 +234,29 @@ def segment(
 def _run_network(volume: Volume, card: Any, device: Any, options: Any, tracker: StagedProgress,
                  cancel: CancelCheck | None) -> NetworkOutput:
     """The family's runner, its batch progress shown as the ``network`` stage."""
-    if options is None:
-        from .ct.inference import InferenceOptions
+    from .families import get_family
 
-        options = InferenceOptions()
+    family = get_family(card.family)
+    if family.runner is None:
+        raise ModelError(f"model {card.id}: the {family.title} family has no network in this version")
 
     def network_fraction(fraction: float, message: str) -> None:
         if tracker.stage != "network":
             tracker.start("network", "running the network")
         tracker.update(fraction, message)
 
-    return _runner(card.family)(volume, card, device, options, network_fraction, cancel)
+    return family.runner(volume, card, device, inference_options(family, options), network_fraction, cancel)
+
+
+def inference_options(family: Any, options: Any = None) -> Any:
+    """``options`` as given (an InferenceOptions), or the family's defaults with ``options``
+    (a mapping of field → value, None values ignored) applied over them."""
+    from .inference_options import InferenceOptions
+
+    if isinstance(options, InferenceOptions):
+        return options
+    changes = {name: value for name, value in dict(options or {}).items() if value is not None}
+    return family.inference_defaults.replace(**changes)
 
 
 def _postprocess(raw: np.ndarray, volume: Volume, card: Any) -> tuple[Volume, dict]:

@@ -20,7 +20,7 @@ Label precedence (how the cleaned masks become one label map again):
 2. hole filling only claims voxels that were background in the input (or labels the
    structure ``includes``): a structure never grows over another one;
 3. containers are painted first, then structures that lie ``within`` them are painted
-   over them (tumour over organ, as the DESIGN.md label-map contract says).
+   over them (tumour over organ, as the label-map contract of labels.nii.gz says).
 
 Every operation runs on the structure's bounding box (plus a one-voxel margin), so the
 cost scales with the structure, not with a 512x512x200 volume.

@@ -8,7 +8,8 @@ array axis 0 of the *input* grid, i.e. the acquired image planes)::
       "tool": {"name": "CervixAutoSeg", "version": "..."},
       "created_utc": "2026-01-01T12:00:00Z",
       "input": {"path", "source", "modality", "series_instance_uid", "shape_zyx", "spacing_xyz_mm", ...},
-      "model": {"id", "version", "family", "architecture", "weights_sha256", "intended_use"},
+      "model": {"id", "version", "family", "architecture", "weights_sha256", "networks": [{"role",
+                "architecture", "weights_sha256"}], "intended_use", "validation"},
       "device": {"requested", "used", "description", "precision", "batch_size", "fell_back_to_cpu", ...},
       "timings_s": {"load", "preprocess", "network", "postprocess", "write", "total"},
       "structures": [{"value", "name", "paper_name", "voxels", "volume_ml", "slices": [k_first, k_last],
@@ -199,8 +200,11 @@ def model_summary(card: Any) -> dict:
         "id": card.id,
         "version": card.version,
         "family": card.family,
-        "architecture": card.architecture,
-        "weights_sha256": card.sha256,
+        "architecture": ", ".join(entry.architecture for entry in card.networks),
+        "weights_sha256": card.networks[0].sha256 if len(card.networks) == 1 else
+        {entry.role: entry.sha256 for entry in card.networks},
+        "networks": [{"role": entry.role, "architecture": entry.architecture, "weights_sha256": entry.sha256}
+                     for entry in card.networks],
         "intended_use": card.intended_use,
         "validation": card.validation,
     }

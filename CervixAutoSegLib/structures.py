@@ -1,9 +1,11 @@
-"""The structures the models draw: label values, TG-263 names, colours and codes.
+"""What a structure is: label value, TG-263 name, colour, RT ROI type and codes.
 
-This module is the single source of truth for label values (the DESIGN.md contract):
-CT 1 bladder, 2 rectum, 3 CTV-N, 4 CTV-UV; MR 1 organ (uterus + cervix + vagina,
-tumour included), 2 tumour.  Everything that names, colours or codes a structure
-(labels.json, Slicer segments, RTSTRUCT ROIs, reports) reads it from here.
+Each model family declares its own structures (``ct/family.py``: 1 bladder, 2 rectum,
+3 CTV-N, 4 CTV-UV; ``mr/family.py``: 1 organ = uterus + cervix + vagina with the tumour
+included, 2 tumour) in the family registry (:mod:`.families`), using the
+:class:`Structure` type and the standard codes defined here.  Everything that names,
+colours or codes a structure (labels.json, Slicer segments, RTSTRUCT ROIs, reports)
+reads them from a family or a model card, never from a table of its own.
 
 Codes are (coding scheme designator, code value, code meaning) triplets as DICOM
 writes them.  Anatomy uses SNOMED CT ("SCT"); radiotherapy targets use the SNOMED CT
@@ -107,7 +109,7 @@ class Structure:
         )
 
     def to_json(self) -> dict:
-        """One entry of the ``labels`` list of labels.json (DESIGN.md contract)."""
+        """One entry of the ``labels`` list of labels.json: value, name, paper_name, color, RT type, terminology."""
         return {
             "value": self.value,
             "name": self.name,
@@ -118,37 +120,8 @@ class Structure:
         }
 
 
-CT_STRUCTURES: tuple[Structure, ...] = (
-    Structure(1, "Bladder", "Bladder", (248, 220, 96), ORGAN, ANATOMICAL_STRUCTURE, URINARY_BLADDER),
-    Structure(2, "Rectum", "Rectum", (150, 90, 50), ORGAN, ANATOMICAL_STRUCTURE, RECTUM),
-    Structure(3, "CTVn", "CTV-N", (0, 200, 255), CTV, MORPHOLOGICALLY_ALTERED,
-              CLINICAL_TARGET_VOLUME, PELVIC_LYMPH_NODE),
-    Structure(4, "CTVp", "CTV-UV", (255, 60, 60), CTV, MORPHOLOGICALLY_ALTERED,
-              CLINICAL_TARGET_VOLUME, CERVIX_UTERI),
-)
-
-MR_STRUCTURES: tuple[Structure, ...] = (
-    Structure(1, "Uterus_Cx_Vagina", "Organ (uterus, cervix, vagina)", (60, 120, 255), ORGAN,
-              ANATOMICAL_STRUCTURE, UTERUS),
-    Structure(2, "GTVp", "Tumor", (255, 230, 0), GTV, MORPHOLOGICALLY_ALTERED,
-              GROSS_TUMOR_VOLUME, CERVIX_UTERI),
-)
-
-STRUCTURE_SETS: dict[str, tuple[Structure, ...]] = {"ct": CT_STRUCTURES, "mr": MR_STRUCTURES}
-
-
-def structures_for(model: str) -> tuple[Structure, ...]:
-    """Structures of a model family, ``"ct"`` or ``"mr"``."""
-    try:
-        return STRUCTURE_SETS[model.lower()]
-    except KeyError:
-        raise ValueError(f"unknown model family {model!r}; expected one of {sorted(STRUCTURE_SETS)}") from None
-
-
-def labels_document(model: str, structures: tuple[Structure, ...] | None = None) -> dict:
-    """The labels.json document for ``model`` (a family name or a model id)."""
-    family = model.split("-")[0].lower()
-    structures = structures if structures is not None else structures_for(family)
+def labels_document(model: str, structures: tuple[Structure, ...]) -> dict:
+    """The labels.json document of ``model`` (a model id) drawing ``structures``."""
     return {"model": model, "labels": [s.to_json() for s in structures]}
 
 
@@ -173,7 +146,7 @@ def structures_from_json(document: dict) -> tuple[Structure, ...]:
     return tuple(result)
 
 
-def write_labels_json(path: str | Path, model: str, structures: tuple[Structure, ...] | None = None) -> None:
+def write_labels_json(path: str | Path, model: str, structures: tuple[Structure, ...]) -> None:
     """Write labels.json atomically."""
     from .atomic import write_text_atomic
 

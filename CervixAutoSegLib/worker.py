@@ -84,13 +84,33 @@ def child_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def segment_command(input_path: str | Path, out_dir: str | Path, *, model: str = "auto", device: str = "auto",
-                    series_uid: str | None = None, python: str | None = None) -> list[str]:
-    """Argument list running ``cervixautoseg segment`` with the JSON progress protocol."""
+                    series_uid: str | None = None, python: str | None = None,
+                    options: Mapping[str, object] | None = None) -> list[str]:
+    """Argument list running ``cervixautoseg segment`` with the JSON progress protocol.
+
+    ``options``: inference options to pass on (``flip_tta``, ``precision``, ``batch_size``;
+    a None value or a missing key leaves the model family's default).
+    """
     command = [python or python_executable(), "-m", "CervixAutoSegLib", "segment", str(input_path),
                "--out", str(out_dir), "--model", model, "--device", device, "--progress-json"]
     if series_uid:
         command += ["--series", series_uid]
-    return command
+    return command + inference_arguments(options or {})
+
+
+def inference_arguments(options: Mapping[str, object]) -> list[str]:
+    """``segment`` arguments for the inference options the panel sets (see :func:`segment_command`)."""
+    unknown = set(options) - {"flip_tta", "precision", "batch_size"}
+    if unknown:
+        raise ValueError(f"unknown inference options {sorted(unknown)}")
+    arguments = []
+    if options.get("flip_tta") is not None:
+        arguments.append("--flip-tta" if options["flip_tta"] else "--no-flip-tta")
+    if options.get("precision") is not None:
+        arguments += ["--precision", str(options["precision"])]
+    if options.get("batch_size"):
+        arguments += ["--batch-size", str(int(options["batch_size"]))]  # type: ignore[call-overload]
+    return arguments
 
 
 # --------------------------------------------------------------------- job

@@ -19,8 +19,9 @@ from CervixAutoSegLib.controller import (
     DeviceInfo,
 )
 from CervixAutoSegLib.errors import InputError
-from CervixAutoSegLib.models import ModelCard
-from CervixAutoSegLib.structures import CT_STRUCTURES, MR_STRUCTURES
+from CervixAutoSegLib.models import ModelCard, NetworkEntry
+from CervixAutoSegLib.ct.family import CT_STRUCTURES
+from CervixAutoSegLib.mr.family import MR_STRUCTURES
 from CervixAutoSegLib.worker import BackgroundJob
 
 WAIT_LIMIT_SECONDS = 60.0
@@ -31,9 +32,10 @@ WITH_GPU = DeviceInfo(cpu="CPU (16 threads)", cuda="CUDA: RTX 4090, 24.0 GB")
 def install_model(root: Path, model_id: str, family: str, version: str = "1", mean_dsc: float = 0.8) -> None:
     """A model card on disk, as models.list_models reads it (weights are not needed to list)."""
     structures = CT_STRUCTURES if family == "ct" else MR_STRUCTURES
-    card = ModelCard(id=model_id, family=family, version=version, architecture="ResAUNet", architecture_kwargs={},
-                     structures=structures, preprocessing={}, weights_file="weights.pt", sha256="0" * 64,
-                     training={}, validation={"mean_dsc": mean_dsc}, intended_use="test", path=root / model_id)
+    network = NetworkEntry("network", "ResAUNet", {}, "weights.pt", "0" * 64)
+    card = ModelCard(id=model_id, family=family, version=version, networks=(network,), structures=structures,
+                     preprocessing={}, training={}, validation={"mean_dsc": mean_dsc}, intended_use="test",
+                     path=root / model_id)
     card.path.mkdir(parents=True)
     (card.path / "model.json").write_text(json.dumps(card.to_json()))
 
@@ -140,7 +142,8 @@ FAKE_SEGMENT = textwrap.dedent(
     if mode == "hang":
         time.sleep(600)
     from CervixAutoSegLib.segfile import write_segmentation_nrrd
-    from CervixAutoSegLib.structures import CT_STRUCTURES, write_labels_json
+    from CervixAutoSegLib.ct.family import CT_STRUCTURES
+    from CervixAutoSegLib.structures import write_labels_json
     from CervixAutoSegLib.volume import Volume
     os.makedirs(out)
     labels = np.zeros((4, 5, 6), np.uint8); labels[1:3, 1:3, 1:3] = 1; labels[0, 0, 4:6] = 4
@@ -186,6 +189,22 @@ class SceneStandIn:
         result = read_segmentation_nrrd(out_dir / "segmentation.seg.nrrd")
         self.loaded.append([s.name for s in result.segments])
         return f"{len(result.segments)} segments"
+
+
+def test_flip_tta_shows_the_family_default_and_the_users_choice_reaches_the_command(ct_only):
+    commands = []
+    controller = controller_for(ct_only, job_factory=fake_jobs("ok", commands))
+    controller.set_input(FileInput("Pelvis CT", "CT"))
+    assert controller.view.flip_tta is True  # the CT family's default
+    controller.run_clicked()
+    poll_until_idle(controller, [])
+    controller.set_flip_tta(False)
+    assert controller.view.flip_tta is False
+    controller.set_model("ct-resaunet-a")
+    assert controller.view.flip_tta is False  # the user's choice outlives a model change
+    controller.run_clicked()
+    assert "--flip-tta" in commands[0] and "--no-flip-tta" not in commands[0]
+    assert "--no-flip-tta" in commands[1] and "--flip-tta" not in commands[1]
 
 
 def test_run_success_button_progress_and_timed_status(ct_only):
@@ -289,7 +308,8 @@ FAKE_SEGMENT_ON_INPUT = textwrap.dedent(
     import numpy as np
     from CervixAutoSegLib.image_io import load_image
     from CervixAutoSegLib.segfile import write_segmentation_nrrd
-    from CervixAutoSegLib.structures import CT_STRUCTURES, write_labels_json
+    from CervixAutoSegLib.ct.family import CT_STRUCTURES
+    from CervixAutoSegLib.structures import write_labels_json
     args = sys.argv[1:]
     image = load_image(args[0])
     out = args[args.index("--out") + 1]

@@ -15,7 +15,9 @@ SimpleITK = pytest.importorskip("SimpleITK")
 from CervixAutoSegLib.cli import main  # noqa: E402
 from CervixAutoSegLib.evaluation import SUMMARY_FILES, case_id_for, pair_cases  # noqa: E402
 from CervixAutoSegLib.metrics import compare_volumes  # noqa: E402
-from CervixAutoSegLib.structures import CT_STRUCTURES, write_labels_json  # noqa: E402
+from CervixAutoSegLib.ct.family import CT_STRUCTURES  # noqa: E402
+from CervixAutoSegLib.mr.family import MR_STRUCTURES  # noqa: E402
+from CervixAutoSegLib.structures import write_labels_json  # noqa: E402
 from CervixAutoSegLib.volume import Volume  # noqa: E402
 
 SPACING_XYZ = (0.9, 0.9, 3.0)
@@ -51,7 +53,7 @@ def cohort(tmp_path: Path) -> dict:
     for case_id, (offset, missing) in cases.items():
         truth = write_volume(truth_dir / case_id / "truth.nii.gz", ct_labels())
         pred = write_volume(pred_dir / case_id / "labels.nii.gz", ct_labels(offset, missing))
-        write_labels_json(pred_dir / case_id / "labels.json", "ct")
+        write_labels_json(pred_dir / case_id / "labels.json", "ct", CT_STRUCTURES)
         volumes[case_id] = (truth, pred)
     # A flat prediction file pairs by stem; a truth-only case is reported as unmatched.
     (pred_dir / "perfect" / "segmentation.seg.nrrd").write_bytes(b"not a label map")
@@ -135,7 +137,7 @@ def test_single_case_mr_labels_json_organ_includes_tumour(tmp_path, capsys):
     truth_path, pred_path = tmp_path / "t" / "case1.nrrd", tmp_path / "p" / "case1.nii.gz"
     write_volume(truth_path, organ)
     write_volume(pred_path, organ)
-    write_labels_json(pred_path.parent / "labels.json", "mr")
+    write_labels_json(pred_path.parent / "labels.json", "mr", MR_STRUCTURES)
     out = tmp_path / "out"
     assert main(["evaluate", "--truth", str(truth_path), "--pred", str(pred_path), "--out", str(out)]) == 0
     rows = {r["structure"]: r for r in read_csv(out / "metrics.csv")}

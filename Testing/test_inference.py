@@ -1,4 +1,4 @@
-"""Slice-batch inference: arg-max per slice, BN folding, batching, OOM fallback, cancel, progress."""
+"""Slice-batch inference (the 2D inferer): arg-max per slice, BN folding, batching, OOM fallback, cancel, progress."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from CervixAutoSegLib.ct.inference import (
-    InferenceOptions,
-    choose_precision,
-    fuse_batchnorms,
-    predict_slices,
-    prepare_network,
-)
 from CervixAutoSegLib.errors import Cancelled, InputError
+from CervixAutoSegLib.inference_options import InferenceOptions
+from CervixAutoSegLib.inferers import SliceInferer, fuse_batchnorms, prepare_network
+from CervixAutoSegLib.precision import choose_precision
 
 CLASSES = 5
+
+
+def predict_slices(network, batch, *, device="cpu", options=InferenceOptions(), progress=None, cancel=None):
+    return SliceInferer(options)(network, batch, device=device, progress=progress, cancel=cancel)
 
 
 class IntensityClassifier(nn.Module):
@@ -184,11 +184,71 @@ def test_precision_choice():
 
 
 def test_flop_count_of_a_convolution_and_of_resaunet():
-    from CervixAutoSegLib.benchmarks.ct import count_flops
+    from CervixAutoSegLib.benchmarks.flops import count_flops
     from CervixAutoSegLib.ct.network import ResAUNet
 
     conv = nn.Conv2d(3, 8, 3, padding=1, stride=2)
     # 8 output channels x 16 x 16 output pixels x (3 x 3 x 3) multiply-adds x 2 FLOPs
     assert count_flops(conv, (1, 3, 32, 32)) == 2 * 8 * 16 * 16 * 27
-    # DESIGN.md: about 15.5 GFLOP per 256x256 slice.
+    # The ResAU-Net paper's backbone: about 15.5 GFLOP per 256x256 slice.
     assert count_flops(ResAUNet().eval(), (1, 1, 256, 256)) / 1e9 == pytest.approx(15.5, rel=0.02)
+
+
+# ---------------------------------------------------------------- 3D sliding windows
+class VoxelThreshold3D(nn.Module):
+    """(N, 1, z, y, x) → 2 logits per voxel, class 1 where the voxel's value > 0.5 (known answer).
+
+    ``mirror_bias``: adds a ramp along x to class 1, so that the plain network is *not*
+    mirror-symmetric and flip TTA is what makes the answer equivariant.
+    """
+
+    def __init__(self, mirror_bias: float = 0.0, oom_above: int | None = None):
+        super().__init__()
+        self.mirror_bias, self.oom_above = mirror_bias, oom_above
+        self.batch_sizes: list[int] = []
+
+    def forward(self, x):
+        self.batch_sizes.append(x.shape[0])
+        if self.oom_above is not None and x.shape[0] > self.oom_above:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        ramp = torch.linspace(-1, 1, x.shape[-1]) * self.mirror_bias
+        return torch.cat([torch.zeros_like(x), 8 * (x - 0.5) + ramp], dim=1)
+
+
+def test_sliding_window_inferer_blends_windows_into_the_known_answer_and_reports_progress():
+    from CervixAutoSegLib.inferers import SlidingWindowInferer
+
+    image = np.random.default_rng(0).random((1, 13, 40, 37)).astype(np.float32)
+    inferer = SlidingWindowInferer((8, 16, 16), InferenceOptions(precision="fp32", flip_tta=False, overlap=0.5))
+    calls = []
+    labels, info = inferer(VoxelThreshold3D(), image, progress=lambda done, total: calls.append((done, total)))
+    np.testing.assert_array_equal(labels, (image[0] > 0.5).astype(np.uint8))
+    windows = inferer.window_count(image.shape[1:])
+    assert windows == 3 * 4 * 4 and info.passes == windows and info.item_shape == (1, 8, 16, 16)
+    assert calls[-1] == (windows, windows) and [c[0] for c in calls] == sorted(c[0] for c in calls)
+
+
+def test_sliding_window_flip_tta_is_mirror_equivariant_and_counts_both_passes():
+    from CervixAutoSegLib.inferers import SlidingWindowInferer
+
+    image = np.random.default_rng(1).random((1, 8, 24, 24)).astype(np.float32)
+    network = VoxelThreshold3D(mirror_bias=0.6)
+    tta = SlidingWindowInferer((8, 24, 24), InferenceOptions(precision="fp32", flip_tta=True))
+    plain = SlidingWindowInferer((8, 24, 24), InferenceOptions(precision="fp32", flip_tta=False))
+    labels, info = tta(network, image)
+    np.testing.assert_array_equal(tta(network, image[..., ::-1].copy())[0], labels[..., ::-1])
+    assert not np.array_equal(plain(network, image[..., ::-1].copy())[0], plain(network, image)[0][..., ::-1])
+    assert info.passes == 2
+
+
+def test_sliding_window_halves_the_batch_on_out_of_memory_and_cancels():
+    from CervixAutoSegLib.inferers import SlidingWindowInferer
+
+    image = np.random.default_rng(2).random((1, 8, 32, 32)).astype(np.float32)
+    network = VoxelThreshold3D(oom_above=1)
+    inferer = SlidingWindowInferer((8, 16, 16), InferenceOptions(precision="fp32", flip_tta=False, batch_size=4))
+    labels, info = inferer(network, image)
+    np.testing.assert_array_equal(labels, (image[0] > 0.5).astype(np.uint8))
+    assert info.out_of_memory_retries == 2 and info.batch_size == 1 and set(network.batch_sizes) == {4, 2, 1}
+    with pytest.raises(Cancelled):
+        inferer(VoxelThreshold3D(), image, cancel=lambda: True)

@@ -12,7 +12,7 @@ import torch
 from CervixAutoSegLib import models
 from CervixAutoSegLib.ct.network import ResAUNet
 from CervixAutoSegLib.errors import ModelError
-from CervixAutoSegLib.structures import CT_STRUCTURES
+from CervixAutoSegLib.ct.family import CT_STRUCTURES
 
 MAX_BUNDLE_BYTES = 60 * 1024 * 1024
 
@@ -39,7 +39,7 @@ def test_round_trip_write_read_load(tmp_path, network):
     assert read.structures == CT_STRUCTURES and read.preprocessing["window_width"] == 300
     document = json.loads((tmp_path / "ct-test" / "model.json").read_text())
     assert [entry["name"] for entry in document["labels"]] == ["Bladder", "Rectum", "CTVn", "CTVp"]
-    assert "NOT FOR CLINICAL USE" in document["intended_use"] and document["sha256"] == card.sha256
+    assert "NOT FOR CLINICAL USE" in document["intended_use"] and document["networks"][0]["sha256"] == card.network().sha256
     weights = tmp_path / "ct-test" / "weights.pt"
     assert weights.stat().st_size < MAX_BUNDLE_BYTES
     assert weights.stat().st_mode & stat.S_IROTH  # shared, read-only data
@@ -67,21 +67,21 @@ def test_rewriting_replaces_the_whole_directory(tmp_path, network):
 
 def test_checksum_mismatch_is_a_one_line_model_error(tmp_path, network):
     card = write(tmp_path / "m", network)
-    data = bytearray(card.weights_path.read_bytes())
+    data = bytearray(card.weights_path().read_bytes())
     data[len(data) // 2] ^= 0xFF
-    card.weights_path.write_bytes(bytes(data))
+    card.weights_path().write_bytes(bytes(data))
     with pytest.raises(ModelError) as raised:
         models.load_network(models.read_card(tmp_path / "m"))
     assert str(raised.value) == (
-        "weights of model ct-test do not match the sha256 in its model card (file corrupt or replaced)"
+        "weights of model ct-test (weights.pt) do not match the sha256 in its model card (file corrupt or replaced)"
     )
 
 
 def test_truncated_weights_with_matching_checksum_are_a_model_error(tmp_path, network):
     card = write(tmp_path / "m", network)
-    card.weights_path.write_bytes(card.weights_path.read_bytes()[:4096])
+    card.weights_path().write_bytes(card.weights_path().read_bytes()[:4096])
     document = json.loads((tmp_path / "m" / "model.json").read_text())
-    document["sha256"] = models.file_sha256(card.weights_path)
+    document["networks"][0]["sha256"] = models.file_sha256(card.weights_path())
     (tmp_path / "m" / "model.json").write_text(json.dumps(document))
     with pytest.raises(ModelError, match="cannot be loaded") as raised:
         models.load_network(models.read_card(tmp_path / "m"))
@@ -90,7 +90,7 @@ def test_truncated_weights_with_matching_checksum_are_a_model_error(tmp_path, ne
 
 def test_missing_weights_and_bad_cards_are_model_errors(tmp_path, network):
     card = write(tmp_path / "m", network)
-    card.weights_path.unlink()
+    card.weights_path().unlink()
     with pytest.raises(ModelError, match="missing"):
         models.load_network(card)
     with pytest.raises(ModelError, match="not a model directory"):
@@ -126,16 +126,76 @@ def test_resources_dir_can_be_overridden(tmp_path, monkeypatch, network):
 def test_unknown_architecture_is_a_model_error(tmp_path, network):
     write(tmp_path / "m", network)
     document = json.loads((tmp_path / "m" / "model.json").read_text())
-    document["architecture"] = "MysteryNet"
+    document["networks"][0]["architecture"] = "MysteryNet"
     (tmp_path / "m" / "model.json").write_text(json.dumps(document))
     with pytest.raises(ModelError, match="unknown network architecture"):
         models.load_network(models.read_card(tmp_path / "m"))
 
 
+def test_a_format_1_card_still_loads_as_one_network(tmp_path, network):
+    card = write(tmp_path / "m", network)
+    entry = card.network()
+    document = json.loads((tmp_path / "m" / "model.json").read_text())
+    del document["networks"], document["qa"]
+    document.update(format_version=1, architecture=entry.architecture, architecture_kwargs=entry.architecture_kwargs,
+                    weights_file=entry.weights_file, sha256=entry.sha256)
+    (tmp_path / "m" / "model.json").write_text(json.dumps(document))
+    old = models.read_card(tmp_path / "m")
+    assert old.networks == card.networks and old.roles == ("network",)
+    assert torch.equal(models.load_network(old).state_dict()["head.weight"], models.load_network(card).state_dict()["head.weight"])
+
+
+def test_bad_architecture_settings_and_unknown_families_are_model_errors(tmp_path, network):
+    write(tmp_path / "m", network)
+    document = json.loads((tmp_path / "m" / "model.json").read_text())
+    document["networks"][0]["architecture_kwargs"]["attention"] = "psychic"
+    (tmp_path / "m" / "model.json").write_text(json.dumps(document))
+    with pytest.raises(ModelError, match="ResAUNet settings in its card are invalid") as raised:
+        models.load_network(models.read_card(tmp_path / "m"))
+    assert "\n" not in str(raised.value)
+    document["networks"][0]["architecture_kwargs"] = {"no_such_argument": 1}
+    (tmp_path / "m" / "model.json").write_text(json.dumps(document))
+    with pytest.raises(ModelError, match="invalid"):
+        models.load_network(models.read_card(tmp_path / "m"))
+    document["family"] = "pet"
+    (tmp_path / "m" / "model.json").write_text(json.dumps(document))
+    with pytest.raises(ModelError, match="unknown model family 'pet'"):
+        models.read_card(tmp_path / "m")
+
+
+def test_a_two_network_card_keeps_each_role_with_its_own_weights_and_checksum(tmp_path, network):
+    torch.manual_seed(1)
+    other = ResAUNet(attention="none").eval()
+    specs = {"organ": models.NetworkSpec(network, "ResAUNet", {"attention": "channel"}),
+             "tumor": models.NetworkSpec(other, "ResAUNet", {"attention": "none"})}
+    card = models.write_model_dir(tmp_path / "two", specs, model_id="ct-two", family="ct")
+    read = models.read_card(tmp_path / "two")
+    assert read.roles == ("organ", "tumor") and read == card
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["model.json", "weights-organ.pt", "weights-tumor.pt"]
+    assert read.network("organ").sha256 != read.network("tumor").sha256
+    tumor = models.load_network(read, "tumor")
+    assert tumor.attention_kind == "none"
+    with pytest.raises(ModelError, match="no single network"):
+        read.network()
+    (tmp_path / "two" / "weights-tumor.pt").write_bytes(b"swapped")
+    models.load_network(read, "organ")  # the intact network still loads ...
+    with pytest.raises(ModelError, match="weights-tumor.pt"):
+        models.load_network(read, "tumor")  # ... the broken one is named
+
+
+def test_a_regular_install_finds_the_resources_under_its_prefix(tmp_path, monkeypatch):
+    installed = tmp_path / models.INSTALLED_RESOURCES
+    (installed / "Models").mkdir(parents=True)
+    monkeypatch.delenv(models.RESOURCES_ENV, raising=False)
+    monkeypatch.setattr("sys.prefix", str(tmp_path))
+    monkeypatch.setattr(models, "__file__", str(tmp_path / "site-packages" / "CervixAutoSegLib" / "models.py"))
+    assert models.resources_dir() == installed
+
+
 def test_bundled_models_if_any_verify_and_load():
     for card in models.list_models():
         models.verify_weights(card)
-        assert card.weights_path.stat().st_size < MAX_BUNDLE_BYTES
+        assert card.weights_path().stat().st_size < MAX_BUNDLE_BYTES
         assert card.validation, f"{card.id} has no measured validation metrics"
         network = models.load_network(card)
         with torch.no_grad():

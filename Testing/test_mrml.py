@@ -25,7 +25,8 @@ from CervixAutoSegLib import mrml
 from CervixAutoSegLib.errors import Cancelled, InputError, ModelError
 from CervixAutoSegLib.models import resources_dir
 from CervixAutoSegLib.rtstruct import organ_tumour_containment
-from CervixAutoSegLib.structures import CT_STRUCTURES, MR_STRUCTURES
+from CervixAutoSegLib.ct.family import CT_STRUCTURES
+from CervixAutoSegLib.mr.family import MR_STRUCTURES
 from CervixAutoSegLib.volume import Volume
 
 

@@ -17,7 +17,8 @@ from scipy import ndimage
 from CervixAutoSegLib import cli
 from CervixAutoSegLib.phantom import Tissue, make_anatomy, make_ct_phantom, make_grid, make_mr_phantom, write_phantom
 from CervixAutoSegLib.phantom.anatomy import BONE, BOWEL, NOT_PATIENT, _union_distance
-from CervixAutoSegLib.structures import CT_STRUCTURES, MR_STRUCTURES
+from CervixAutoSegLib.ct.family import CT_STRUCTURES
+from CervixAutoSegLib.mr.family import MR_STRUCTURES
 
 CT_SEEDS = (11, 12, 13)
 BLADDER, RECTUM, CTV_N, CTV_UV = 1, 2, 3, 4

@@ -18,7 +18,7 @@ from CervixAutoSegLib.errors import Cancelled, InputError
 from CervixAutoSegLib.image_io import load_image, write_image
 from CervixAutoSegLib.postprocess import voxel_volume_ml
 from CervixAutoSegLib.report import slice_qa_flags
-from CervixAutoSegLib.structures import CT_STRUCTURES
+from CervixAutoSegLib.ct.family import CT_STRUCTURES
 from CervixAutoSegLib.volume import Volume
 
 GEOMETRY_TOLERANCE = 1e-6
@@ -115,7 +115,7 @@ def test_report_fields_and_volumes_match_the_label_map(tmp_path, models_root):
     assert report == json.loads(json.dumps(result.report))
     card = find_model(MODEL_ID, models_root)
     assert report["model"]["id"] == MODEL_ID and report["model"]["version"] == "0.1"
-    assert report["model"]["weights_sha256"] == card.sha256
+    assert report["model"]["weights_sha256"] == card.network().sha256
     assert report["device"]["used"] == "cpu" and report["device"]["description"].startswith("CPU")
     assert set(report["timings_s"]) >= {"load", "preprocess", "network", "postprocess", "write", "total"}
     assert all(seconds >= 0 for seconds in report["timings_s"].values())
@@ -195,7 +195,7 @@ def test_cancel_raises_and_writes_nothing(tmp_path, models_root):
 
 
 def _small_batches():
-    from CervixAutoSegLib.ct.inference import InferenceOptions
+    from CervixAutoSegLib.inference_options import InferenceOptions
 
     return InferenceOptions(batch_size=1)
 

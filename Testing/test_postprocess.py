@@ -13,7 +13,8 @@ from CervixAutoSegLib.postprocess import (
     rules_for,
     voxel_volume_ml,
 )
-from CervixAutoSegLib.structures import CT_STRUCTURES, MR_STRUCTURES
+from CervixAutoSegLib.ct.family import CT_STRUCTURES
+from CervixAutoSegLib.mr.family import MR_STRUCTURES
 
 BLADDER, RECTUM, CTVN, CTVP = 1, 2, 3, 4
 ORGAN, TUMOUR = 1, 2

@@ -14,7 +14,7 @@ from rtstruct_oracle import save_file, write_series
 from CervixAutoSegLib.dicom_series import read_dicom_series
 from CervixAutoSegLib.errors import InputError
 from CervixAutoSegLib.rtstruct import read_rtstruct, read_rtstruct_masks, roi_names
-from CervixAutoSegLib.structures import CT_STRUCTURES
+from CervixAutoSegLib.ct.family import CT_STRUCTURES
 
 ROWS, COLUMNS, SLICES = 20, 26, 4
 PIXEL_SPACING = (0.8, 1.25)  # (row, column) mm

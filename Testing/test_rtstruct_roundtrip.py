@@ -25,7 +25,8 @@ from scipy import ndimage
 
 from CervixAutoSegLib.dicom_series import read_dicom_series
 from CervixAutoSegLib.rtstruct import read_rtstruct, read_rtstruct_masks, write_rtstruct
-from CervixAutoSegLib.structures import CT_STRUCTURES, MR_STRUCTURES
+from CervixAutoSegLib.ct.family import CT_STRUCTURES
+from CervixAutoSegLib.mr.family import MR_STRUCTURES
 
 ROWS, COLUMNS, SLICES = 37, 52, 7
 MIN_DICE = 0.999

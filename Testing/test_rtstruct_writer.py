@@ -19,7 +19,8 @@ from CervixAutoSegLib.rtstruct.uids import (
     MR_IMAGE_STORAGE,
     RT_STRUCTURE_SET_STORAGE,
 )
-from CervixAutoSegLib.structures import CT_STRUCTURES, MR_STRUCTURES
+from CervixAutoSegLib.ct.family import CT_STRUCTURES
+from CervixAutoSegLib.mr.family import MR_STRUCTURES
 from CervixAutoSegLib.volume import Volume
 
 ROWS, COLUMNS, SLICES = 24, 30, 5
@@ -220,7 +221,7 @@ def test_export_command_writes_a_valid_rtstruct_with_labels_json(ct_series, tmp_
 
     folder, reference = ct_series
     labels_path = _save_labels(_ct_labels(reference), tmp_path / "seg" / "labels.nii.gz")
-    write_labels_json(labels_path.parent / "labels.json", "ct-resaunet-test")
+    write_labels_json(labels_path.parent / "labels.json", "ct-resaunet-test", CT_STRUCTURES)
     out = tmp_path / "export" / "rs.dcm"
     assert main(["export-rtstruct", "--dicom", str(folder), "--labels", str(labels_path), "--out", str(out)]) == 0
     assert_dciodvfy_clean(out)

@@ -17,7 +17,8 @@ from CervixAutoSegLib.segfile import (
     structure_segments,
     write_segmentation_nrrd,
 )
-from CervixAutoSegLib.structures import CT_STRUCTURES, MR_STRUCTURES
+from CervixAutoSegLib.ct.family import CT_STRUCTURES
+from CervixAutoSegLib.mr.family import MR_STRUCTURES
 from CervixAutoSegLib.volume import Volume
 
 slicer = pytest.importorskip("slicer")

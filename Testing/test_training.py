@@ -13,12 +13,13 @@ import torch
 
 from CervixAutoSegLib import cli, models
 from CervixAutoSegLib.ct.config import TrainConfig
-from CervixAutoSegLib.ct.dataset import (PatchSampler, SliceCase, discover_cases, parse_seed_range, prepare_case,
-                                         split_cases)
+from CervixAutoSegLib.cases import discover_cases, parse_seed_range, split_cases
+from CervixAutoSegLib.ct.dataset import PatchSampler, SliceCase, prepare_case
 from CervixAutoSegLib.ct.augment import NO_AUGMENTATION
 from CervixAutoSegLib.ct.losses import make_loss
 from CervixAutoSegLib.ct.preprocess import CTPreprocessing
-from CervixAutoSegLib.ct.training import CHECKPOINT_FILE, LOG_FILE, build_ct_network, train_network
+from CervixAutoSegLib.ct.training import build_ct_network, train_network
+from CervixAutoSegLib.training import CHECKPOINT_FILE, LOG_FILE
 from CervixAutoSegLib.errors import InputError
 from CervixAutoSegLib.volume import Volume
 
@@ -56,7 +57,7 @@ def write_cases(folder, seeds):
 def slice_cases(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cases")
     write_cases(folder, range(3))
-    sources = discover_cases(folder)
+    sources = discover_cases(folder, "CT")
     params = CTPreprocessing()
     return [prepare_case(source, params, folder / "cache") for source in sources]
 
@@ -113,7 +114,7 @@ def test_train_command_writes_a_model_directory_that_loads(tmp_path, capsys):
     assert code == 0
     card = models.read_card(out)
     assert card.training["config"]["end_fraction"] == 0.25
-    assert card.family == "ct" and card.architecture == "ResAUNet"
+    assert card.family == "ct" and card.network().architecture == "ResAUNet"
     assert card.validation["best_epoch"] == 1 and set(card.validation["dsc"]) == {"Bladder", "Rectum", "CTVn", "CTVp"}
     assert card.training["cases"] == {"train": 2, "validation": 1, "test": 0}
     assert card.preprocessing["window_width"] == 300
@@ -147,7 +148,7 @@ def test_phantom_cache_entries_change_with_the_phantom_version(monkeypatch):
     # A new phantom version draws other patients from the same seeds: cached slices of
     # the old ones must not be reused.
     from CervixAutoSegLib import phantom
-    from CervixAutoSegLib.ct.dataset import phantom_cases
+    from CervixAutoSegLib.cases import phantom_cases
 
     current = phantom_cases([7])[0].fingerprint
     monkeypatch.setattr(phantom, "PHANTOM_VERSION", phantom.PHANTOM_VERSION + 1)
@@ -209,14 +210,15 @@ def test_end_patches_come_from_the_slices_beyond_each_end_centred_where_the_stru
 
 def test_structure_weights_option_is_parsed_by_name_and_survives_the_checkpoint_json():
     from CervixAutoSegLib.commands.train import parse_structure_weights
+    from CervixAutoSegLib.ct.family import CT_STRUCTURES
 
-    weights = parse_structure_weights("ctvn=3,Rectum=1.5")
+    weights = parse_structure_weights("ctvn=3,Rectum=1.5", CT_STRUCTURES)
     assert weights == {3: 3.0, 2: 1.5}
     config = TrainConfig(structure_weights=weights)
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     for bad in ("Liver=2", "CTVn=x", "CTVn=-1"):
         with pytest.raises(InputError):
-            parse_structure_weights(bad)
+            parse_structure_weights(bad, CT_STRUCTURES)
 
 
 @pytest.mark.slow
@@ -257,7 +259,7 @@ def test_phantom_folder_layout_is_read_and_every_structure_survives_the_crop(tmp
     phantom = pytest.importorskip("CervixAutoSegLib.phantom")
     case = phantom.make_ct_phantom(1000)  # a training seed (evaluation seeds start at 5000)
     phantom.write_phantom(case, tmp_path / "data" / "p1000")
-    sources = discover_cases(tmp_path / "data")
+    sources = discover_cases(tmp_path / "data", "CT")
     assert [s.name for s in sources] == ["p1000"]
     prepared = prepare_case(sources[0], CTPreprocessing())
     truth_counts = np.bincount(case.labels.array.reshape(-1), minlength=5)[1:]

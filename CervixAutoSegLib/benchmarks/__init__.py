@@ -1,7 +1,9 @@
 """Benchmarks behind ``cervixautoseg benchmark TARGET``: speed and memory, never asserted in tests.
 
-Each target is a module here with ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``,
-printing a human-readable table and (with ``--json FILE``) writing the numbers.
+Targets: every registered model family with a benchmark case (``ct``, ...: the whole
+``segment`` pipeline, :mod:`.segment`), plus the modules named in :data:`TOOL_TARGETS`, each
+with ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.  Each prints a
+human-readable table and (with ``--json FILE``) writes the numbers.
 """
 
-TARGETS = ("ct", "metrics", "rtstruct")
+TOOL_TARGETS = ("metrics", "rtstruct")

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from ..atomic import write_text_atomic
     from ..rtstruct.reader import read_rtstruct
     from ..rtstruct.writer import build_rtstruct_dataset, save_implicit_little_endian
-    from ..structures import CT_STRUCTURES
+    from ..ct.family import CT_STRUCTURES  # the four pelvic labels this benchmark draws
 
     reference, header = synthetic_ct_reference(args.size, args.slices)
     labels = reference.with_array(pelvic_labels(reference.shape))

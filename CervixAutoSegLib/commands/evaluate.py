@@ -25,8 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="write CSV, JSON, Markdown table and box plots here")
     parser.add_argument("--tolerance", type=float, default=2.0, metavar="MM",
                         help="surface-DSC and added-path-length tolerance in mm (default 2)")
-    parser.add_argument("--model", choices=("ct", "mr"), default="ct",
-                        help="structure list when no labels.json is next to the prediction (default ct)")
+    parser.add_argument("--model", type=str.lower, default="ct", metavar="FAMILY",
+                        help="model family whose structure list applies when no labels.json is next to the "
+                             "prediction (default ct)")
     parser.add_argument("--resample-pred", action="store_true",
                         help="resample a prediction on another grid onto the truth grid (nearest "
                              "neighbour) instead of refusing it")

@@ -22,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "it gives names, colours and codes")
     parser.add_argument("--out", type=Path, required=True, help="RTSTRUCT file to write")
     parser.add_argument("--series", help="Series Instance UID when the folder holds several series")
-    parser.add_argument("--model", choices=("ct", "mr"),
-                        help="structure set when there is no labels.json (default: from the image modality)")
+    parser.add_argument("--model", type=str.lower, metavar="FAMILY",
+                        help="model family whose structures the labels are, when there is no labels.json "
+                             "(default: the family registered for the image's modality)")
     parser.add_argument("--keyhole", action="store_true",
                         help="join holes to their outer contour (for planning systems that want keyholes)")
 
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if unnamed:
         log.warning("label values %s have no structure definition and are not exported", unnamed)
     # Organ-then-tumour (MR) models paint the tumour over the organ; the organ ROI must
-    # still cover it (DESIGN.md).  Same rule as `segment`, so both write the same RTSTRUCT.
+    # still cover it.  Same rule as `segment`, so both write the same RTSTRUCT.
     containment = organ_tumour_containment(structures) or None
     write_rtstruct(args.out, labels, reference, structures, model_name=model, model_version=__version__,
                    containment=containment, keyhole=args.keyhole)
@@ -86,7 +87,8 @@ def load_label_map(path: Path, modality: str = ""):
 def structures_for_labels(labels_path: Path, model: str | None, modality: str):
     """(model name, structures): from labels.json next to the labels, else the family's defaults."""
     from ..errors import InputError
-    from ..structures import structures_for, structures_from_json
+    from ..families import family_for_modality, get_family
+    from ..structures import structures_from_json
 
     document_path = labels_path.parent / LABELS_JSON
     if document_path.is_file():
@@ -95,7 +97,7 @@ def structures_for_labels(labels_path: Path, model: str | None, modality: str):
             return str(document.get("model", "unknown")), structures_from_json(document)
         except (ValueError, KeyError, TypeError) as error:
             raise InputError(f"{document_path} is not a valid labels.json: {error}") from None
-    family = model or {"CT": "ct", "MR": "mr"}.get(modality.upper())
+    family = get_family(model) if model else family_for_modality(modality)
     if family is None:
-        raise InputError(f"cannot tell CT from MR labels for modality {modality!r}; pass --model ct or --model mr")
-    return family, structures_for(family)
+        raise InputError(f"no model family contours {modality or 'unknown'!r} images; pass --model FAMILY")
+    return family.name, family.structures

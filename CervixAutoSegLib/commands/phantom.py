@@ -3,7 +3,7 @@
     cervixautoseg phantom --modality ct --out case007 --seed 7 [--orientation FFS]
 
 Writes ``OUT/dicom/*.dcm`` (one image series), ``OUT/truth.nii.gz`` (uint8 labels on
-exactly that grid) and ``OUT/labels.json`` (DESIGN.md contract).  The same seed gives
+exactly that grid) and ``OUT/labels.json`` (the label values of the family for that modality).  The same seed gives
 the same voxels.
 """
 

@@ -13,12 +13,13 @@ import sys
 
 HELP = "auto-contour a CT or T2w MR image (DICOM folder, NIfTI or NRRD) and write all outputs"
 
-MODEL_HELP = "auto (by image modality), ct, mr, or a model id (default: auto)"
+MODEL_HELP = "auto (the family for the image's modality), a family name (e.g. ct) or a model id (default: auto)"
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
-PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..inference_options import PRECISIONS
+
     parser.add_argument("input", help="DICOM folder or file, or a NIfTI/NRRD/MetaImage file")
     parser.add_argument("--out", required=True, help="output folder (created; our files in it are replaced)")
     parser.add_argument("--model", default="auto", help=MODEL_HELP)
@@ -28,11 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress-json", action="store_true",
                         help="print one JSON progress object per line on stdout (for the Slicer module)")
     parser.add_argument("--batch-size", type=int, default=0, help="slices per network batch (default: per device)")
-    parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+    parser.add_argument("--precision", default=None, choices=PRECISIONS,
                         help="network arithmetic: auto = fp16 on GPU, bf16 on CPUs with native bf16, else fp32")
-    parser.add_argument("--no-flip-tta", action="store_true",
-                        help="run each slice once instead of also mirrored left-right (half the network time, "
-                             "slightly less accurate)")
+    parser.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="also run the image mirrored left-right and average (test-time augmentation; "
+                             "default: the model family's choice, on for CT); --no-flip-tta halves the network time")
     parser.add_argument("--models", default=None, metavar="DIR",
                         help="folder of model directories (default: the bundled Resources/Models)")
 
@@ -54,12 +55,11 @@ def _cancel_on_sigterm() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..ct.inference import InferenceOptions
     from ..pipeline import segment
     from ..progress import JsonLinesReporter, TextProgressBar
 
     _cancel_on_sigterm()
-    options = InferenceOptions(batch_size=args.batch_size, precision=args.precision, flip_tta=not args.no_flip_tta)
+    options = {"batch_size": args.batch_size or None, "precision": args.precision, "flip_tta": args.flip_tta}
     reporter = JsonLinesReporter(sys.stdout) if args.progress_json else TextProgressBar(sys.stderr)
     try:
         result = segment(args.input, args.out, model=args.model, device=args.device, series_uid=args.series,

@@ -1,11 +1,5 @@
-"""Training cases for ResAU-Net: discovery on disk, preprocessing to 2D slices, caching,
-case-level splitting and foreground-biased patch sampling.
-
-A case is one CT volume (HU) with its label map on the same grid (values of
-:data:`~CervixAutoSegLib.structures.CT_STRUCTURES`).  On disk, ``DATA/<case>/`` holds
-either ``image.nii.gz`` + ``labels.nii.gz`` (any ITK-readable format with those stems),
-or the phantom layout ``dicom/`` (one CT series) + ``truth.nii.gz``.  Synthetic
-phantoms can also be generated in memory from a seed range.
+"""Training cases for ResAU-Net: preprocessing to 2D slices, caching and foreground-biased
+patch sampling.  Finding cases on disk and splitting them is shared (:mod:`CervixAutoSegLib.cases`).
 
 Each case is preprocessed exactly as at inference (:func:`.preprocess.preprocess_ct`),
 giving stacks of 256x256 windowed slices and the matching label crops; these are cached
@@ -24,31 +18,14 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..atomic import atomic_path
+from ..cases import CaseSource
 from ..errors import InputError
-from ..volume import Volume
 from .augment import AugmentParams, augment_pair
 from .preprocess import CTPreprocessing, preprocess_ct, preprocess_labels
 
 log = logging.getLogger(__name__)
 
-IMAGE_STEMS = ("image",)
-LABEL_STEMS = ("labels", "truth")
-ITK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-GRID_TOLERANCE_MM = 0.01
-"""DICOM decimal strings and NIfTI float32 headers differ by ~1e-4 mm on one grid."""
-DEFAULT_SPLIT = (111, 30, 15)
-"""Training : validation : test case ratio of the paper (156 patients)."""
 CACHE_FORMAT = 2
-
-
-@dataclasses.dataclass(frozen=True)
-class CaseSource:
-    """A case not yet loaded: ``load()`` → (CT volume in HU, labels (z, y, x) on its grid)."""
-
-    name: str
-    load: Callable[[], tuple[Volume, np.ndarray]]
-    fingerprint: str
-    """Changes when the case's data changes (cache key)."""
 
 
 @dataclasses.dataclass
@@ -65,97 +42,6 @@ class SliceCase:
     images: np.ndarray
     labels: np.ndarray
     spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0)
-
-
-# ------------------------------------------------------------------ reading
-def _find_with_stem(folder: Path, stems: Sequence[str]) -> Path | None:
-    for stem in stems:
-        for suffix in ITK_SUFFIXES:
-            candidate = folder / f"{stem}{suffix}"
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-def _fingerprint(paths: Sequence[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
-            stat = file.stat()
-            digest.update(f"{file}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
-
-
-def _loader(image_path: Path, labels_path: Path) -> Callable[[], tuple[Volume, np.ndarray]]:
-    def load() -> tuple[Volume, np.ndarray]:
-        from ..image_io import load_image  # the reader `segment` uses: same geometry handling
-
-        image = load_image(image_path, modality="CT")
-        labels = load_image(labels_path)
-        if labels.shape != image.shape or not np.allclose(labels.index_to_lps, image.index_to_lps,
-                                                          atol=GRID_TOLERANCE_MM):
-            raise InputError(f"{labels_path} is not on the grid of its image {image_path}")
-        return image, labels.array.astype(np.uint8)
-
-    return load
-
-
-def discover_cases(data_dir: str | Path) -> list[CaseSource]:
-    """Every ``data_dir/<case>/`` holding an image + label pair, sorted by name."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise InputError(f"training data folder {data_dir} does not exist")
-    sources = []
-    for folder in sorted(p for p in data_dir.iterdir() if p.is_dir()):
-        labels_path = _find_with_stem(folder, LABEL_STEMS)
-        image_path = _find_with_stem(folder, IMAGE_STEMS)
-        if image_path is None and (folder / "dicom").is_dir():
-            image_path = folder / "dicom"
-        if labels_path is None or image_path is None:
-            log.info("skipping %s: no image + labels pair", folder)
-            continue
-        sources.append(CaseSource(folder.name, _loader(image_path, labels_path),
-                                  _fingerprint([image_path, labels_path])))
-    if not sources:
-        raise InputError(
-            f"no training cases in {data_dir}: expected <case>/image.nii.gz + labels.nii.gz "
-            "or <case>/dicom/ + truth.nii.gz"
-        )
-    return sources
-
-
-def phantom_cases(seeds: Sequence[int]) -> list[CaseSource]:
-    """Synthetic CT phantoms generated in memory (``CervixAutoSegLib.phantom``)."""
-
-    def loader(seed: int) -> Callable[[], tuple[Volume, np.ndarray]]:
-        def load() -> tuple[Volume, np.ndarray]:
-            from ..phantom import make_ct_phantom
-
-            case = make_ct_phantom(seed)
-            return case.image, np.asarray(case.labels.array, dtype=np.uint8)
-
-        return load
-
-    from ..phantom import PHANTOM_VERSION
-
-    return [CaseSource(f"phantom-ct-{seed}", loader(seed), f"phantom-v{PHANTOM_VERSION}-{seed}") for seed in seeds]
-
-
-def parse_seed_range(text: str) -> list[int]:
-    """``"1000-1149"`` or ``"1000,1003,1010-1012"`` → list of seeds."""
-    seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            if "-" in part.strip()[1:]:
-                low, high = part.strip().split("-", 1)
-                seeds.extend(range(int(low), int(high) + 1))
-            elif part.strip():
-                seeds.append(int(part))
-    except ValueError:
-        raise InputError(f"invalid seed range {text!r}; use e.g. 1000-1149 or 1000,1002") from None
-    if not seeds:
-        raise InputError(f"empty seed range {text!r}")
-    return seeds
 
 
 # ------------------------------------------------------------ preprocessing
@@ -176,26 +62,6 @@ def prepare_case(source: CaseSource, params: CTPreprocessing, cache_dir: Path | 
         with atomic_path(cache_file, suffix=".npz") as temporary:
             np.savez(temporary, images=case.images, labels=case.labels, spacing_zyx=np.array(case.spacing_zyx))
     return case
-
-
-def split_cases(sources: Sequence[CaseSource], ratios: Sequence[int] = DEFAULT_SPLIT, seed: int = 0
-                ) -> tuple[list[CaseSource], list[CaseSource], list[CaseSource]]:
-    """Case-level random split (train, validation, test) in proportion to ``ratios``.
-
-    Validation gets at least one case whenever there are two or more cases.
-    """
-    order = np.random.default_rng(seed).permutation(len(sources))
-    shuffled = [sources[i] for i in order]
-    total = float(sum(ratios))
-    n = len(shuffled)
-    n_val = int(round(n * ratios[1] / total))
-    n_test = int(round(n * ratios[2] / total)) if len(ratios) > 2 else 0
-    if n >= 2 and n_val == 0:
-        n_val = 1
-    if n - n_val - n_test < 1:
-        n_test = max(0, n - n_val - 1)
-    n_train = n - n_val - n_test
-    return shuffled[:n_train], shuffled[n_train:n_train + n_val], shuffled[n_train + n_val:]
 
 
 # ----------------------------------------------------------------- sampling

@@ -1,6 +1,6 @@
 """ResAU-Net: a ResNet34 encoder and an attention-gated U-Net decoder (2D, one CT slice).
 
-Architecture (ResAU-Net paper, seed 000, Fig. 3; DESIGN.md):
+Architecture (ResAU-Net paper, Fig. 3):
 
 * Encoder = ResNet34 without its classifier, one input channel: 7x7 stride-2 stem
   (``conv1``/``bn1``), max-pool, then ``layer1..layer4`` of 3/4/6/3 BasicBlocks with

@@ -200,6 +200,7 @@ def write_phantom(case: PhantomCase, out_dir: Path, *, shuffle_seed: int | None 
     """
     from ..dicom_writer import write_dicom_series
     from ..image_io import write_image
+    from ..families import family_for_modality
     from ..structures import write_labels_json
     from . import mr
 
@@ -227,4 +228,6 @@ def write_phantom(case: PhantomCase, out_dir: Path, *, shuffle_seed: int | None 
         shuffle_seed=shuffle_seed,
     )
     write_image(case.labels, out_dir / "truth.nii.gz")
-    write_labels_json(out_dir / "labels.json", family)
+    # The phantom's truth uses the label values of the family that contours its modality.
+    labelled_by = family_for_modality(case.modality)
+    write_labels_json(out_dir / "labels.json", labelled_by.name, labelled_by.structures)

@@ -14,7 +14,8 @@ Two kinds of things make the patient:
 * :class:`Region` — what a radiation oncologist contours.  Inside the union of its
   shapes *and* on one of its allowed tissues.  CTV margins are invisible, but they are
   defined from visible anatomy (vessels + 7 mm, trimmed off bone, muscle, bowel), as in
-  the consensus guidelines of DESIGN.md, so a network can learn them.
+  the consensus guidelines (CTV-N: Small et al. 2008, Lim et al. 2011), so a network can
+  learn them.
 
 All random choices are drawn up front into a flat JSON-able ``params`` dict
 (:func:`draw_anatomy_params`); :func:`build_anatomy` is a pure function of it.

@@ -1,6 +1,6 @@
 """T2-weighted MR appearance: signal per tissue, axial/sagittal/oblique grids, bias field, Rician noise.
 
-T2w contrast the tests and the MR model rely on (DESIGN.md): urine and fat bright,
+T2w contrast the tests and the MR model rely on: urine and fat bright,
 muscle and cervical stroma dark, tumour intermediate, endometrium brighter than the
 myometrium, gas, cortical bone and flowing blood almost black.
 """

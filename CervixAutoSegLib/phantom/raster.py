@@ -140,7 +140,7 @@ def region_mask(anatomy: Anatomy, grid: AcquisitionGrid, region: Region, tissue:
 CT_LABEL_ORDER = (("ctv_n", 3), ("ctv_uv", 4), ("rectum", 2), ("bladder", 1))
 """Painted in this order (later wins): targets under organs, as the contours are exclusive."""
 MR_LABEL_ORDER = (("mr_organ", 1), ("tumour", 2))
-"""Tumour painted over organ (DESIGN.md)."""
+"""Tumour painted over organ (the MR label-map contract: label 2 inside label 1)."""
 
 
 def label_map(anatomy: Anatomy, grid: AcquisitionGrid, tissue: np.ndarray, modality: str) -> np.ndarray:

@@ -4,7 +4,7 @@ Typical use (the reference Volume comes from :func:`CervixAutoSegLib.dicom_serie
 whose ``meta`` carries the per-image UIDs and positions; labels are on exactly its grid)::
 
     from CervixAutoSegLib.rtstruct import organ_tumour_containment, read_rtstruct, write_rtstruct
-    from CervixAutoSegLib.structures import MR_STRUCTURES
+    from CervixAutoSegLib.mr.family import MR_STRUCTURES
 
     write_rtstruct(out / "rtstruct.dcm", labels, image, MR_STRUCTURES,
                    model_name="PocketNet", model_version="1.0",
