@@ -32,6 +32,33 @@ if os.path.isdir(os.path.join(_REPOSITORY, "CervixAutoSegLib")) and _REPOSITORY 
 
 POLL_INTERVAL_MS = 200
 """How often the panel reads the background job's progress."""
+MINIMUM_SLICER_VERSION = (5, 10)
+"""Oldest supported Slicer (CervixAutoSegLib.dependencies.MINIMUM_SLICER; not imported from there:
+the check must run before anything of the package is imported)."""
+MINIMUM_PYTHON_VERSION = (3, 10)
+"""The package needs Python 3.10+ (Slicer 5.8 runs 3.9; Slicer 5.10 runs 3.12)."""
+PARAMETER_NAME_PROPERTY = "SlicerParameterName"
+"""Dynamic property naming the parameter-node field a .ui widget shows."""
+
+# This file is read by whatever Python the running Slicer has, so until the check below has
+# passed it must stay Python 3.9 syntax and import nothing from CervixAutoSegLib.
+
+
+def unsupportedReason(slicerVersion, pythonVersion):
+    """One line saying why this Slicer cannot run the module, or '' when it can.
+
+    ``slicerVersion`` is (major, minor) of 3D Slicer, ``pythonVersion`` (major, minor) of its Python.
+    """
+    if tuple(slicerVersion) >= MINIMUM_SLICER_VERSION and tuple(pythonVersion) >= MINIMUM_PYTHON_VERSION:
+        return ""
+    return ("CervixAutoSeg needs 3D Slicer {}.{} or later (Python {}.{}+); this is Slicer {}.{} with Python {}.{}: "
+            "install a newer 3D Slicer.".format(*MINIMUM_SLICER_VERSION, *MINIMUM_PYTHON_VERSION,
+                                                *slicerVersion[:2], *pythonVersion[:2]))
+
+
+def runningUnsupportedReason():
+    """:func:`unsupportedReason` for the running Slicer."""
+    return unsupportedReason((slicer.app.majorVersion, slicer.app.minorVersion), sys.version_info[:2])
 
 
 class CervixAutoSeg(ScriptedLoadableModule):
@@ -50,7 +77,59 @@ class CervixAutoSeg(ScriptedLoadableModule):
             "Methods: ResAU-Net for cervical-cancer CT contouring; PocketNet for cervical MRI. "
             "Built on 3D Slicer, PyTorch and the Slicer PyTorch extension."
         )
+        reason = runningUnsupportedReason()
+        if reason:
+            # The one line an older Slicer gets; nothing of the package is imported or registered.
+            logging.getLogger(__name__).error(reason)
+            self.parent.helpText = reason
+            return
         slicer.app.connect("startupCompleted()", registerTerminology)
+
+
+_installSession = None
+
+
+def installSession():
+    """The one dependency InstallSession of this Slicer session.
+
+    The Auto-contour button and the self-test both go through it, so packages are asked for
+    once and installed the same way (reloading the module starts a new session).
+    """
+    global _installSession
+    if _installSession is None:
+        from CervixAutoSegLib import dependencies
+
+        _installSession = dependencies.InstallSession(ask=slicer.util.confirmOkCancelDisplay)
+    return _installSession
+
+
+def addToDicomDatabase(path) -> None:
+    """Import one DICOM file into Slicer's DICOM database as Slicer's DICOM export does (a copy)."""
+    import ctk
+
+    from CervixAutoSegLib.errors import InputError
+
+    database = getattr(slicer, "dicomDatabase", None)
+    if database is None or not database.isOpen:
+        raise InputError("no DICOM database is open: open the DICOM module once and try again")
+    indexer = ctk.ctkDICOMIndexer()
+    indexer.addFile(database, str(path), True)  # copy: the caller removes its temporary file
+    indexer.waitForImportFinished()
+
+
+def connectParameterGui(parameterNode, ui):
+    """Connect the widgets that name a parameter (SlicerParameterName); return the tag that disconnects them.
+
+    Not ``connectGui``: Slicer 5.8's returns None instead of its tag, so ``disconnectGui`` then
+    disconnects nothing and every ``enter()`` would add one more set of connectors.
+    ``connectParametersToGui`` (which ``connectGui`` calls) returns the tag in every version.
+    """
+    mapping = {widget.property(PARAMETER_NAME_PROPERTY): widget for widget in vars(ui).values()
+               if hasattr(widget, "property") and widget.property(PARAMETER_NAME_PROPERTY)}
+    tag = parameterNode.connectParametersToGui(mapping)
+    if tag is None:
+        raise RuntimeError("the parameter node wrapper returned no GUI tag; the panel cannot disconnect it")
+    return tag
 
 
 def registerTerminology() -> None:
@@ -92,7 +171,12 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------- set-up
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        from CervixAutoSegLib import dependencies
+        reason = runningUnsupportedReason()
+        if reason:  # the panel is just that line; nothing of the package is imported
+            label = qt.QLabel(reason)
+            label.wordWrap = True
+            self.layout.addWidget(label)
+            return
         from CervixAutoSegLib.controller import AutoContourController
 
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/CervixAutoSeg.ui"))
@@ -101,7 +185,6 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = CervixAutoSegLogic()
-        self.installSession = dependencies.InstallSession(ask=slicer.util.confirmOkCancelDisplay)
         # Devices are probed in a background process: importing torch must not freeze Slicer.
         self.controller = AutoContourController(apply_result=self.applyResult)
 
@@ -127,12 +210,16 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.stop()
 
     def enter(self):
-        self.initializeParameterNode()
+        if self.controller is not None:  # None: this Slicer is refused (setup showed why)
+            self.initializeParameterNode()
 
     def exit(self):
-        if self._parameterNode:
+        self.disconnectParameterGui()
+
+    def disconnectParameterGui(self):
+        if self._parameterNode and self._parameterNodeGuiTag is not None:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
+        self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event):
         if self.controller.running:
@@ -144,18 +231,21 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def initializeParameterNode(self):
+        from CervixAutoSegLib.mrml import first_input_volume
+
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            # Plain scalar volumes only: GetFirstNodeByClass would also return label maps and
+            # vector (RGB), DWI or tensor volumes, all subclasses of vtkMRMLScalarVolumeNode.
+            first = first_input_volume(slicer.mrmlScene)
             if first:
                 self._parameterNode.inputVolume = first
 
     def setParameterNode(self, parameterNode):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        self.disconnectParameterGui()
         self._parameterNode = parameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._parameterNodeGuiTag = connectParameterGui(self._parameterNode, self.ui)
             self.controller.set_model(self._parameterNode.model)
             self.controller.set_device(self._parameterNode.device)
             self.onInputChanged(self._parameterNode.inputVolume)
@@ -202,9 +292,11 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from CervixAutoSegLib import mrml
 
         node = self._parameterNode.segmentation if self._parameterNode else None
+        database = getattr(slicer, "dicomDatabase", None)
+        fileForInstance = database.fileForInstance if database is not None else (lambda uid: "")
         with slicer.util.tryWithErrorDisplay("RTSTRUCT export failed.", waitCursor=True):
-            self.render(self.controller.export_clicked(
-                lambda: mrml.export_next_to_source(node, slicer.dicomDatabase.fileForInstance)))
+            self.render(self.controller.export_clicked(lambda: mrml.export_to_dicom_database(
+                node, fileForInstance, addToDicomDatabase, work_dir=slicer.app.temporaryPath)))
 
     def applyResult(self, outDir) -> str:
         """Called by the controller when the background run succeeded."""
@@ -216,12 +308,13 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def ensureDependencies(self) -> bool:
         """Ask once per session, install what is missing; False (with a status line) when the run cannot start."""
-        ready, message = self.installSession.ready()
+        session = installSession()
+        ready, message = session.ready()  # never raises: a failed install is a one-line message
         if not ready:
             self.ui.statusLabel.text = message
             return False
-        if self.installSession.installed:
-            self.installSession.installed = False
+        if session.installed:
+            session.installed = False
             self.render(self.controller.refresh())  # torch is new: detect the devices again
         return True
 
@@ -295,6 +388,28 @@ class CervixAutoSegLogic(ScriptedLoadableModuleLogic):
         return AutoContourLogic(slicer.mrmlScene).apply_result(volumeNode, outDir)
 
 
+def selfTestSkipReason():
+    """'' when the self-test can run, else the one line saying why it is skipped.
+
+    Missing packages are installed through the Auto-contour button's own path
+    (:func:`installSession`: the same question, PyTorch extension and pinned pip installs).
+    Unattended (testing mode, e.g. ctest) nothing is installed and the test is skipped:
+    there ``confirmOkCancelDisplay`` answers "OK" by itself, which would start a multi-GB
+    download nobody asked for.
+    """
+    reason = runningUnsupportedReason()
+    if reason:
+        return reason
+    from CervixAutoSegLib import dependencies
+
+    if slicer.app.testingEnabled():
+        install_plan = dependencies.plan()
+        if install_plan.needed:
+            return "CervixAutoSeg self-test skipped: " + dependencies.not_installed_message(install_plan)
+    ready, message = installSession().ready()
+    return "" if ready else "CervixAutoSeg self-test skipped: " + message
+
+
 class CervixAutoSegTest(ScriptedLoadableModuleTest):
     """Slicer self-test: a phantom CT, the logic on CPU, the segments checked."""
 
@@ -305,15 +420,24 @@ class CervixAutoSegTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        import unittest
+
         self.setUp()
-        self.test_phantom_ct_on_cpu()
+        try:
+            self.test_phantom_ct_on_cpu()
+        except unittest.SkipTest as skipped:
+            # "Reload and Test" calls runTest outside a unittest runner: show why, do not fail.
+            self.delayDisplay(str(skipped))
 
     def test_phantom_ct_on_cpu(self):
+        reason = selfTestSkipReason()
+        if reason:
+            self.skipTest(reason)
         import numpy as np
 
         from CervixAutoSegLib import mrml
-        from CervixAutoSegLib.phantom import make_ct_phantom
         from CervixAutoSegLib.ct.family import CT_STRUCTURES
+        from CervixAutoSegLib.phantom import make_ct_phantom
 
         self.delayDisplay("Making a phantom CT")
         phantom = make_ct_phantom(0)  # .image (CT Volume) and .labels (truth on its grid)

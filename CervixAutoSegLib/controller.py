@@ -50,7 +50,11 @@ PERCENT = 100
 
 # ------------------------------------------------------------------ inputs
 class RunInput(Protocol):
-    """The image to contour, as the panel knows it."""
+    """The image to contour, as the panel knows it.
+
+    An input may also carry ``problem``: one sentence saying why it cannot be contoured at
+    all (e.g. an RGB volume); the panel shows it and keeps the button disabled.
+    """
 
     name: str
     modality: str
@@ -275,6 +279,9 @@ class AutoContourController:
         run_input = run_input or self._input
         if run_input is None:
             raise InputError("Select an input volume (a CT or T2-weighted MR image).")
+        problem = getattr(run_input, "problem", "")
+        if problem:
+            raise InputError(problem)
         modality = (run_input.modality or "").upper()
         if self.view.model != AUTO:
             card = next((c for c in self._cards if c.id == self.view.model), None)

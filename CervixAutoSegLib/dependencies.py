@@ -17,12 +17,25 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import logging
 import socket
+import subprocess
 from collections.abc import Callable, Iterable, Sequence
 
 from .errors import DependencyError
 
 __all__ = ["DependencyError"]  # re-exported: the module panel catches it from here
+
+log = logging.getLogger(__name__)
+
+MINIMUM_SLICER = (5, 10)
+"""Oldest supported 3D Slicer.  Slicer 5.10 ships Python 3.12; 5.8 ships Python 3.9, which the
+package cannot run (it needs 3.10: ``itertools.pairwise`` in report.py and on every CT run) and
+for which scipy 1.14 and networkx 3.3 have no builds.  The module refuses an older Slicer when it
+loads (CervixAutoSeg.py keeps its own copy of this number: it checks before importing the package)."""
+SUPPORTED_PYTHONS = ((3, 10), (3, 11), (3, 12))
+"""CPython versions every pin of :data:`REQUIREMENTS` has wheels for (Slicer 5.10: 3.12;
+the command line: 3.10-3.12)."""
 
 PYPI_HOST = "pypi.org"
 HTTPS_PORT = 443
@@ -71,7 +84,9 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("dateutil", "python-dateutil", "2.9.0.post0"),
     Requirement("six", "six", "1.16.0"),
 )
-"""Versions with wheels for CPython 3.10-3.12 that accept numpy 1.26 and 2.x."""
+"""Versions with wheels for CPython 3.10-3.12 (:data:`SUPPORTED_PYTHONS`; Linux, Windows, macOS
+x86_64 and arm64) that accept numpy 1.26 and 2.x (Slicer 5.10 ships numpy 2.0.2).  Recorded and
+re-checked against PyPI by Testing/test_slicer_support.py."""
 
 SLICER_PROVIDED = ("numpy", "SimpleITK", "vtk", "slicer")
 """Modules Slicer itself provides (checked, never installed)."""
@@ -118,9 +133,10 @@ class InstallPlan:
         return "\n".join(lines)
 
 
-def plan(importable: Callable[[str], bool] = is_importable,
+def plan(importable: Callable[[str], bool] | None = None,
          requirements: Iterable[Requirement] = REQUIREMENTS) -> InstallPlan:
-    """What :func:`install` would do on this Python (``importable`` is injectable for tests)."""
+    """What :func:`install` would do on this Python (``importable``: :func:`is_importable` when None)."""
+    importable = importable or is_importable
     return InstallPlan(
         torch_missing=not importable("torch"),
         packages=tuple(r for r in requirements if not importable(r.module)),
@@ -147,24 +163,42 @@ def offline_message(install_plan: InstallPlan) -> str:
 def install(install_plan: InstallPlan, *,
             pip_install: Callable[[str], None] | None = None,
             install_torch: Callable[[], object] | None = None,
-            is_online: Callable[[], bool] = online) -> None:
+            is_online: Callable[[], bool] | None = None) -> None:
     """Install what ``install_plan`` lists (ask the user *before* calling this).
 
-    ``pip_install`` defaults to ``slicer.util.pip_install`` and ``install_torch`` to the
-    PyTorch extension's installer; both are injectable for tests.
+    ``pip_install`` defaults to ``slicer.util.pip_install``, ``install_torch`` to the PyTorch
+    extension's installer and ``is_online`` to :func:`online`; all are injectable for tests.
+    A failing installer raises a one-line :class:`DependencyError`.
     """
     if not install_plan.needed:
         return
     if install_plan.slicer_missing:
-        raise DependencyError(f"this Slicer lacks {', '.join(install_plan.slicer_missing)}; use Slicer 5.8 or later")
-    if not is_online():
+        version = ".".join(map(str, MINIMUM_SLICER))
+        raise DependencyError(f"this Slicer lacks {', '.join(install_plan.slicer_missing)}; use Slicer {version} or later")
+    if not (is_online or online)():
         raise DependencyError(offline_message(install_plan))
     if install_plan.torch_missing:
-        (install_torch or _install_torch_with_extension)()
+        _run_installer("PyTorch (through the PyTorch extension)", install_torch or _install_torch_with_extension)
     if install_plan.packages:
         pip = pip_install or _slicer_pip_install()
-        for command in install_plan.pip_commands():
-            pip(command)
+        for requirement, command in zip(install_plan.packages, install_plan.pip_commands()):
+            _run_installer(requirement.pip_argument, lambda command=command: pip(command))
+
+
+def _run_installer(what: str, installer: Callable[[], object]) -> None:
+    """Run one installer; its failure becomes a one-line DependencyError naming ``what``.
+
+    ``slicer.util.pip_install`` and PyTorchUtils' ``installTorch`` report a failed pip with
+    ``CalledProcessError``, whose text is the whole command line; its output already went to
+    Slicer's Python console, so the status line points there.
+    """
+    try:
+        installer()
+    except subprocess.CalledProcessError as error:
+        raise DependencyError(f"Installing {what} failed (pip exit status {error.returncode}; its output is in "
+                              "the Python console). Click Auto-contour to try again.") from error
+    except OSError as error:  # e.g. PythonSlicer or the disk missing
+        raise DependencyError(f"Installing {what} failed: {error}. Click Auto-contour to try again.") from error
 
 
 def _slicer_pip_install() -> Callable[[str], None]:
@@ -191,6 +225,19 @@ def _install_torch_with_extension() -> object:
     return torch
 
 
+def one_line(error: BaseException) -> str:
+    """The status-line text of an install failure: its first line, never a traceback."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else ""
+    return text if isinstance(error, DependencyError) else f"Installing failed: {type(error).__name__}: {text}"
+
+
+def not_installed_message(install_plan: InstallPlan) -> str:
+    """Why something that needs the packages (the self-test) cannot run without asking: one line."""
+    names = (["torch"] if install_plan.torch_missing else []) + [r.distribution for r in install_plan.packages]
+    return f"{', '.join(names)} not installed; click Auto-contour once to install them."
+
+
 def missing_summary(names: Sequence[str]) -> str:
     """Status-line text when the user declined the installation."""
     return "Not run: missing " + ", ".join(names) + " (restart Slicer or reload the module to be asked again)."
@@ -201,15 +248,18 @@ class InstallSession:
 
     ``ask`` shows the question and returns the user's answer (``slicer.util.confirmOkCancelDisplay``
     in Slicer).  After a "no", later runs report what is missing without asking again, until
-    the user explicitly asks to install (:meth:`reset`).
+    the user explicitly asks to install (:meth:`reset`).  A failed installation is not a "no":
+    its one-line reason is returned and the next run offers the installation again.
+    ``planner`` and ``installer`` default to :func:`plan` and :func:`install` (looked up when
+    called).
     """
 
     def __init__(self, ask: Callable[[str], bool], *,
-                 planner: Callable[[], InstallPlan] = plan,
-                 installer: Callable[[InstallPlan], None] = install):
+                 planner: Callable[[], InstallPlan] | None = None,
+                 installer: Callable[[InstallPlan], None] | None = None):
         self._ask = ask
-        self._planner = planner
-        self._installer = installer
+        self._planner = planner or (lambda: plan())
+        self._installer = installer or (lambda install_plan: install(install_plan))
         self.asked = False
         self.installed = False
         """True once this session installed something (the caller re-detects devices, then clears it)."""
@@ -227,8 +277,13 @@ class InstallSession:
             return False, missing_summary(names)
         try:
             self._installer(install_plan)
-        except DependencyError as error:
-            return False, str(error)
+        except Exception as error:  # pip/PyTorchUtils failures of any kind must not escape the click
+            # A failed install is not a "no": the next click plans again (what did install is no
+            # longer missing) and offers the rest.
+            self.asked = False
+            if not isinstance(error, DependencyError):
+                log.exception("installing %s failed", ", ".join(names))
+            return False, one_line(error)
         self.installed = True
         return True, ""
 

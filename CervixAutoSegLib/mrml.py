@@ -124,6 +124,52 @@ def node_modality(node) -> str:
     return modality.upper() if modality.upper() in ("CT", "MR") else ""
 
 
+PLAIN_SCALAR_VOLUME = "vtkMRMLScalarVolumeNode"
+"""The one volume class that holds a CT or MR image; its subclasses hold something else."""
+VOLUME_KINDS = {
+    "vtkMRMLLabelMapVolumeNode": "label map",
+    "vtkMRMLVectorVolumeNode": "vector (e.g. RGB colour) volume",
+    "vtkMRMLDiffusionWeightedVolumeNode": "diffusion-weighted volume",
+    "vtkMRMLDiffusionTensorVolumeNode": "diffusion tensor volume",
+    "vtkMRMLTensorVolumeNode": "tensor volume",
+}
+"""What the user is told a non-image volume is (subclasses of vtkMRMLScalarVolumeNode)."""
+
+
+def is_plain_scalar_volume(node) -> bool:
+    """True for a plain ``vtkMRMLScalarVolumeNode``, the class a CT or MR image loads as.
+
+    ``IsA`` / ``GetFirstNodeByClass`` also match its subclasses (label maps, vector/RGB, DWI and
+    tensor volumes), which are not images to contour; the panel's selector shows exactly this
+    class too (``showChildNodeTypes`` false in the .ui).
+    """
+    return node is not None and node.GetClassName() == PLAIN_SCALAR_VOLUME
+
+
+def first_input_volume(scene):
+    """The first plain scalar volume of ``scene`` (the panel's default input), or None."""
+    for index in range(scene.GetNumberOfNodesByClass(PLAIN_SCALAR_VOLUME)):
+        node = scene.GetNthNodeByClass(index, PLAIN_SCALAR_VOLUME)
+        if is_plain_scalar_volume(node):
+            return node
+    return None
+
+
+def input_problem(node) -> str:
+    """Why ``node`` cannot be contoured, as one sentence for the status line ('' when it can)."""
+    name = node.GetName() or node.GetID()
+    if not is_plain_scalar_volume(node):
+        kind = VOLUME_KINDS.get(node.GetClassName(), node.GetClassName())
+        return f"{name} is a {kind}, not a CT or MR image: select a scalar volume."
+    image = node.GetImageData()
+    if image is None or image.GetPointData().GetScalars() is None:
+        return f"{name} has no voxel data."
+    components = image.GetNumberOfScalarComponents()
+    if components != 1:
+        return f"{name} has {components} values per voxel (a colour or vector image), not a CT or MR image."
+    return ""
+
+
 def volume_from_node(node) -> Volume:
     """The voxels and geometry of a scalar volume node as a :class:`Volume` (copy, LPS).
 
@@ -221,6 +267,22 @@ def place_in_study(scene, node, reference_node) -> None:
         hierarchy.CreateItem(parent, node)
 
 
+def place_reference_geometry(segmentation_node, volume_node) -> None:
+    """Put a segmentation (in the scene) under the volume's parent transform, on the volume's grid.
+
+    The segments hold labelmaps on the volume's own grid (its 4x4 IJK→RAS, RAS in mm), i.e. in
+    the frame of the volume's parent transform, so the segmentation goes under that same transform.  The
+    reference image geometry is set *after* that: Slicer's
+    ``SetReferenceImageGeometryParameterFromVolumeNode`` maps the volume's grid through the
+    transform *between* the two nodes, which is then none.  Set before (while the
+    segmentation is untransformed) it bakes the volume's transform into the geometry, and
+    Slicer applies the same transform a second time when showing or editing the segments.
+    """
+    if volume_node.GetTransformNodeID():
+        segmentation_node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+    segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+
+
 def _fill(segmentation_node, segments: Sequence[slicer.vtkSegment], names: Sequence[str]) -> list[str]:
     """Add ready-made segments (IDs from their names, made unique); return the IDs."""
     segmentation = segmentation_node.GetSegmentation()
@@ -277,14 +339,12 @@ def add_segmentation(
 
     node = slicer.vtkMRMLSegmentationNode()
     node.SetName(name or f"{volume_node.GetName()} auto-contours")
-    node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
     _fill(node, segments, [spec.name for spec in specs])
     node.SetAttribute(MODEL_ATTRIBUTE, model_id)
     node.SetAttribute(LABELS_ATTRIBUTE, labels_json)
     scene.AddNode(node)
     node.SetNodeReferenceID(SOURCE_VOLUME_REFERENCE, volume_node.GetID())
-    if volume_node.GetTransformNodeID():
-        node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+    place_reference_geometry(node, volume_node)
     node.CreateDefaultDisplayNodes()
     place_in_study(scene, node, volume_node)
     return node
@@ -405,15 +465,93 @@ def labels_from_segmentation(segmentation_node, grid: Volume) -> tuple[Volume, t
 
 
 # ------------------------------------------------------------------ terminology
-def register_terminology(terminology_logic, path) -> str:
-    """Load our ``.term.json`` into a ``vtkSlicerTerminologiesModuleLogic``; return the context name."""
+def register_terminology(terminology_logic, path, structures: Sequence[Structure] | None = None) -> str:
+    """Make a ``vtkSlicerTerminologiesModuleLogic`` know every code our segments' tags use.
+
+    Loads our ``.term.json`` (the category/type context the tags name), then adds the anatomic
+    regions the region context lacks (:func:`register_regions`).  ``structures``: those of
+    every registered model family when None.  Returns the category/type context name.
+    """
     name = terminology_logic.LoadTerminologyFromFile(str(path))
     if not name:
         raise InputError(f"cannot load terminology {path}")
     if name != TERMINOLOGY_CONTEXT:
         # Our segments' tags name TERMINOLOGY_CONTEXT; another name would leave them unresolved.
         raise InputError(f"{path} defines context {name!r}, segments use {TERMINOLOGY_CONTEXT!r}")
+    if structures is None:
+        from .families import families
+
+        structures = [structure for family in families() for structure in family.structures]
+    register_regions(terminology_logic, structures)
     return name
+
+
+def loaded_regions(terminology_logic, context: str) -> set[tuple[str, str]]:
+    """(coding scheme, code value) of every region in a loaded region context."""
+    regions = set()
+    region = slicer.vtkSlicerTerminologyType()
+    for index in range(terminology_logic.GetNumberOfRegionsInRegionContext(context)):
+        if terminology_logic.GetNthRegionInRegionContext(context, index, region):
+            regions.add((region.GetCodingSchemeDesignator(), region.GetCodeValue()))
+    return regions
+
+
+def register_regions(terminology_logic, structures: Sequence[Structure]) -> list[str]:
+    """Add our structures' anatomic regions to the loaded region context their tags name, where missing.
+
+    Why: the tags name Slicer's "Anatomic codes - DICOM master list", and CTVn's region
+    (SCT 8128005 "Pelvic lymph node") is not in that list (Slicer v5.10.0), so the terminology
+    selector could not show it.  Slicer's own merge for segment descriptors
+    (``LoadRegionContextFromSegmentDescriptorFile``, as used for DICOM SEG metadata) adds the
+    missing regions to the context in memory; Slicer's files are not touched and regions
+    already listed are left as they are (a merge replaces an existing entry with a bare code,
+    so those are never passed).  A context that is not loaded is left alone.  Returns the
+    added regions as ``scheme^value``.
+    """
+    from .segfile import terminology_tag
+
+    loaded = vtk.vtkStringArray()
+    terminology_logic.GetLoadedRegionContextNames(loaded)
+    loaded_names = {loaded.GetValue(i) for i in range(loaded.GetNumberOfValues())}
+    wanted: dict[str, dict[tuple[str, str], object]] = {}
+    for structure in structures:
+        if structure.region is None:
+            continue
+        entry = slicer.vtkSlicerTerminologyEntry()
+        if not terminology_logic.DeserializeTerminologyEntry(terminology_tag(structure), entry):
+            raise InputError(f"{structure.name}: its terminology tag cannot be read")
+        code = structure.region
+        wanted.setdefault(entry.GetRegionContextName(), {})[(code.scheme, code.value)] = code
+    added = []
+    for context, codes in wanted.items():
+        if context not in loaded_names:
+            log.debug("region context %r is not loaded; regions not added", context)
+            continue
+        present = loaded_regions(terminology_logic, context)
+        missing = [code for key, code in codes.items() if key not in present]
+        if missing:
+            _merge_regions(terminology_logic, context, missing)
+            added += [f"{code.scheme}^{code.value}" for code in missing]
+    return added
+
+
+def _merge_regions(terminology_logic, context: str, codes: Sequence) -> None:
+    """Merge ``codes`` into a loaded region context through a dcmqi segment-descriptor file.
+
+    Only with at least one code: Slicer's merge moves the context's region list out and puts
+    it back only when it added something.
+    """
+    import tempfile
+
+    attributes = [[{"labelID": index + 1,
+                    "AnatomicRegionSequence": {"CodingSchemeDesignator": code.scheme, "CodeValue": code.value,
+                                               "CodeMeaning": code.meaning}}]
+                  for index, code in enumerate(codes)]
+    with tempfile.TemporaryDirectory(prefix="CervixAutoSeg-terminology-") as folder:
+        descriptor = Path(folder) / "regions.json"
+        descriptor.write_text(json.dumps({"segmentAttributes": attributes}), encoding="utf-8")
+        if not terminology_logic.LoadRegionContextFromSegmentDescriptorFile(context, str(descriptor)):
+            raise InputError(f"cannot add anatomic regions to {context!r}")
 
 
 # ----------------------------------------------------------------- the logic
@@ -561,7 +699,9 @@ def export_rtstruct(segmentation_node, dicom_files: Sequence, out_path=None, *, 
     The segments are copied voxel by voxel onto the grid our DICOM reader builds from
     ``dicom_files`` (any order of files, flips, tilt), then contoured by
     :func:`CervixAutoSegLib.rtstruct.write_rtstruct`.  Default target: next to the series
-    (``RS_CervixAutoSeg_<series UID>.dcm``).  Returns ``(path, structures, skipped names)``.
+    (``RS_CervixAutoSeg_<series UID>.dcm``), for series in a folder of the user's own; the panel
+    never uses it (a series folder may be inside Slicer's DICOM database: see
+    :func:`export_to_dicom_database`).  Returns ``(path, structures, skipped names)``.
     """
     from . import __version__
     from .dicom_series import read_dicom_series
@@ -579,13 +719,34 @@ def export_rtstruct(segmentation_node, dicom_files: Sequence, out_path=None, *, 
     return Path(path), structures, skipped
 
 
-def export_next_to_source(segmentation_node, file_for_instance: Callable[[str], str]) -> str:
-    """Export RTSTRUCT button: write next to the segmentation's source series; return the status text."""
+def export_to_dicom_database(segmentation_node, file_for_instance: Callable[[str], str],
+                             add_to_database: Callable[[Path], None], work_dir=None) -> str:
+    """Export RTSTRUCT button: put the RTSTRUCT into the DICOM database; return the status line.
+
+    The source series' folder is never written to: for imported DICOM it may be inside
+    Slicer's DICOM database, whose files only the database should add.  As Slicer's own DICOM
+    export does, the object is written into a temporary folder (under ``work_dir``), handed to
+    ``add_to_database`` (in Slicer a ``ctkDICOMIndexer`` copying it into the database), and the
+    temporary copy is removed.  ``file_for_instance`` (``slicer.dicomDatabase.fileForInstance``)
+    finds the source series and then confirms the database holds the new object.
+    """
+    import tempfile
+
+    import pydicom
+
     volume_node = segmentation_node.GetNodeReference(SOURCE_VOLUME_REFERENCE) if segmentation_node else None
     if volume_node is None:
         raise InputError("select a segmentation made by CervixAutoSeg (its source volume is unknown)")
-    path, structures, skipped = export_rtstruct(segmentation_node, dicom_files_of(volume_node, file_for_instance))
-    text = f"RTSTRUCT with {len(structures)} ROIs written to {path}"
+    files = dicom_files_of(volume_node, file_for_instance)
+    with tempfile.TemporaryDirectory(prefix="CervixAutoSeg-rtstruct-", dir=work_dir) as folder:
+        path, structures, skipped = export_rtstruct(segmentation_node, files, Path(folder) / "RS_CervixAutoSeg.dcm")
+        instance_uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        add_to_database(path)
+    stored = file_for_instance(instance_uid)
+    if not stored:
+        raise InputError("the DICOM database did not take the RTSTRUCT (see the error log)")
+    text = (f"RTSTRUCT with {len(structures)} ROIs added to the DICOM database, in the study of "
+            f"{volume_node.GetName()} (export or send it from the DICOM browser)")
     if skipped:
         text += f"; not exported (not model structures): {', '.join(skipped)}"
     return text + "."
@@ -606,8 +767,11 @@ class VolumeNodeInput:
 
         self.node = node
         self.name = node.GetName() or node.GetID()
-        self.modality = node_modality(node)
-        if not self.modality and node.GetImageData() is not None:
+        # Never raises: an RGB or label map volume selected (or found in the scene) must not break
+        # the panel; the controller shows this sentence and keeps the button disabled.
+        self.problem = input_problem(node)
+        self.modality = "" if self.problem else node_modality(node)
+        if not self.modality and not self.problem:
             # Files without DICOM tags: the same air-fraction guess the command line makes.
             self.modality = guess_modality(volume_from_node(node))
 

@@ -18,9 +18,9 @@ from CervixAutoSegLib.controller import (
     AutoContourController,
     DeviceInfo,
 )
+from CervixAutoSegLib.ct.family import CT_STRUCTURES
 from CervixAutoSegLib.errors import InputError
 from CervixAutoSegLib.models import ModelCard, NetworkEntry
-from CervixAutoSegLib.ct.family import CT_STRUCTURES
 from CervixAutoSegLib.mr.family import MR_STRUCTURES
 from CervixAutoSegLib.worker import BackgroundJob
 
@@ -103,6 +103,17 @@ def test_mr_model_is_chosen_for_mr_once_installed_and_unknown_modality_asks(ct_o
 def test_no_input_disables_the_button(ct_only):
     view = controller_for(ct_only).set_input(None)
     assert not view.run_enabled and "Select an input volume" in view.status
+
+
+def test_an_input_with_a_problem_disables_the_button_with_its_sentence(ct_only):
+    """An RGB volume (issue 12, item 5) reaches the controller as an input whose ``problem`` says why."""
+    rgb = FileInput("Photo", "")
+    rgb.problem = "Photo has 3 values per voxel (a colour or vector image), not a CT or MR image."
+    controller = controller_for(ct_only)
+    controller.set_model("ct-resaunet-a")  # even with an explicit model
+    view = controller.set_input(rgb)
+    assert not view.run_enabled and view.status == rgb.problem and view.run_tooltip == rgb.problem
+    assert controller.start().status == rgb.problem and not controller.running
 
 
 # ----------------------------------------------------------------- devices

@@ -7,6 +7,8 @@ import ast
 import re
 import shutil
 import subprocess
+import sys
+import types
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -131,8 +133,6 @@ def test_module_cmake_lists_every_tracked_package_file_and_shared_resource():
 # ------------------------------------------------------------------ dependencies
 def third_party_imports() -> set[str]:
     """Top-level names of every non-stdlib, non-relative import in CervixAutoSegLib."""
-    import sys
-
     names = set()
     for path in (ROOT / "CervixAutoSegLib").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -218,3 +218,93 @@ def test_install_session_asks_once_installs_on_yes_and_remembers_a_no():
 
     nothing = dependencies.InstallSession(pytest.fail, planner=lambda: dependencies.plan(importable=lambda m: True))
     assert nothing.ready() == (True, "")
+
+
+# ------------------------------------------------------------------ install failures (issue 12, item 2)
+def calledProcessError(returncode=1):
+    """What slicer.util.pip_install raises when pip fails (slicer/util.py logProcessOutput, v5.10.0)."""
+    return subprocess.CalledProcessError(returncode, ["/opt/Slicer/bin/PythonSlicer", "-m", "pip", "install", "x"],
+                                         output="ERROR: No matching distribution\nfound for x")
+
+
+@pytest.fixture
+def failing_slicer_pip(monkeypatch):
+    """slicer.util.pip_install raising CalledProcessError; records each call."""
+    calls = []
+
+    def pip_install(requirements):
+        calls.append(requirements)
+        raise calledProcessError()
+
+    util = types.ModuleType("slicer.util")
+    util.pip_install = pip_install
+    slicer = types.ModuleType("slicer")
+    slicer.util = util
+    monkeypatch.setitem(sys.modules, "slicer", slicer)
+    monkeypatch.setitem(sys.modules, "slicer.util", util)
+    monkeypatch.setattr(dependencies, "online", lambda: True)
+    return calls
+
+
+@pytest.fixture
+def failing_pytorch_extension(monkeypatch):
+    """PyTorchUtils whose installTorch fails in pip (it installs through slicer.util.pip_install)."""
+    calls = []
+
+    class PyTorchUtilsLogic:
+        def torchInstalled(self):
+            return False
+
+        def installTorch(self, askConfirmation=False, torchVersionRequirement=""):
+            calls.append(torchVersionRequirement)
+            raise calledProcessError(2)
+
+    module = types.ModuleType("PyTorchUtils")
+    module.PyTorchUtilsLogic = PyTorchUtilsLogic
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", module)
+    monkeypatch.setattr(dependencies, "online", lambda: True)
+    return calls
+
+
+def test_a_failing_pip_install_is_one_status_line_and_the_next_click_offers_it_again(failing_slicer_pip, monkeypatch):
+    monkeypatch.setattr(dependencies, "is_importable", lambda module: module != "skimage")
+    questions = []
+    session = dependencies.InstallSession(lambda question: questions.append(question) or True)
+    ready, message = session.ready()  # CalledProcessError escaped from here before
+    assert not ready and "\n" not in message
+    assert message == ("Installing scikit-image==0.24.0 failed (pip exit status 1; its output is in the Python "
+                       "console). Click Auto-contour to try again.")
+    assert failing_slicer_pip == ["scikit-image==0.24.0 --no-deps"] and not session.installed
+    ready, message = session.ready()  # asked again (before: "Not run: missing ..." without asking)
+    assert not ready and len(questions) == 2 and len(failing_slicer_pip) == 2
+
+
+def test_a_failing_pytorch_extension_install_is_one_status_line(failing_pytorch_extension, monkeypatch):
+    monkeypatch.setattr(dependencies, "is_importable", lambda module: module != "torch")
+    session = dependencies.InstallSession(lambda question: True)
+    ready, message = session.ready()
+    assert not ready and message.startswith("Installing PyTorch (through the PyTorch extension) failed (pip exit "
+                                            "status 2;")
+    assert failing_pytorch_extension == [dependencies.TORCH_REQUIREMENT]
+    assert session.ready()[0] is False and len(failing_pytorch_extension) == 2
+
+
+def test_any_other_installer_failure_is_one_line_too():
+    missing = dependencies.plan(importable=lambda module: module != "skimage")
+
+    def broken(install_plan):
+        raise RuntimeError("PythonSlicer executable not found\nTraceback ...")
+
+    session = dependencies.InstallSession(lambda question: True, planner=lambda: missing, installer=broken)
+    assert session.ready() == (False, "Installing failed: RuntimeError: PythonSlicer executable not found")
+    assert session.asked is False
+
+
+def test_declining_is_still_remembered():
+    missing = dependencies.plan(importable=lambda module: module != "skimage")
+    questions = []
+    session = dependencies.InstallSession(lambda question: questions.append(question) and False,
+                                          planner=lambda: missing, installer=pytest.fail)
+    session.ready()
+    session.ready()
+    assert len(questions) == 1

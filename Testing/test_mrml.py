@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import types
 from pathlib import Path
 
@@ -22,11 +23,11 @@ from test_segfile import (
 )
 
 from CervixAutoSegLib import mrml
+from CervixAutoSegLib.ct.family import CT_STRUCTURES
 from CervixAutoSegLib.errors import Cancelled, InputError, ModelError
 from CervixAutoSegLib.models import resources_dir
-from CervixAutoSegLib.rtstruct import organ_tumour_containment
-from CervixAutoSegLib.ct.family import CT_STRUCTURES
 from CervixAutoSegLib.mr.family import MR_STRUCTURES
+from CervixAutoSegLib.rtstruct import organ_tumour_containment
 from CervixAutoSegLib.volume import Volume
 
 
@@ -354,15 +355,44 @@ def test_export_refuses_a_volume_not_loaded_from_dicom(scene):
         mrml.dicom_files_of(volume_node, lambda uid: "")
 
 
+def reference_geometry(segmentation_node) -> np.ndarray:
+    """The segmentation's "Reference image geometry" as a 4x4 IJK→RAS (in the segmentation's parent frame)."""
+    text = segmentation_node.GetSegmentation().GetConversionParameter("Reference image geometry")
+    return np.array([float(v) for v in text.split(";")[:16]]).reshape(4, 4)
+
+
+def world_matrix(node) -> np.ndarray:
+    """4x4 node frame → world (RAS) of a node's parent transforms (identity without one)."""
+    matrix = vtk.vtkMatrix4x4()
+    slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(node.GetParentTransformNode(), None, matrix)
+    return mrml.matrix_from_vtk(matrix)
+
+
 def test_segmentation_follows_the_input_volume_parent_transform(scene):
+    """Under a linear transform the reference grid is the volume's grid, not transformed twice (issue 12, item 3)."""
     volume_node, _, _ = study_with_volume(scene, ct_image("oblique"))
     transform = slicer.vtkMRMLLinearTransformNode()
     scene.AddNode(transform)
+    to_parent = mrml.matrix_to_vtk(np.array([[0.0, -1.0, 0.0, 40.0], [1.0, 0.0, 0.0, -7.5],
+                                             [0.0, 0.0, 1.0, 12.0], [0.0, 0.0, 0.0, 1.0]]))  # 90° about S, shifted
+    transform.SetMatrixTransformToParent(to_parent)
     volume_node.SetAndObserveTransformNodeID(transform.GetID())
     node = mrml.add_segmentation(scene, volume_node, labels_on("oblique"), CT_STRUCTURES)
     assert node.GetTransformNodeID() == transform.GetID()
     # The Volume handed to the pipeline is in the node's own frame (the DICOM frame), not the transformed one.
     assert mrml.volume_from_node(volume_node).same_grid(labels_on("oblique"), 1e-6)
+    # Same parent transform, so the reference grid is the volume's own IJK→RAS; in world coordinates
+    # Slicer then puts the segmentation's grid exactly where it shows the volume.
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(ijk_to_ras)
+    assert np.allclose(reference_geometry(node), mrml.matrix_from_vtk(ijk_to_ras), atol=1e-6)
+    assert np.allclose(world_matrix(node) @ reference_geometry(node),
+                       world_matrix(volume_node) @ mrml.matrix_from_vtk(ijk_to_ras), atol=1e-6)
+    # And the segments lie on that grid: voxel for voxel the labels they were made from.
+    for structure in CT_STRUCTURES:
+        assert np.allclose(slicer_segment_lps_points(node, structure.name),
+                           expected_lps_points(labels_on("oblique"), labels_on("oblique").array == structure.value),
+                           atol=1e-6)
 
 
 def test_logic_can_read_the_node_dicom_origin_instead_of_its_voxels(scene, tmp_path):
@@ -448,3 +478,181 @@ def test_the_slicer_self_test_steps_pass_headless(scene, tmp_path):
         dice = 2.0 * np.sum(found & expected) / max(1, found.sum() + expected.sum())
         # Placement, not the accuracy target (that is `make evaluate-ct`): every structure overlaps well.
         assert dice > 0.6, f"{structure.name}: Dice {dice:.2f}"
+
+
+# ------------------------------------------------------------------ which volumes are images (issue 12, item 5)
+def vector_volume(scene, name="Photo RGB"):
+    """An RGB volume as Slicer loads a colour image: vtkMRMLVectorVolumeNode, 3 components per voxel."""
+    node = slicer.vtkMRMLVectorVolumeNode()
+    node.SetName(name)
+    image = vtk.vtkImageData()
+    image.SetDimensions(8, 6, 3)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 3)
+    node.SetAndObserveImageData(image)
+    scene.AddNode(node)
+    return node
+
+
+def test_only_plain_scalar_volumes_are_offered_as_input(scene):
+    """GetFirstNodeByClass("vtkMRMLScalarVolumeNode") also returns RGB, label map, DWI and tensor volumes."""
+    rgb = vector_volume(scene)
+    mrml.node_from_volume(scene, labels_on("oblique"), "Labels", labelmap=True)
+    for cls in (slicer.vtkMRMLDiffusionWeightedVolumeNode, slicer.vtkMRMLDiffusionTensorVolumeNode):
+        scene.AddNode(cls())
+    assert scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode") is rgb  # what the panel used to pick
+    assert mrml.first_input_volume(scene) is None
+    ct = mrml.node_from_volume(scene, ct_image("oblique"), "CT")
+    assert mrml.first_input_volume(scene) is ct
+    assert [mrml.is_plain_scalar_volume(node) for node in (rgb, ct)] == [False, True]
+
+
+def test_an_rgb_or_label_map_input_is_refused_with_a_sentence_not_an_exception(scene):
+    from CervixAutoSegLib.controller import AutoContourController, DeviceInfo
+
+    rgb = vector_volume(scene)
+    label_map = mrml.node_from_volume(scene, labels_on("oblique"), "Labels", labelmap=True)
+    controller = AutoContourController(devices=lambda: DeviceInfo())
+    for node, words in ((rgb, "vector (e.g. RGB colour) volume"), (label_map, "label map")):
+        panel_input = mrml.VolumeNodeInput(node)  # raised InputError for the RGB volume before
+        assert words in panel_input.problem and panel_input.modality == ""
+        view = controller.set_input(panel_input)
+        assert not view.run_enabled and view.status == panel_input.problem
+    # A plain scalar node holding a colour image is refused the same way.
+    plain = slicer.vtkMRMLScalarVolumeNode()
+    plain.SetName("RGB as scalar")
+    plain.SetAndObserveImageData(rgb.GetImageData())
+    scene.AddNode(plain)
+    assert "3 values per voxel" in mrml.VolumeNodeInput(plain).problem
+    assert mrml.VolumeNodeInput(mrml.node_from_volume(scene, ct_image("oblique"), "CT")).problem == ""
+
+
+# ------------------------------------------------------------------ anatomic regions (issue 12, item 7)
+MASTER_REGIONS = Path(__file__).parent / "Data" / "slicer_v5.10.0_anatomic_master_regions.tsv"
+MASTER_CONTEXT = "Anatomic codes - DICOM master list"
+REGION_SCHEMA = "https://raw.githubusercontent.com/qiicr/dcmqi/master/doc/anatomic-context-schema.json#"
+
+
+def load_slicer_master_regions(logic, tmp_path) -> int:
+    """Load Slicer v5.10.0's anatomic master list (its regions and modifiers, from Testing/Data) into ``logic``."""
+    regions = []
+    for line in MASTER_REGIONS.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            continue
+        scheme, value, meaning, modifiers = line.split("\t")
+        region = {"CodingSchemeDesignator": scheme, "CodeValue": value, "CodeMeaning": meaning}
+        if modifiers:
+            region["Modifier"] = [{"CodingSchemeDesignator": m.split("^")[0], "CodeValue": m.split("^")[1],
+                                   "CodeMeaning": m} for m in modifiers.split(",")]
+        regions.append(region)
+    path = tmp_path / "AnatomicRegionAndModifier-DICOM-Master.json"
+    path.write_text(json.dumps({"AnatomicContextName": MASTER_CONTEXT, "@schema": REGION_SCHEMA,
+                                "AnatomicCodes": {"AnatomicRegion": regions}}), encoding="utf-8")
+    assert logic.LoadRegionContextFromFile(str(path)) == MASTER_CONTEXT
+    return len(regions)
+
+
+def region_in_its_context(logic, structure) -> bool:
+    """Whether the region context a segment's tag names lists the tag's region (what the selector looks up)."""
+    from CervixAutoSegLib.segfile import terminology_tag
+
+    entry = slicer.vtkSlicerTerminologyEntry()
+    assert logic.DeserializeTerminologyEntry(terminology_tag(structure), entry)
+    region = entry.GetRegionObject()
+    return (region.GetCodingSchemeDesignator(), region.GetCodeValue()) in mrml.loaded_regions(
+        logic, entry.GetRegionContextName())
+
+
+def test_every_structure_region_is_listed_where_its_tag_points(tmp_path):
+    """CTVn's SCT 8128005 is not in Slicer's master list; registering our terminology adds it there."""
+    all_structures = CT_STRUCTURES + MR_STRUCTURES
+    logic = slicer.vtkSlicerTerminologiesModuleLogic()
+    count = load_slicer_master_regions(logic, tmp_path)
+    ctvn = next(s for s in CT_STRUCTURES if s.name == "CTVn")
+    assert not region_in_its_context(logic, ctvn)  # the defect, on Slicer v5.10.0's list
+    iliac_vein = slicer.vtkSlicerTerminologyType()  # a region with modifiers (right, left, both)
+    index = next(i for i in range(count) if logic.GetNthRegionInRegionContext(MASTER_CONTEXT, i, iliac_vein)
+                 and iliac_vein.GetCodeValue() == "46027005")
+    modifiers = logic.GetNumberOfRegionModifierInRegion(MASTER_CONTEXT, iliac_vein)
+
+    mrml.register_terminology(logic, resources_dir() / "CervixAutoSeg.term.json", all_structures)
+    for structure in all_structures:
+        if structure.region is not None:
+            assert region_in_its_context(logic, structure), structure.name
+    # Slicer's own entries are kept as they were (a region keeps its modifiers) and only the missing
+    # region was added; registering again adds nothing.
+    assert logic.GetNumberOfRegionsInRegionContext(MASTER_CONTEXT) == count + 1
+    assert logic.GetNthRegionInRegionContext(MASTER_CONTEXT, index, iliac_vein)
+    assert iliac_vein.GetCodeValue() == "46027005" and modifiers == 3
+    assert logic.GetNumberOfRegionModifierInRegion(MASTER_CONTEXT, iliac_vein) == modifiers
+    assert mrml.register_regions(logic, all_structures) == []
+
+
+def test_registering_without_slicer_master_list_leaves_region_contexts_alone():
+    logic = slicer.vtkSlicerTerminologiesModuleLogic()
+    mrml.register_terminology(logic, resources_dir() / "CervixAutoSeg.term.json", CT_STRUCTURES)
+    names = vtk.vtkStringArray()
+    logic.GetLoadedRegionContextNames(names)
+    assert names.GetNumberOfValues() == 0
+
+
+# ------------------------------------------------------------------ RTSTRUCT into the DICOM database (issue 12, item 8)
+class DicomDatabaseStandIn:
+    """Slicer's DICOM database as the export sees it: fileForInstance, and an indexer that copies files in."""
+
+    def __init__(self, storage: Path, take: bool = True):
+        import pydicom
+
+        self._pydicom, self.storage, self.take, self.files = pydicom, storage, take, {}
+        storage.mkdir(parents=True, exist_ok=True)
+
+    def index(self, paths):
+        for path in paths:
+            self.files[str(self._pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)] = str(path)
+
+    def add_file(self, path: Path) -> None:
+        """ctkDICOMIndexer.addFile(database, path, copyFile=True): the database keeps its own copy."""
+        import shutil
+
+        assert path.is_file()
+        if self.take:
+            copy = self.storage / f"{len(self.files):04d}.dcm"
+            shutil.copy2(path, copy)
+            self.index([copy])
+
+    def file_for_instance(self, uid: str) -> str:
+        return self.files.get(uid, "")
+
+
+def test_export_adds_the_rtstruct_to_the_dicom_database_and_never_writes_into_the_series_folder(scene, tmp_path):
+    from rtstruct_oracle import assert_dciodvfy_clean, oracle_masks, oracle_volume_mask, write_series
+
+    from CervixAutoSegLib.dicom_series import read_dicom_series
+
+    series = tmp_path / "database" / "dicom" / "series"  # imported DICOM: inside the database folder
+    files = write_series(series, 16, 14, np.array([[0.0, 0.0, 2.0 * k] for k in range(6)]), shuffle_seed=2)
+    before = sorted(p.name for p in series.iterdir())
+    database = DicomDatabaseStandIn(tmp_path / "database" / "storage")
+    database.index(files)
+    reference = read_dicom_series(series)
+    volume_node = mrml.node_from_volume(scene, reference, "CT")
+    volume_node.SetAttribute("DICOM.instanceUIDs", " ".join(reference.meta["sop_instance_uids"]))
+    labels = np.zeros(reference.shape, np.uint8)
+    labels[1:5, 3:9, 2:8] = 1
+    node = mrml.add_segmentation(scene, volume_node, reference.with_array(labels), CT_STRUCTURES, model_id="ct")
+    work = tmp_path / "slicer-temp"
+    work.mkdir()
+
+    status = mrml.export_to_dicom_database(node, database.file_for_instance, database.add_file, work_dir=work)
+    assert status.startswith("RTSTRUCT with 4 ROIs added to the DICOM database") and "\n" not in status
+    assert sorted(p.name for p in series.iterdir()) == before  # nothing written next to the series
+    assert list(work.iterdir()) == []  # the temporary copy is gone
+    stored = [Path(p) for uid, p in database.files.items() if uid not in reference.meta["sop_instance_uids"]]
+    assert len(stored) == 1
+    assert_dciodvfy_clean(stored[0])
+    got = oracle_volume_mask(oracle_masks(stored[0], series)["Bladder"], reference)
+    assert np.array_equal(got, labels == 1)
+
+    refusing = DicomDatabaseStandIn(tmp_path / "other", take=False)
+    refusing.index(files)
+    with pytest.raises(InputError, match="did not take the RTSTRUCT"):
+        mrml.export_to_dicom_database(node, refusing.file_for_instance, refusing.add_file, work_dir=work)
