@@ -109,8 +109,12 @@ class FamilyTrainer(Protocol):
     def preprocessing(self) -> dict:
         """The preprocessing parameters a model card records."""
 
-    def export(self, best: dict, config: Any, preprocessing: dict) -> tuple[Mapping[str, Any], str]:
-        """(role → :class:`~.models.NetworkSpec` from ``best.pt``'s state, what the validation split measured)."""
+    def export(self, best: dict, config: Any, preprocessing: dict, out: Path) -> tuple[Mapping[str, Any], str]:
+        """(role → :class:`~.models.NetworkSpec` from ``best.pt``'s state, what the validation split measured).
+
+        ``out`` is the model directory about to be (re)written: a multi-stage family keeps the
+        networks of its other stages from there.
+        """
 
 
 class BenchmarkCase(Protocol):

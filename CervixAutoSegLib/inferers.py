@@ -236,17 +236,23 @@ class SlidingWindowInferer(Inferer):
         return count
 
     def __call__(self, network, inputs, *, device="cpu", progress=None, cancel=None):
+        scores, info = self.scores(network, inputs, device=device, progress=progress, cancel=cancel)
+        return scores.argmax(dim=0).to(torch.uint8).numpy(), info
+
+    def scores(self, network: nn.Module, inputs: np.ndarray, *, device: torch.device | str = "cpu",
+               progress: Progress | None = None, cancel: CancelCheck | None = None
+               ) -> tuple[torch.Tensor, InferenceInfo]:
+        """Blended softmax ``(classes, Z, Y, X)`` float32 on the CPU (summed over the mirrored
+        pass when flip TTA is on), and what ran."""
         attempt = _Attempt(self.options, torch.device(device), self.default_batch)
         attempt.info.item_shape = (int(inputs.shape[0]),) + self.roi_size
         while True:
             try:
-                scores = self._blend(network, inputs, attempt, progress, cancel)
-                break
+                return self._blend(network, inputs, attempt, progress, cancel), attempt.info
             except Cancelled:
                 raise
             except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, anything else re-raised
                 network = attempt.shrink(error, network)
-        return scores.argmax(dim=0).to(torch.uint8).numpy(), attempt.info
 
     def _blend(self, network: nn.Module, inputs: np.ndarray, attempt: _Attempt, progress: Progress | None,
                cancel: CancelCheck | None) -> torch.Tensor:
@@ -255,6 +261,7 @@ class SlidingWindowInferer(Inferer):
 
         total = self.window_count(inputs.shape[1:])
         done = [0]
+        attempt.info.passes = 0  # a retry after an out-of-memory starts the count again
         layout = memory_format(3, self.options.channels_last)
 
         def predict(windows: torch.Tensor) -> torch.Tensor:

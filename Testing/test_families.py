@@ -43,23 +43,28 @@ def structures_of_values(*values):
     return tuple(replace(blob, value=value) for value in values)
 
 
-def test_a_family_without_a_runner_says_so_in_one_line(tmp_path):
-    from test_models import write as write_ct_model  # a real ResAU-Net directory, relabelled as MR below
-
-    import torch
+def test_a_family_without_a_runner_says_so_in_one_line(tmp_path, network_free_family):
+    from test_models import write as write_ct_model  # a real model directory, relabelled below
 
     from CervixAutoSegLib.ct.network import ResAUNet
-
-    card = write_ct_model(tmp_path / "mr-x", ResAUNet(), model_id="mr-x")
-    document = json.loads((card.path / "model.json").read_text())
-    document["family"] = "mr"
-    (card.path / "model.json").write_text(json.dumps(document))
-    image = Volume(np.zeros((4, 8, 8), np.int16), SPACING, (0, 0, 0), np.eye(3), modality="MR")
-    del torch
     from CervixAutoSegLib.pipeline import segment
 
+    card = write_ct_model(tmp_path / "draft-x", ResAUNet(), model_id="draft-x")
+    document = json.loads((card.path / "model.json").read_text())
+    document["family"] = network_free_family.name
+    (card.path / "model.json").write_text(json.dumps(document))
+    image = Volume(np.zeros((4, 8, 8), np.int16), SPACING, (0, 0, 0), np.eye(3), modality="MR")
     with pytest.raises(models.ModelError, match="has no network in this version"):
-        segment(image, None, model="mr-x", models_root=tmp_path)
+        segment(image, None, model="draft-x", models_root=tmp_path)
+
+
+@pytest.fixture
+def network_free_family():
+    """A family with structures but no network yet (as MR was before its runner existed)."""
+    draft = families.ModelFamily("draft", "MR", "Draft family", families.get_family("ct").structures, runner=None)
+    families.register_family(draft)
+    yield draft
+    families.unregister_family("draft")
 
 
 # ---------------------------------------------------------------- the toy family

@@ -148,7 +148,7 @@ class ToyTrainer:
     def preprocessing(self):
         return {"normalisation": "z-score"}
 
-    def export(self, best, config, preprocessing):
+    def export(self, best, config, preprocessing, out):
         from CervixAutoSegLib.models import NetworkSpec
 
         network = build_toynet()

@@ -188,7 +188,7 @@ def export_model(family, work: Path, out: Path, model_id: str, version: str, eva
     run_document = json.loads((work / RUN_FILE).read_text()) if (work / RUN_FILE).is_file() else {}
     config = family.trainer.config_type().from_dict(best["config"])
     preprocessing = run_document.get("preprocessing") or family.trainer.preprocessing()
-    networks, split_note = family.trainer.export(best, config, preprocessing)
+    networks, split_note = family.trainer.export(best, config, preprocessing, out)
     epochs_run = None
     if (work / CHECKPOINT_FILE).is_file():
         epochs_run = torch.load(work / CHECKPOINT_FILE, map_location="cpu", weights_only=False)["epoch"]

@@ -90,7 +90,7 @@ class CTTrainer:
 
         return CTPreprocessing().to_dict()
 
-    def export(self, best: dict, config, preprocessing: dict):
+    def export(self, best: dict, config, preprocessing: dict, out: Path):
         """(networks to save, model-card validation note) from ``best.pt``'s state."""
         from ..models import NetworkSpec
         from .network import ARCHITECTURE

@@ -1,16 +1,17 @@
 """The MR family's registry entry: two-stage PocketNet on T2-weighted MRI (organ, then tumour).
 
-The structures and their label values are fixed (1 organ = uterus + cervix + vagina with the
-tumour included, 2 tumour painted over the organ), so MR label maps and RTSTRUCTs can be
-read, written and evaluated; the network runner is not part of this version yet, so no MR
-model can run (``segment`` says so in one line).
+Label values: 1 organ (uterus + cervix + vagina, tumour included), 2 tumour painted over
+the organ; in segments and RTSTRUCT the organ region includes the tumour.
 """
 
 from __future__ import annotations
 
 from ..families import ModelFamily
+from ..inference_options import InferenceOptions
 from ..structures import (ANATOMICAL_STRUCTURE, CERVIX_UTERI, GROSS_TUMOR_VOLUME, GTV, MORPHOLOGICALLY_ALTERED,
                           ORGAN, UTERUS, Structure)
+from .runner import PocketNetRunner
+from .train_command import PocketNetTrainer
 
 MR_STRUCTURES: tuple[Structure, ...] = (
     Structure(1, "Uterus_Cx_Vagina", "Organ (uterus, cervix, vagina)", (60, 120, 255), ORGAN,
@@ -19,10 +20,21 @@ MR_STRUCTURES: tuple[Structure, ...] = (
               GROSS_TUMOR_VOLUME, CERVIX_UTERI),
 )
 
+
+def build_pocketnet(**kwargs):
+    """The PocketNet of a model card's ``architecture_kwargs`` (imports torch and MONAI)."""
+    from .network import build_pocketnet as build
+
+    return build(**kwargs)
+
+
 MR_FAMILY = ModelFamily(
     name="mr",
     modality="MR",
     title="PocketNet, organ then tumour (T2w MRI)",
     structures=MR_STRUCTURES,
-    runner=None,
+    runner=PocketNetRunner(),
+    architectures={"PocketNet": build_pocketnet},
+    inference_defaults=InferenceOptions(flip_tta=True, overlap=0.5),
+    trainer=PocketNetTrainer(),
 )

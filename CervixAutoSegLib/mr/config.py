@@ -1,0 +1,48 @@
+"""Training hyper-parameters of the MR family (PocketNet, per stage), importable without torch."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..training_config import LoopConfig
+
+STAGES = ("organ", "tumor")
+
+
+@dataclasses.dataclass
+class MRTrainConfig(LoopConfig):
+    """PocketNet hyper-parameters on top of the shared loop's (stored in checkpoints and the card).
+
+    Defaults follow the PocketNet paper's training (Adam 1e-4 with a cosine schedule, L2,
+    Dice + cross-entropy with deep supervision), with a larger start LR for short CPU runs.
+    """
+
+    learning_rate: float = 3e-4
+    batch_size: int = 2
+    max_epochs: int = 100
+    steps_per_epoch: int = 50
+    patience: int = 20
+    lr_schedule: str = "cosine"
+    weight_decay: float = 1e-5
+    stage: str = "organ"
+    """``organ`` (stage 1: T2w → uterus + cervix + vagina) or ``tumor`` (stage 2: T2w + organ mask → tumour)."""
+    patch_size_xyz: tuple[int, int, int] = (192, 192, 32)
+    """Training patches, (x, y, z) voxels: multiples of the network's size divisor.  Smaller than
+    the network's planning patch to fit CPU training; the network is fully convolutional."""
+    network_patch_xyz: tuple[int, int, int] = (256, 256, 32)
+    """The patch the network is planned for (kernels, strides; the paper's) and inference windows."""
+    residual: bool = True
+    foreground_fraction: float = 0.33
+    """Share of patches centred on a voxel of the stage's structure (nnU-Net oversampling)."""
+    augment: bool = True
+    val_overlap: float = 0.25
+    """Sliding-window overlap of the per-epoch validation (inference uses the card's, 0.5)."""
+    max_val_cases: int = 2
+    """Validation cases per epoch, each on a box around its structure (3D windows are slow on a CPU)."""
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "MRTrainConfig":
+        config = super().from_dict(values)
+        config.patch_size_xyz = tuple(int(v) for v in config.patch_size_xyz)  # JSON gives a list
+        config.network_patch_xyz = tuple(int(v) for v in config.network_patch_xyz)
+        return config

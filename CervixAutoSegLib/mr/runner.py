@@ -1,0 +1,128 @@
+"""The MR family's network stage: T2w MR → organ (stage 1), then tumour inside it (stage 2).
+
+As the PocketNet paper runs it: stage 1 segments the gynecologic organ (uterus, cervix,
+vagina, tumour included) on the whole preprocessed image and keeps its largest connected
+component; stage 2 sees only a box around that organ (plus :data:`ORGAN_BOX_MARGIN_MM`) with
+the organ mask as a second input channel, and the tumour is forced inside the organ; tumour
+islands below the card's ``min_tumour_ml`` are dropped (a tumour may be multifocal).  Both
+stages use the shared 3D sliding-window inferer (Gaussian blending, optional flip TTA).
+Label map on the working grid: 1 organ, 2 tumour painted over it; restored onto exactly the
+input grid.  A card with only an ``organ`` network gives the organ alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from ..cropping import bounding_box, extract_box, paste_box
+from ..families import FractionProgress, NetworkOutput
+from ..inference_options import InferenceOptions
+from ..progress import CancelCheck, check_cancelled
+from ..volume import Volume
+
+log = logging.getLogger(__name__)
+
+ORGAN_ROLE, TUMOR_ROLE = "organ", "tumor"
+ORGAN_LABEL, TUMOR_LABEL = 1, 2
+ORGAN_BOX_MARGIN_MM = (20.0, 20.0, 10.0)
+"""Margin (x, y, z) around the stage-1 organ that stage 2 sees: context beyond the organ wall."""
+DEFAULT_MIN_TUMOUR_ML = 0.1
+
+
+def roi_for(card: Any, role: str, shape_zyx: tuple[int, ...]) -> tuple[int, int, int]:
+    """Sliding-window size (z, y, x): the trained patch, or the image rounded up to the network's
+    size divisor when the image is smaller (MONAI pads the image to the window)."""
+    from .network import plan_unet
+
+    kwargs = card.network(role).architecture_kwargs
+    plan = plan_unet(kwargs["patch_size"], kwargs["spacing"], kwargs.get("max_depth", 5))
+    patch_zyx = tuple(int(v) for v in kwargs["patch_size"][::-1])
+    roi = []
+    for size, patch, divisor in zip(shape_zyx, patch_zyx, plan.size_divisor_zyx):
+        roi.append(min(patch, -(-int(size) // divisor) * divisor))
+    return tuple(roi)  # type: ignore[return-value]
+
+
+class PocketNetRunner:
+    """:class:`~CervixAutoSegLib.families.NetworkRunner` of the MR family (torch imported when called)."""
+
+    def __call__(self, volume: Volume, card: Any, device: Any, options: InferenceOptions,
+                 progress: FractionProgress, cancel: CancelCheck | None) -> NetworkOutput:
+        from .preprocess import preprocess_mr, restore_labels
+
+        timings: dict[str, float] = {"model_load": 0.0, "network": 0.0}
+        started = time.perf_counter()
+        image, context = preprocess_mr(volume, card.preprocessing)
+        timings["preprocess"] = time.perf_counter() - started
+        check_cancelled(cancel)
+        two_stages = TUMOR_ROLE in card.roles
+        organ, info = self._stage(card, ORGAN_ROLE, image[None], device, options, timings, cancel,
+                                  lambda f, m: progress(f / (2 if two_stages else 1), f"organ: {m}"))
+        organ = _largest_component(organ == 1)
+        working = organ.astype(np.uint8) * ORGAN_LABEL
+        if two_stages and organ.any():
+            tumour, tumour_info = self._tumour(card, image, organ, context, device, options, timings, cancel,
+                                               lambda f, m: progress(0.5 + f / 2, f"tumour: {m}"))
+            working[tumour] = TUMOR_LABEL
+            info["passes"] += tumour_info["passes"]
+        started = time.perf_counter()
+        labels = restore_labels(working, context)
+        timings["restore"] = time.perf_counter() - started
+        return NetworkOutput(labels=labels, field_of_view_border=None, inference=info,
+                             preprocessing=context.to_dict(), timings=timings)
+
+    def _stage(self, card: Any, role: str, inputs: np.ndarray, device: Any, options: InferenceOptions,
+               timings: dict, cancel: CancelCheck | None, progress: FractionProgress) -> tuple[np.ndarray, dict]:
+        """One network over ``inputs`` (C, z, y, x) → arg-max (z, y, x) and the inference facts."""
+        from ..inferers import SlidingWindowInferer, prepare_network
+        from ..models import load_network
+
+        started = time.perf_counter()
+        network = prepare_network(load_network(card, role), device, options, spatial_dims=3)
+        timings["model_load"] += time.perf_counter() - started
+        started = time.perf_counter()
+        inferer = SlidingWindowInferer(roi_for(card, role, inputs.shape[1:]), options)
+        labels, info = inferer(network, inputs, device=device, cancel=cancel,
+                               progress=lambda done, total: progress(done / max(total, 1), f"windows {done}/{total}"))
+        timings["network"] += time.perf_counter() - started
+        return labels, info.to_json()
+
+    def _tumour(self, card: Any, image: np.ndarray, organ: np.ndarray, context: Any, device: Any,
+                options: InferenceOptions, timings: dict, cancel: CancelCheck | None,
+                progress: FractionProgress) -> tuple[np.ndarray, dict]:
+        """Stage 2 in a box around the organ; tumour ∩ organ, small islands dropped."""
+        spacing_zyx = np.asarray(context.working_spacing[::-1], dtype=float)
+        margin = tuple(int(np.ceil(m / s)) for m, s in zip(ORGAN_BOX_MARGIN_MM[::-1], spacing_zyx))
+        start, size = bounding_box(organ, margin)
+        inputs = np.stack([extract_box(image, start, size), extract_box(organ.astype(np.float32), start, size)])
+        box_labels, info = self._stage(card, TUMOR_ROLE, inputs, device, options, timings, cancel, progress)
+        tumour = paste_box(box_labels == 1, start, organ.shape, False) & organ
+        min_ml = float(card.qa.get("min_tumour_ml", card.preprocessing.get("min_tumour_ml", DEFAULT_MIN_TUMOUR_ML)))
+        return _drop_small_islands(tumour, min_ml / (float(np.prod(spacing_zyx)) / 1000.0)), info
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask)
+    if count <= 1:
+        return mask.astype(bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def _drop_small_islands(mask: np.ndarray, min_voxels: float) -> np.ndarray:
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_voxels
+    keep[0] = False
+    return keep[labels]

@@ -1,0 +1,96 @@
+"""``cervixautoseg train mr``: one PocketNet stage on T2w MR cases (or MR phantoms) → a model directory.
+
+The two stages train separately into the same model directory; each export keeps the other
+stage's network already there, so the directory holds ``organ`` and ``tumor`` once both ran::
+
+    cervixautoseg train mr --stage organ --phantom-seeds 2000-2039 --out MODEL --work runs/mr-organ
+    cervixautoseg train mr --stage tumor --phantom-seeds 2000-2039 --out MODEL --work runs/mr-tumor
+
+The options shared by every family come from :mod:`CervixAutoSegLib.commands.train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_MODEL_ID = "mr-pocketnet"
+
+
+class PocketNetTrainer:
+    """:class:`~CervixAutoSegLib.families.FamilyTrainer` of the MR family."""
+
+    help = "train one stage of the MR (two-stage PocketNet) model on T2w image + label pairs or MR phantoms"
+    default_model_id = DEFAULT_MODEL_ID
+
+    def config_type(self):
+        from .config import MRTrainConfig
+
+        return MRTrainConfig
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from .config import STAGES, MRTrainConfig
+
+        defaults = MRTrainConfig()
+        group = parser.add_argument_group("PocketNet")
+        group.add_argument("--stage", choices=STAGES, default=defaults.stage,
+                           help="organ (stage 1) or tumor (stage 2, organ mask as second input)")
+        group.add_argument("--patch-size", type=int, nargs=3, default=list(defaults.patch_size_xyz),
+                           metavar=("X", "Y", "Z"), help="training patch in voxels, (x, y, z) (default %(default)s)")
+        group.add_argument("--plain-blocks", action="store_true", help="basic conv blocks instead of residual ones")
+        group.add_argument("--foreground-fraction", type=float, default=defaults.foreground_fraction)
+        group.add_argument("--no-augment", action="store_true")
+        parser.set_defaults(lr=defaults.learning_rate, batch_size=defaults.batch_size, max_epochs=defaults.max_epochs,
+                            steps_per_epoch=defaults.steps_per_epoch, patience=defaults.patience,
+                            lr_schedule=defaults.lr_schedule, weight_decay=defaults.weight_decay)
+
+    def config(self, args: argparse.Namespace, loop: dict):
+        from ..errors import InputError
+        from .config import MRTrainConfig
+
+        if not 0.0 <= args.foreground_fraction <= 1.0:
+            raise InputError(f"--foreground-fraction must be between 0 and 1, got {args.foreground_fraction}")
+        from .network import plan_unet
+        from .preprocess import TARGET_SPACING_MM
+
+        divisor = plan_unet(MRTrainConfig().network_patch_xyz, TARGET_SPACING_MM).size_divisor_xyz
+        if any(p % d for p, d in zip(args.patch_size, divisor)):
+            raise InputError(f"--patch-size must be multiples of {divisor} (x, y, z), got {tuple(args.patch_size)}")
+        return MRTrainConfig(**loop, stage=args.stage, patch_size_xyz=tuple(args.patch_size),
+                             residual=not args.plain_blocks, foreground_fraction=args.foreground_fraction,
+                             augment=not args.no_augment)
+
+    def task(self, config, train_sources, val_sources, work: Path):
+        from .preprocess import MRPreprocessing
+        from .training import PocketNetTask, prepare_case
+
+        params, cache = MRPreprocessing(), work / "cache"
+        return PocketNetTask(config.stage, [prepare_case(s, params, cache) for s in train_sources],
+                             [prepare_case(s, params, cache) for s in val_sources])
+
+    def preprocessing(self) -> dict:
+        from .preprocess import MRPreprocessing
+
+        return MRPreprocessing().to_dict()
+
+    def export(self, best: dict, config, preprocessing: dict, out: Path):
+        """This stage's network from ``best.pt``, plus the other stage's from ``out`` if it is there."""
+        from ..errors import ModelError
+        from ..models import NetworkSpec, load_network, read_card
+        from .network import ARCHITECTURE
+        from .training import PocketNetTask
+
+        kwargs = PocketNetTask(config.stage, [], []).network_kwargs(config)
+        network = PocketNetTask(config.stage, [], []).build_network(config)
+        network.load_state_dict(best["model"])
+        networks = {config.stage: NetworkSpec(network.eval(), ARCHITECTURE, kwargs)}
+        try:
+            earlier = read_card(out)
+        except ModelError:
+            earlier = None
+        for entry in earlier.networks if earlier is not None and earlier.family == "mr" else ():
+            if entry.role != config.stage:
+                networks[entry.role] = NetworkSpec(load_network(earlier, entry.role), entry.architecture,
+                                                   entry.architecture_kwargs)
+        ordered = {role: networks[role] for role in ("organ", "tumor") if role in networks}
+        return ordered, f"validation cases, {config.stage} stage alone, sliding window on the working grid"

@@ -1,0 +1,178 @@
+"""The MR family's training task: PocketNet per stage on preprocessed 3D cases, trained by the shared loop.
+
+Each case is preprocessed exactly as at inference (:func:`.preprocess.preprocess_mr`) and
+cached (``.npz``).  Stage ``organ`` learns uterus + cervix + vagina (label > 0) from the
+T2w image; stage ``tumor`` learns the tumour (label 2) from the image plus the true organ
+mask as a second channel, on patches around the organ (at inference the channel is stage
+1's organ).  Loss: soft Dice + cross-entropy on the main output and both deep-supervision
+heads (weights 1, 1/2, 1/4, normalised), as MIST trains PocketNet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_path
+from ..cases import CaseSource
+from ..training import BatchSource, TrainingTask, mean_of, per_structure_dsc
+from .config import MRTrainConfig
+from .family import MR_STRUCTURES
+from .network import build_pocketnet, split_deep_supervision
+from .preprocess import MRPreprocessing, preprocess_labels, preprocess_mr
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+HEAD_WEIGHTS = (1.0, 0.5, 0.25)
+
+
+class MRCase:
+    """A preprocessed case: ``image`` float16 (z, y, x) on the working grid, ``labels`` uint8 (0, 1 organ, 2 tumour)."""
+
+    def __init__(self, name: str, image: np.ndarray, labels: np.ndarray):
+        self.name, self.image, self.labels = name, image, labels
+
+    def inputs(self, stage: str) -> np.ndarray:
+        """Network input (C, z, y, x) float32 of ``stage`` (the true organ as stage 2's second channel)."""
+        image = self.image.astype(np.float32)[None]
+        return image if stage == "organ" else np.concatenate([image, (self.labels > 0)[None].astype(np.float32)])
+
+    def target(self, stage: str) -> np.ndarray:
+        return (self.labels > 0 if stage == "organ" else self.labels == 2).astype(np.int64)
+
+
+def prepare_case(source: CaseSource, params: MRPreprocessing, cache_dir: Path | None) -> MRCase:
+    """Preprocess one case (or read it from ``cache_dir``)."""
+    key = hashlib.sha256(json.dumps([CACHE_FORMAT, source.fingerprint, params.to_dict()],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    cache_file = cache_dir / f"{source.name}-{key}.npz" if cache_dir else None
+    if cache_file is not None and cache_file.is_file():
+        with np.load(cache_file) as data:
+            return MRCase(source.name, data["image"], data["labels"])
+    volume, labels = source.load()
+    image, context = preprocess_mr(volume, params)
+    case = MRCase(source.name, image.astype(np.float16), preprocess_labels(labels, context))
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache_file, suffix=".npz") as temporary:
+            np.savez(temporary, image=case.image, labels=case.labels)
+    return case
+
+
+class PatchBatches(BatchSource):
+    """Random 3D patches (z, y, x), a share centred on the stage's structure; left-right flips
+    and intensity scaling as augmentation."""
+
+    def __init__(self, cases: Sequence[MRCase], config: MRTrainConfig, rng: np.random.Generator):
+        self.cases, self.config, self.rng = list(cases), config, rng
+        self.patch = tuple(int(v) for v in config.patch_size_xyz[::-1])
+        focus = [(c.labels > 0) if config.stage == "organ" else (c.labels == 2) for c in self.cases]
+        self.focus_voxels = [np.argwhere(mask) for mask in focus]
+
+    def _start(self, case: int) -> list[int]:
+        shape = self.cases[case].image.shape
+        voxels = self.focus_voxels[case]
+        if len(voxels) and self.rng.random() < self.config.foreground_fraction:
+            centre = voxels[self.rng.integers(len(voxels))]
+            return [int(c) - p // 2 + int(self.rng.integers(-p // 4, p // 4 + 1)) for c, p in zip(centre, self.patch)]
+        return [int(self.rng.integers(min(0, n - p), max(n - p, 0) + 1)) for n, p in zip(shape, self.patch)]
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        from ..cropping import extract_box
+
+        case = int(self.rng.integers(len(self.cases)))
+        start = self._start(case)
+        inputs = extract_box(self.cases[case].inputs(self.config.stage), start, self.patch)
+        target = extract_box(self.cases[case].target(self.config.stage), start, self.patch)
+        if self.config.augment:
+            if self.rng.random() < 0.5:
+                inputs, target = inputs[..., ::-1], target[..., ::-1]
+            inputs = inputs.copy()
+            inputs[0] = inputs[0] * self.rng.uniform(0.9, 1.1) + self.rng.uniform(-0.1, 0.1)
+        return np.ascontiguousarray(inputs), np.ascontiguousarray(target)
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [self.sample() for _ in range(size)]
+        return torch.from_numpy(np.stack([p[0] for p in pairs])), torch.from_numpy(np.stack([p[1] for p in pairs]))
+
+
+def dice_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft Dice (foreground class, batch-pooled) + cross-entropy of (N, 2, z, y, x) logits."""
+    ce = torch.nn.functional.cross_entropy(logits, target)
+    probability = logits.softmax(dim=1)[:, 1]
+    truth = (target == 1).float()
+    dice = (2 * (probability * truth).sum() + 1.0) / (probability.sum() + truth.sum() + 1.0)
+    return ce + 1.0 - dice
+
+
+def deep_supervision_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """:func:`dice_ce` on the main output and each head (MONAI upsamples the heads to full size)."""
+    main, heads = split_deep_supervision(output.float())
+    weights = HEAD_WEIGHTS[:1 + len(heads)]
+    losses = [dice_ce(logits, target) for logits in [main, *heads]]
+    return sum(w * loss for w, loss in zip(weights, losses)) / sum(weights)
+
+
+class PocketNetTask(TrainingTask):
+    """One PocketNet stage on ``train_cases``, validated by sliding windows on ``val_cases``."""
+
+    family = "mr"
+
+    def __init__(self, stage: str, train_cases: Sequence[MRCase], val_cases: Sequence[MRCase]):
+        self.role = stage
+        self.train_cases, self.val_cases = list(train_cases), list(val_cases)
+
+    def network_kwargs(self, config: MRTrainConfig) -> dict:
+        return {"in_channels": 1 if config.stage == "organ" else 2, "out_channels": 2,
+                "patch_size": list(config.network_patch_xyz), "spacing": list(MRPreprocessing().spacing_mm),
+                "residual": config.residual}
+
+    def build_network(self, config: MRTrainConfig) -> torch.nn.Module:
+        return build_pocketnet(**self.network_kwargs(config))
+
+    def batches(self, config: MRTrainConfig, rng: np.random.Generator) -> BatchSource:
+        return PatchBatches(self.train_cases, config, rng)
+
+    def loss(self, config: MRTrainConfig):
+        return deep_supervision_loss
+
+    @torch.no_grad()
+    def validate(self, network: torch.nn.Module, config: MRTrainConfig) -> dict:
+        """Dice + CE and DSC of the stage's structure on the first ``max_val_cases`` cases, each on a
+        box around its structure (one or a few windows: full images take minutes per case on a CPU)."""
+        from ..inference_options import InferenceOptions
+        from ..inferers import SlidingWindowInferer
+
+        network.eval()
+        inferer = SlidingWindowInferer(config.patch_size_xyz[::-1], InferenceOptions(
+            precision="bf16" if config.bf16 else "fp32", flip_tta=False, overlap=config.val_overlap))
+        structure = MR_STRUCTURES[0] if config.stage == "organ" else MR_STRUCTURES[1]
+        losses, pairs = [], []
+        for case in self.val_cases[:max(config.max_val_cases, 1)]:
+            inputs, target = _around_structure(case, config)
+            scores, _ = inferer.scores(network, inputs)
+            losses.append(float(dice_ce(torch.log(scores.clamp_min(1e-6))[None], torch.from_numpy(target)[None])))
+            pairs.append((scores.argmax(0).numpy().astype(np.uint8) * structure.value,
+                          target.astype(np.uint8) * structure.value))
+        dsc = per_structure_dsc(pairs, (structure,))
+        return {"val_loss": float(np.mean(losses)), "dsc": dsc, "mean_dsc": mean_of(dsc)}
+
+
+VALIDATION_MARGIN_ZYX = (4, 32, 32)
+
+
+def _around_structure(case: MRCase, config: MRTrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, target) of ``case`` cut to its structure's box plus :data:`VALIDATION_MARGIN_ZYX`."""
+    from ..cropping import bounding_box, extract_box
+
+    target = case.target(config.stage)
+    box = bounding_box(target > 0 if target.any() else case.labels >= 0, VALIDATION_MARGIN_ZYX)
+    start, size = box  # type: ignore[misc]
+    return extract_box(case.inputs(config.stage), start, size), extract_box(target, start, size)
