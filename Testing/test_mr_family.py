@@ -93,3 +93,14 @@ def test_segment_runs_a_two_stage_and_an_organ_only_model_onto_the_input_grid(tm
     result = segment(phantom.image, None, model=organ_only.id, models_root=tmp_path / "one",
                      options={"flip_tta": False, "overlap": 0.0})
     assert not (result.labels.array == 2).any()
+
+
+def test_benchmark_case_is_an_axial_t2w_phantom_and_its_random_model_loads(tmp_path):
+    case = get_family("mr").benchmark
+    image = case.make_image(48)
+    assert image.modality == "MR" and image.shape[1:] == (48, 48)
+    assert np.allclose(image.spacing[:2], 220.0 / 48) and image.spacing[2] == pytest.approx(4.0)
+    card = case.random_model(tmp_path / "mr-random", "mr-random")
+    assert card.roles == ("organ", "tumor")
+    tumour = models.load_network(card, "tumor")
+    assert sum(p.numel() for p in tumour.parameters()) == 552_678  # residual blocks, 2 inputs, both heads

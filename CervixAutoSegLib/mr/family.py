@@ -10,6 +10,7 @@ from ..families import ModelFamily
 from ..inference_options import InferenceOptions
 from ..structures import (ANATOMICAL_STRUCTURE, CERVIX_UTERI, GROSS_TUMOR_VOLUME, GTV, MORPHOLOGICALLY_ALTERED,
                           ORGAN, UTERUS, Structure)
+from .benchmark_case import PhantomT2Axial
 from .runner import PocketNetRunner
 from .train_command import PocketNetTrainer
 
@@ -37,4 +38,5 @@ MR_FAMILY = ModelFamily(
     architectures={"PocketNet": build_pocketnet},
     inference_defaults=InferenceOptions(flip_tta=True, overlap=0.5),
     trainer=PocketNetTrainer(),
+    benchmark=PhantomT2Axial(),
 )
