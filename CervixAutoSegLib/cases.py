@@ -158,3 +158,28 @@ def split_cases(sources: Sequence[CaseSource], ratios: Sequence[int] = DEFAULT_S
     return shuffled[:n_train], shuffled[n_train:n_train + n_val], shuffled[n_train + n_val:]
 
 
+# ------------------------------------------------------------------ cache
+def cached_arrays(source: CaseSource, cache_format: int, settings: object, cache_dir: Path | None,
+                  make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The arrays ``make()`` computes from ``source`` — read from ``cache_dir`` when present, else
+    computed and saved there atomically (``<case>-<key>.npz``).
+
+    The key hashes ``cache_format``, the case's fingerprint and ``settings`` (JSON-able, e.g.
+    the preprocessing parameters), so a change of any of them makes a new entry.
+    """
+    import json
+
+    from .atomic import atomic_path
+
+    key = hashlib.sha256(json.dumps([cache_format, source.fingerprint, settings],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    cache_file = cache_dir / f"{source.name}-{key}.npz" if cache_dir else None
+    if cache_file is not None and cache_file.is_file():
+        with np.load(cache_file) as data:
+            return {name: data[name] for name in data.files}
+    arrays = make()
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache_file, suffix=".npz") as temporary:
+            np.savez(temporary, **arrays)
+    return arrays

@@ -254,17 +254,19 @@ def find_model(family_or_id: str, root: str | Path | None = None) -> ModelCard:
     return max(candidates, key=lambda card: (_mean_validation_dsc(card), _version_key(card.version), card.id))
 
 
-def choose_model(modality: str, model: str = "auto", root: str | Path | None = None) -> ModelCard:
+def choose_model(modality: str, model: "str | ModelCard" = "auto", root: str | Path | None = None) -> ModelCard:
     """The model card for an image of ``modality``; InputError when none fits.
 
     ``model``: ``"auto"`` (the family registered for the modality), a family name (its best
-    model) or a model id.  A model of another modality is never used instead.
+    model), a model id, or a card already in hand (training evaluates the card it has just
+    written this way).  A model of another modality is never used instead.
     """
     from .families import family_for_modality, family_names, get_family
 
     modality = (modality or "").upper()
-    requested = (model or "auto").strip()
-    if requested.lower() == "auto":
+    if isinstance(model, ModelCard):
+        card = model
+    elif (model or "auto").strip().lower() == "auto":
         family = family_for_modality(modality)
         if family is None:
             choices = " or ".join(f"--model {name}" for name in family_names())
@@ -275,6 +277,7 @@ def choose_model(modality: str, model: str = "auto", root: str | Path | None = N
         except ModelError:
             raise InputError(_no_model_message(modality, root)) from None
     else:
+        requested = model.strip()
         card = find_model(requested.lower() if requested.lower() in family_names() else requested, root)
     expected = get_family(card.family).modality
     if modality and modality != expected.upper():

@@ -96,22 +96,11 @@ class Outcome:
 
 # ---------------------------------------------------------------- model choice
 def choose_model(volume: Volume, model: str | Any = "auto", models_root: str | Path | None = None):
-    """The model card for ``volume`` (see :func:`CervixAutoSegLib.models.choose_model`).
-
-    ``model`` may also be a :class:`~CervixAutoSegLib.models.ModelCard` (training evaluates
-    the card it has just written through this very path); its modality is still checked.
-    """
-    from .families import get_family
-    from .models import ModelCard
+    """The model card for ``volume``: :func:`CervixAutoSegLib.models.choose_model` on its modality
+    (``model`` may also be a :class:`~CervixAutoSegLib.models.ModelCard`)."""
     from .models import choose_model as choose_card
 
-    if not isinstance(model, ModelCard):
-        return choose_card(volume.modality, model, models_root)
-    expected = get_family(model.family).modality.upper()
-    modality = (volume.modality or "").upper()
-    if modality and modality != expected:
-        raise InputError(f"model {model.id} segments {expected} images but the input is {modality}")
-    return model
+    return choose_card(volume.modality, model, models_root)
 
 
 def _requested_modality(model: str | Any, models_root: str | Path | None) -> str | None:

@@ -227,7 +227,7 @@ def train_network(task: TrainingTask, config: LoopConfig, work_dir: Path | None 
         started = time.monotonic()
         while run.step_in_epoch < config.steps_per_epoch:
             inputs, targets = batches.batch(config.batch_size)
-            with autocast(torch.device("cpu"), "bf16" if config.bf16 else "fp32"):
+            with autocast(torch.device("cpu"), config.precision):
                 outputs = run.network(inputs)
             loss = loss_fn(outputs, targets)
             run.optimizer.zero_grad(set_to_none=True)

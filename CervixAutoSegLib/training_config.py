@@ -43,6 +43,11 @@ class LoopConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
 
+    @property
+    def precision(self) -> str:
+        """The autocast precision training and its validation run in ("bf16" or "fp32")."""
+        return "bf16" if self.bf16 else "fp32"
+
     def learning_rate_at(self, epoch: int) -> float:
         """Learning rate of 0-based ``epoch``."""
         if self.lr_schedule == "cosine":

@@ -39,10 +39,12 @@ def test_windows_are_the_trained_patch_or_the_image_rounded_up_to_the_network_di
     assert all(r <= p for r, p in zip(small, (16, 64, 64)))
 
 
-def test_stage_two_sees_a_box_around_the_largest_organ_and_the_tumour_is_kept_inside(tmp_path, monkeypatch):
-    """The network stages are replaced by planted answers: what is tested is the two-stage logic."""
+@pytest.mark.parametrize("plane", ["axial", "sagittal"])
+def test_stage_two_sees_a_box_around_the_largest_organ_and_the_tumour_is_kept_inside(tmp_path, monkeypatch, plane):
+    """The network stages are replaced by planted answers: what is tested is the two-stage logic,
+    on the working grid, and its way back onto an axial or a sagittal input grid."""
     card = tiny_mr_model(tmp_path)
-    phantom = make_mr_phantom(3, **SMALL_GRID)
+    phantom = make_mr_phantom(3, plane=plane, **SMALL_GRID)
     seen = {}
 
     def planted(self, card, role, inputs, device, options, timings, cancel, progress):

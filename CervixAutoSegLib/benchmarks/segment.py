@@ -45,7 +45,6 @@ TARGET_SECONDS_100_SLICES = 20.0
 TARGET_PEAK_RSS_GB = 3.0
 RANDOM_MODEL_SUFFIX = "benchmark-random"
 _KB_PER_GB = 1024.0 ** 2
-_WORKER_FLAG = "--benchmark-worker"
 
 
 def add_arguments(parser: argparse.ArgumentParser, family: Any) -> None:
@@ -136,12 +135,12 @@ def precision_agreement(card: Any, volume: Any, slices: int) -> dict:
         output = family.runner(part, card, torch.device("cpu"), inference_options(family, {"precision": precision}),
                                lambda fraction, message: None, None)
         labels[precision], seconds[precision] = output.labels, time.perf_counter() - started
+    from ..metrics import dice as dice_of
+
     reference, fast = labels["fp32"], labels["bf16"]
-    dice = {}
-    for structure in card.structures:
-        a, b = reference == structure.value, fast == structure.value
-        total = int(a.sum()) + int(b.sum())
-        dice[structure.name] = 1.0 if total == 0 else 2.0 * int(np.count_nonzero(a & b)) / total
+    # Both empty: the two precisions agree perfectly on that structure.
+    dice = {s.name: float(np.nan_to_num(dice_of(reference == s.value, fast == s.value), nan=1.0))
+            for s in card.structures}
     return {"slices": int(part.shape[0]), "pixel_agreement": float(np.mean(reference == fast)),
             "dice_bf16_vs_fp32": dice, "fp32_s": seconds["fp32"], "bf16_s": seconds["bf16"]}
 

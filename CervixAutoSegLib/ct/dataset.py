@@ -9,16 +9,13 @@ as ``.npz`` so that repeated runs (and resumed ones) skip the work.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from ..atomic import atomic_path
-from ..cases import CaseSource
+from ..cases import CaseSource, cached_arrays
 from ..errors import InputError
 from .augment import AugmentParams, augment_pair
 from .preprocess import CTPreprocessing, preprocess_ct, preprocess_labels
@@ -47,21 +44,15 @@ class SliceCase:
 # ------------------------------------------------------------ preprocessing
 def prepare_case(source: CaseSource, params: CTPreprocessing, cache_dir: Path | None = None) -> SliceCase:
     """Preprocess one case (or read it from ``cache_dir``)."""
-    key = hashlib.sha256(
-        json.dumps([CACHE_FORMAT, source.fingerprint, params.to_dict()], sort_keys=True).encode()
-    ).hexdigest()[:16]
-    cache_file = cache_dir / f"{source.name}-{key}.npz" if cache_dir else None
-    if cache_file is not None and cache_file.is_file():
-        with np.load(cache_file) as data:
-            return SliceCase(source.name, data["images"], data["labels"], tuple(data["spacing_zyx"].tolist()))
-    image, labels = source.load()
-    batch, context = preprocess_ct(image, params)
-    crops = preprocess_labels(labels, context)
-    case = SliceCase(source.name, batch[:, 0].astype(np.float16), crops, tuple(context.working_spacing[::-1]))
-    if cache_file is not None:
-        with atomic_path(cache_file, suffix=".npz") as temporary:
-            np.savez(temporary, images=case.images, labels=case.labels, spacing_zyx=np.array(case.spacing_zyx))
-    return case
+
+    def make() -> dict[str, np.ndarray]:
+        image, labels = source.load()
+        batch, context = preprocess_ct(image, params)
+        return {"images": batch[:, 0].astype(np.float16), "labels": preprocess_labels(labels, context),
+                "spacing_zyx": np.array(context.working_spacing[::-1])}
+
+    arrays = cached_arrays(source, CACHE_FORMAT, params.to_dict(), cache_dir, make)
+    return SliceCase(source.name, arrays["images"], arrays["labels"], tuple(arrays["spacing_zyx"].tolist()))
 
 
 # ----------------------------------------------------------------- sampling

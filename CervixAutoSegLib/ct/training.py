@@ -122,7 +122,7 @@ def validate(network: torch.nn.Module, cases: Sequence[SliceCase], config: Train
             chosen = indices[start:start + config.val_batch_size]
             images = torch.from_numpy(case.images[chosen].astype(np.float32))[:, None]
             labels = torch.from_numpy(case.labels[chosen].astype(np.int64))
-            with autocast(torch.device("cpu"), "bf16" if config.bf16 else "fp32"):
+            with autocast(torch.device("cpu"), config.precision):
                 logits = network(images.to(memory_format=torch.channels_last))
             losses.append(float(loss_fn(logits.float(), labels)))
             weights.append(len(chosen))

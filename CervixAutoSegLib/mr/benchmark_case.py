@@ -27,14 +27,12 @@ class PhantomT2Axial:
 
         from ..models import NetworkSpec, write_model_dir
         from .config import MRTrainConfig
-        from .network import ARCHITECTURE
-        from .training import PocketNetTask
+        from .network import ARCHITECTURE, build_pocketnet
+        from .training import pocketnet_kwargs
 
         torch.manual_seed(0)
         networks = {}
         for stage in ("organ", "tumor"):
-            config = MRTrainConfig(stage=stage)
-            task = PocketNetTask(stage, [], [])
-            networks[stage] = NetworkSpec(task.build_network(config).eval(), ARCHITECTURE,
-                                          task.network_kwargs(config))
+            kwargs = pocketnet_kwargs(MRTrainConfig(stage=stage))
+            networks[stage] = NetworkSpec(build_pocketnet(**kwargs).eval(), ARCHITECTURE, kwargs)
         return write_model_dir(out_dir, networks, model_id=model_id, family="mr")

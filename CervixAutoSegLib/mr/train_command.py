@@ -77,11 +77,11 @@ class PocketNetTrainer:
         """This stage's network from ``best.pt``, plus the other stage's from ``out`` if it is there."""
         from ..errors import ModelError
         from ..models import NetworkSpec, load_network, read_card
-        from .network import ARCHITECTURE
-        from .training import PocketNetTask
+        from .network import ARCHITECTURE, build_pocketnet
+        from .training import pocketnet_kwargs
 
-        kwargs = PocketNetTask(config.stage, [], []).network_kwargs(config)
-        network = PocketNetTask(config.stage, [], []).build_network(config)
+        kwargs = pocketnet_kwargs(config)
+        network = build_pocketnet(**kwargs)
         network.load_state_dict(best["model"])
         networks = {config.stage: NetworkSpec(network.eval(), ARCHITECTURE, kwargs)}
         try:

@@ -10,8 +10,6 @@ heads (weights 1, 1/2, 1/4, normalised), as MIST trains PocketNet.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -19,8 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..atomic import atomic_path
-from ..cases import CaseSource
+from ..cases import CaseSource, cached_arrays
 from ..training import BatchSource, TrainingTask, mean_of, per_structure_dsc
 from .config import MRTrainConfig
 from .family import MR_STRUCTURES
@@ -50,20 +47,14 @@ class MRCase:
 
 def prepare_case(source: CaseSource, params: MRPreprocessing, cache_dir: Path | None) -> MRCase:
     """Preprocess one case (or read it from ``cache_dir``)."""
-    key = hashlib.sha256(json.dumps([CACHE_FORMAT, source.fingerprint, params.to_dict()],
-                                    sort_keys=True).encode()).hexdigest()[:16]
-    cache_file = cache_dir / f"{source.name}-{key}.npz" if cache_dir else None
-    if cache_file is not None and cache_file.is_file():
-        with np.load(cache_file) as data:
-            return MRCase(source.name, data["image"], data["labels"])
-    volume, labels = source.load()
-    image, context = preprocess_mr(volume, params)
-    case = MRCase(source.name, image.astype(np.float16), preprocess_labels(labels, context))
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cache_file, suffix=".npz") as temporary:
-            np.savez(temporary, image=case.image, labels=case.labels)
-    return case
+
+    def make() -> dict[str, np.ndarray]:
+        volume, labels = source.load()
+        image, context = preprocess_mr(volume, params)
+        return {"image": image.astype(np.float16), "labels": preprocess_labels(labels, context)}
+
+    arrays = cached_arrays(source, CACHE_FORMAT, params.to_dict(), cache_dir, make)
+    return MRCase(source.name, arrays["image"], arrays["labels"])
 
 
 class PatchBatches(BatchSource):
@@ -120,6 +111,13 @@ def deep_supervision_loss(output: torch.Tensor, target: torch.Tensor) -> torch.T
     return sum(w * loss for w, loss in zip(weights, losses)) / sum(weights)
 
 
+def pocketnet_kwargs(config: MRTrainConfig) -> dict:
+    """The ``architecture_kwargs`` of ``config.stage``'s PocketNet (what its model card records)."""
+    return {"in_channels": 1 if config.stage == "organ" else 2, "out_channels": 2,
+            "patch_size": list(config.network_patch_xyz), "spacing": list(MRPreprocessing().spacing_mm),
+            "residual": config.residual}
+
+
 class PocketNetTask(TrainingTask):
     """One PocketNet stage on ``train_cases``, validated by sliding windows on ``val_cases``."""
 
@@ -129,13 +127,8 @@ class PocketNetTask(TrainingTask):
         self.role = stage
         self.train_cases, self.val_cases = list(train_cases), list(val_cases)
 
-    def network_kwargs(self, config: MRTrainConfig) -> dict:
-        return {"in_channels": 1 if config.stage == "organ" else 2, "out_channels": 2,
-                "patch_size": list(config.network_patch_xyz), "spacing": list(MRPreprocessing().spacing_mm),
-                "residual": config.residual}
-
     def build_network(self, config: MRTrainConfig) -> torch.nn.Module:
-        return build_pocketnet(**self.network_kwargs(config))
+        return build_pocketnet(**pocketnet_kwargs(config))
 
     def batches(self, config: MRTrainConfig, rng: np.random.Generator) -> BatchSource:
         return PatchBatches(self.train_cases, config, rng)
@@ -152,7 +145,7 @@ class PocketNetTask(TrainingTask):
 
         network.eval()
         inferer = SlidingWindowInferer(config.patch_size_xyz[::-1], InferenceOptions(
-            precision="bf16" if config.bf16 else "fp32", flip_tta=False, overlap=config.val_overlap))
+            precision=config.precision, flip_tta=False, overlap=config.val_overlap))
         structure = MR_STRUCTURES[0] if config.stage == "organ" else MR_STRUCTURES[1]
         losses, pairs = [], []
         for case in self.val_cases[:max(config.max_val_cases, 1)]:
