@@ -158,6 +158,26 @@ def split_cases(sources: Sequence[CaseSource], ratios: Sequence[int] = DEFAULT_S
     return shuffled[:n_train], shuffled[n_train:n_train + n_val], shuffled[n_train + n_val:]
 
 
+def fold_split(sources: Sequence[CaseSource], folds: int, fold: int, ratios: Sequence[int] = DEFAULT_SPLIT,
+               seed: int = 0) -> tuple[list[CaseSource], list[CaseSource], list[CaseSource]]:
+    """(train, validation, test) of fold ``fold`` (0-based) of ``folds``-fold cross-validation.
+
+    The test cases are :func:`split_cases`'s for the same ``ratios`` and ``seed`` — the same in
+    every fold, so they stay unseen by all folds; the other cases are dealt into ``folds``
+    near-equal parts, part ``fold`` validating and the rest training.
+    """
+    if folds < 2:
+        raise InputError(f"cross-validation needs at least 2 folds, got {folds}")
+    if not 0 <= fold < folds:
+        raise InputError(f"fold must be between 0 and {folds - 1}, got {fold}")
+    train, validation, test = split_cases(sources, ratios, seed)
+    pool = train + validation
+    if len(pool) < folds:
+        raise InputError(f"{folds} folds need at least {folds} cases outside the test split, found {len(pool)}")
+    parts = [pool[i::folds] for i in range(folds)]
+    return [s for i, part in enumerate(parts) if i != fold for s in part], parts[fold], test
+
+
 # ------------------------------------------------------------------ cache
 def cached_arrays(source: CaseSource, cache_format: int, settings: object, cache_dir: Path | None,
                   make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

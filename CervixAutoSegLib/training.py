@@ -131,7 +131,8 @@ class _Run:
         state = None
         if resume and work_dir is not None and (work_dir / CHECKPOINT_FILE).is_file():
             state = load_checkpoint(work_dir / CHECKPOINT_FILE)
-            config = type(config).from_dict(state["config"])
+            # threads is how the run executes, not what it learns: the caller's machine decides
+            config = dataclasses.replace(type(config).from_dict(state["config"]), threads=config.threads)
             log.info("resuming at epoch %d step %d", state["epoch"], state["step_in_epoch"])
         self.config = config
         torch.set_num_threads(max(1, config.threads))
@@ -208,7 +209,7 @@ def train_network(task: TrainingTask, config: LoopConfig, work_dir: Path | None 
     """Train ``task``'s network from scratch (or resume from ``work_dir/checkpoint.pt``) until early stop.
 
     Args:
-        config: hyper-parameters.  On resume, the checkpoint's config wins.
+        config: hyper-parameters.  On resume, the checkpoint's config wins (but for ``threads``).
         work_dir: where checkpoints and the log go; None keeps everything in memory
             (grid-search trials).
         max_epochs: override of ``config.max_epochs`` for this call.

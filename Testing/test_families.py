@@ -151,6 +151,26 @@ def test_toy_family_runs_through_every_command_the_mrml_logic_and_the_controller
     check_mrml_and_controller(tmp_path, root, volume, truth)
 
 
+@pytest.mark.slow
+def test_cross_validation_trains_every_fold_and_summarises_them(toy, tmp_path):
+    write_blob_cases(tmp_path / "cases", range(5))
+    out = tmp_path / "cv"
+    assert cli.main(["train", "toy", "--data", str(tmp_path / "cases"), "--out", str(out), "--folds", "2",
+                     "--fold", "all", "--split", "4:0:1", "--batch-size", "2", "--steps-per-epoch", "2",
+                     "--max-epochs", "1", "--lr", "1e-3", "--no-bf16"]) == 0
+    summary = json.loads((out / "cross_validation.json").read_text())
+    cards = [models.read_card(out / f"fold-{fold}") for fold in (0, 1)]
+    splits = [card.training["split"] for card in cards]
+    assert splits[0]["test"] == splits[1]["test"] and len(splits[0]["test"]) == 1
+    assert sorted(splits[0]["validation"] + splits[1]["validation"]) == sorted(splits[0]["train"] +
+                                                                               splits[0]["validation"])
+    assert [card.training["data"]["fold"] for card in cards] == [0, 1]
+    assert summary["folds"] == 2
+    assert summary["mean_dsc"] == pytest.approx(np.mean([card.validation["mean_dsc"] for card in cards]))
+    assert cli.main(["train", "toy", "--data", str(tmp_path / "cases"), "--out", str(out), "--folds", "2",
+                     "--fold", "2"]) != 0
+
+
 def toy_windows(shape) -> int:
     import toy_family
 

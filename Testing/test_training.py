@@ -144,6 +144,25 @@ def test_split_is_case_level_and_uses_the_papers_ratio():
     assert split_cases(list(range(2)), (111, 30, 15))[1]  # validation never empty with 2 cases
 
 
+def test_folds_partition_the_non_test_cases_and_keep_the_test_cases_out_of_every_fold():
+    from CervixAutoSegLib.cases import fold_split
+    from CervixAutoSegLib.errors import InputError
+
+    sources = list(range(24))
+    _, _, test = split_cases(sources, (111, 30, 15), seed=3)
+    validations = []
+    for fold in range(5):
+        train, val, fold_test = fold_split(sources, 5, fold, (111, 30, 15), seed=3)
+        assert fold_test == test and not set(train) & set(val) and not (set(train) | set(val)) & set(test)
+        assert sorted(train + val + test) == sources
+        validations.append(val)
+    assert sorted(v for val in validations for v in val) == sorted(set(sources) - set(test))
+    assert {len(val) for val in validations} <= {4, 5}
+    for folds, fold in ((1, 0), (5, 5), (5, -1), (30, 0)):
+        with pytest.raises(InputError):
+            fold_split(sources, folds, fold, (111, 30, 15))
+
+
 def test_phantom_cache_entries_change_with_the_phantom_version(monkeypatch):
     # A new phantom version draws other patients from the same seeds: cached slices of
     # the old ones must not be reused.

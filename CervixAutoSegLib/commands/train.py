@@ -11,9 +11,12 @@ are measured through the very path ``segment`` runs.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 from pathlib import Path
+
+import numpy as np
 
 HELP = "train a model family (e.g. ct) on image + label pairs or synthetic phantoms"
 
@@ -40,6 +43,11 @@ def _add_shared_arguments(parser: argparse.ArgumentParser, family) -> None:
     source.add_argument("--phantom-seeds", metavar="RANGE",
                         help="train on synthetic phantoms of these seeds, e.g. 1000-1099 (never use >= 5000)")
     source.add_argument("--split", default="111:30:15", help="train:validation:test case ratio (default %(default)s)")
+    source.add_argument("--folds", type=int, metavar="K",
+                        help="K-fold cross-validation of the non-test cases (the --split test share stays out)")
+    source.add_argument("--fold", default="0", metavar="I|all",
+                        help="with --folds: train fold I (0-based; default 0), or every fold in turn into "
+                             "<work>/fold-I and <out>/fold-I with a summary in <out>/cross_validation.json")
     parser.add_argument("--out", type=Path, required=True, help="model directory to write")
     parser.add_argument("--work", type=Path, help="checkpoints, log and cache (default: <out>.work)")
     parser.add_argument("--resume", action="store_true", help="continue from <work>/checkpoint.pt")
@@ -133,30 +141,63 @@ def _split_ratios(text: str) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cases import split_cases
-    from ..errors import InputError
     from ..families import get_family
-    from ..training import CHECKPOINT_FILE, grid_search, train_network, write_json
 
     family = get_family(args.family)
-    trainer = family.trainer
     work = args.work or args.out.with_name(args.out.name + ".work")
-    work.mkdir(parents=True, exist_ok=True)
     if args.export_only:
+        work.mkdir(parents=True, exist_ok=True)
         export_model(family, work, args.out, args.model_id, args.model_version, args.eval_phantom_seeds)
         return 0
-    config = trainer.config(args, loop_fields(args))
+    config = family.trainer.config(args, loop_fields(args))
     sources, data_summary = _sources(args, family)
-    train_src, val_src, test_src = split_cases(sources, _split_ratios(args.split), seed=args.seed)
+    if not args.folds:
+        train_fold(args, family, config, sources, data_summary, None, work, args.out)
+        return 0
+    folds = _chosen_folds(args.fold, args.folds)
+    cards = {fold: train_fold(args, family, copy.deepcopy(config), sources, data_summary, fold,
+                              work / f"fold-{fold}" if len(folds) > 1 else work,
+                              args.out / f"fold-{fold}" if len(folds) > 1 else args.out)
+             for fold in folds}
+    if len(folds) > 1:
+        write_cross_validation_summary(args.out / CROSS_VALIDATION_FILE, cards)
+    return 0
+
+
+def _chosen_folds(text: str, folds: int) -> list[int]:
+    from ..errors import InputError
+
+    if text == "all":
+        return list(range(folds))
+    try:
+        return [int(text)]
+    except ValueError:
+        raise InputError(f"--fold must be a fold number or 'all', got {text!r}") from None
+
+
+def train_fold(args: argparse.Namespace, family, config, sources, data_summary: dict, fold: int | None,
+               work: Path, out: Path):
+    """Train ``family`` on the split of ``fold`` (None: the ``--split`` ratios) in ``work``, export to ``out``."""
+    from ..cases import fold_split, split_cases
+    from ..errors import InputError
+    from ..training import CHECKPOINT_FILE, grid_search, train_network, write_json
+
+    ratios = _split_ratios(args.split)
+    if fold is None:
+        train_src, val_src, test_src = split_cases(sources, ratios, seed=args.seed)
+    else:
+        train_src, val_src, test_src = fold_split(sources, args.folds, fold, ratios, seed=args.seed)
     if not val_src:
         raise InputError(f"need at least 2 cases for a training/validation split, found {len(sources)}")
+    work.mkdir(parents=True, exist_ok=True)
     run_document = {
         "data": {**data_summary, "cases": len(sources), "split_ratio": args.split,
+                 **({"folds": args.folds, "fold": fold} if fold is not None else {}),
                  "train": [s.name for s in train_src], "validation": [s.name for s in val_src],
                  "test": [s.name for s in test_src]},
-        "preprocessing": trainer.preprocessing(),
+        "preprocessing": family.trainer.preprocessing(),
     }
-    task = trainer.task(config, train_src, val_src, work)
+    task = family.trainer.task(config, train_src, val_src, work)
     if args.grid_search and not (args.resume and (work / CHECKPOINT_FILE).is_file()):
         lr, batch, trials = grid_search(task, config, args.lrs, args.batch_sizes, args.grid_epochs, work)
         config.learning_rate, config.batch_size = lr, batch
@@ -165,9 +206,25 @@ def run(args: argparse.Namespace) -> int:
     if not (args.resume and (work / RUN_FILE).is_file()):
         write_json(work / RUN_FILE, run_document)
     train_network(task, config, work, resume=args.resume)
-    export_model(family, work, args.out, args.model_id, args.model_version, args.eval_phantom_seeds,
-                 test_sources=test_src)
-    return 0
+    return export_model(family, work, out, args.model_id, args.model_version, args.eval_phantom_seeds,
+                        test_sources=test_src)
+
+
+CROSS_VALIDATION_FILE = "cross_validation.json"
+
+
+def write_cross_validation_summary(path: Path, cards: dict) -> dict:
+    """Per-fold validation DSC of the exported ``cards`` ({fold: ModelCard}) and their mean ± SD."""
+    from ..training import write_json
+
+    per_fold = {str(fold): card.validation for fold, card in cards.items()}
+    means = [v["mean_dsc"] for v in per_fold.values() if v.get("mean_dsc") is not None]
+    summary = {"folds": len(cards), "per_fold": per_fold,
+               "mean_dsc": float(np.mean(means)) if means else None,
+               "sd_dsc": float(np.std(means, ddof=1)) if len(means) > 1 else None}
+    write_json(path, summary)
+    print(f"cross-validation over {len(cards)} folds: mean DSC {summary['mean_dsc']} (SD {summary['sd_dsc']})")
+    return summary
 
 
 def export_model(family, work: Path, out: Path, model_id: str, version: str, eval_phantom_seeds: str | None,

@@ -35,6 +35,10 @@ class MRTrainConfig(LoopConfig):
     foreground_fraction: float = 0.33
     """Share of patches centred on a voxel of the stage's structure (nnU-Net oversampling)."""
     augment: bool = True
+    organ_jitter_xyz: tuple[int, int, int] = (6, 6, 1)
+    """Stage ``tumor`` only: the true organ channel is randomly grown or shrunk by up to this many
+    voxels per axis (x, y, z) and shifted by up to half as many (z: this many), so the tumour
+    network tolerates stage 1's boundary errors (≈ 2.8 mm in-plane, one slice)."""
     val_overlap: float = 0.25
     """Sliding-window overlap of the per-epoch validation (inference uses the card's, 0.5)."""
     max_val_cases: int = 2
@@ -45,4 +49,5 @@ class MRTrainConfig(LoopConfig):
         config = super().from_dict(values)
         config.patch_size_xyz = tuple(int(v) for v in config.patch_size_xyz)  # JSON gives a list
         config.network_patch_xyz = tuple(int(v) for v in config.network_patch_xyz)
+        config.organ_jitter_xyz = tuple(int(v) for v in config.organ_jitter_xyz)
         return config

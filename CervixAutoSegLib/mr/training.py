@@ -3,8 +3,8 @@
 Each case is preprocessed exactly as at inference (:func:`.preprocess.preprocess_mr`) and
 cached (``.npz``).  Stage ``organ`` learns uterus + cervix + vagina (label > 0) from the
 T2w image; stage ``tumor`` learns the tumour (label 2) from the image plus the true organ
-mask as a second channel, on patches around the organ (at inference the channel is stage
-1's organ).  Loss: soft Dice + cross-entropy on the main output and both deep-supervision
+mask as a second channel — randomly grown, shrunk and shifted (:func:`jitter_organ`), since
+at inference the channel is stage 1's imperfect organ.  Loss: soft Dice + cross-entropy on the main output and both deep-supervision
 heads (weights 1, 1/2, 1/4, normalised), as MIST trains PocketNet.
 """
 
@@ -82,6 +82,9 @@ class PatchBatches(BatchSource):
         start = self._start(case)
         inputs = extract_box(self.cases[case].inputs(self.config.stage), start, self.patch)
         target = extract_box(self.cases[case].target(self.config.stage), start, self.patch)
+        if self.config.stage == "tumor" and self.config.augment:
+            inputs = inputs.copy()
+            inputs[1] = jitter_organ(inputs[1] > 0.5, self.config.organ_jitter_xyz[::-1], self.rng)
         if self.config.augment:
             if self.rng.random() < 0.5:
                 inputs, target = inputs[..., ::-1], target[..., ::-1]
@@ -92,6 +95,31 @@ class PatchBatches(BatchSource):
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         pairs = [self.sample() for _ in range(size)]
         return torch.from_numpy(np.stack([p[0] for p in pairs])), torch.from_numpy(np.stack([p[1] for p in pairs]))
+
+
+def jitter_organ(organ: np.ndarray, limits_zyx: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    """A plausible stage-1 error of the (z, y, x) boolean ``organ``: grown or shrunk by a random
+    number of voxels per axis (at most ``limits_zyx``), then shifted in-plane by up to half of
+    the limit and along z by up to the limit (zero fill).  Returns float32 (z, y, x)."""
+    from scipy import ndimage
+
+    mask = organ
+    for axis, limit in enumerate(limits_zyx):
+        radius = int(rng.integers(-limit, limit + 1)) if limit else 0
+        if radius:
+            line = np.zeros((3, 3, 3), bool)
+            line[tuple(slice(None) if a == axis else 1 for a in range(3))] = True
+            if radius > 0:
+                mask = ndimage.binary_dilation(mask, structure=line, iterations=radius)
+            else:  # the organ goes on beyond a patch edge it touches: do not erode it there
+                mask = ndimage.binary_erosion(mask, structure=line, iterations=-radius, border_value=1)
+    shifts = [int(rng.integers(-lim, lim + 1)) if a == 0 else int(rng.integers(-(lim // 2), lim // 2 + 1))
+              for a, lim in enumerate(limits_zyx)]
+    shifted = np.zeros(mask.shape, np.float32)
+    source = tuple(slice(max(0, -s), n - max(0, s)) for s, n in zip(shifts, mask.shape))
+    target = tuple(slice(max(0, s), n - max(0, -s)) for s, n in zip(shifts, mask.shape))
+    shifted[target] = mask[source]
+    return shifted
 
 
 def dice_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,130 @@
+"""Training one PocketNet stage: the loss, the patch sampler, the stage-1 error model, and
+``train mr`` for both stages into one model directory that ``segment`` then runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from CervixAutoSegLib import cli, models
+from CervixAutoSegLib.image_io import load_image, write_image
+from CervixAutoSegLib.mr.config import MRTrainConfig
+from CervixAutoSegLib.mr.training import MRCase, PatchBatches, deep_supervision_loss, dice_ce, jitter_organ
+from CervixAutoSegLib.phantom import make_mr_phantom
+
+SMALL_GRID = {"matrix": 64, "pixel_spacing_mm": 2.5, "slice_thickness_mm": 5.0}
+
+
+def box_organ(shape=(16, 64, 64)) -> np.ndarray:
+    organ = np.zeros(shape, bool)
+    organ[4:12, 20:44, 16:48] = True
+    return organ
+
+
+def test_jitter_grows_shrinks_and_shifts_within_its_limits():
+    organ = box_organ()
+    rng = np.random.default_rng(1)
+    volumes, moved = [], 0
+    for _ in range(40):
+        jittered = jitter_organ(organ, (1, 4, 4), rng)
+        assert jittered.dtype == np.float32 and set(np.unique(jittered)) <= {0.0, 1.0}
+        z, y, x = np.nonzero(jittered)
+        # grown by <= 4 voxels and shifted by <= 2 in-plane; grown by <= 1 and shifted by <= 1 along z
+        assert 16 - 6 <= x.min() and x.max() <= 47 + 6 and 20 - 6 <= y.min() and y.max() <= 43 + 6
+        assert 2 <= z.min() and z.max() <= 13
+        volumes.append(jittered.sum() / organ.sum())
+        moved += not np.array_equal(jittered > 0, organ)
+    assert min(volumes) < 0.9 and max(volumes) > 1.1 and moved >= 35
+    assert np.array_equal(jitter_organ(organ, (0, 0, 0), rng) > 0, organ)
+
+
+def test_shrinking_keeps_an_organ_that_runs_on_beyond_the_patch_edge():
+    organ = np.zeros((8, 32, 32), bool)
+    organ[:, :, :16] = True  # cut by the patch at x = 0 and along all of z and y
+    for seed in range(10):
+        jittered = jitter_organ(organ, (0, 3, 3), np.random.default_rng(seed))
+        # eroded away from the cut edges only where a shift moved it there
+        assert jittered[:, 3:-3, 2].all()
+
+
+def small_target() -> torch.Tensor:
+    target = torch.zeros((1, 4, 16, 16), dtype=torch.int64)
+    target[:, 1:3, 4:12, 4:12] = 1
+    return target
+
+
+def test_dice_ce_is_small_for_a_confident_right_answer_and_large_for_a_wrong_one():
+    target = small_target()
+    right = torch.stack([(1 - target) * 10.0, target * 10.0], dim=1).float()
+    assert float(dice_ce(right, target)) < 0.01
+    assert float(dice_ce(-right, target)) > 5.0
+
+
+def test_deep_supervision_weights_the_main_output_most():
+    target = small_target()
+    good = torch.stack([(1 - target) * 10.0, target * 10.0], dim=1).float()
+    bad = -good
+    # MONAI's training output stacks (main, head 1, head 2) along dim 1
+    main_wrong = deep_supervision_loss(torch.stack([bad, good, good], dim=1), target)
+    head_wrong = deep_supervision_loss(torch.stack([good, good, bad], dim=1), target)
+    assert float(main_wrong) > 3 * float(head_wrong) > 0
+
+
+def phantom_case(seed: int) -> MRCase:
+    phantom = make_mr_phantom(seed, **SMALL_GRID)
+    image = phantom.image.array.astype(np.float32)
+    return MRCase(f"case-{seed}", ((image - image.mean()) / image.std()).astype(np.float16), phantom.labels.array)
+
+
+@pytest.mark.parametrize("stage", ["organ", "tumor"])
+def test_patches_have_the_stage_inputs_and_oversample_its_structure(stage):
+    cases = [phantom_case(seed) for seed in (1, 2)]
+    config = MRTrainConfig(stage=stage, patch_size_xyz=(32, 32, 8), foreground_fraction=1.0)
+    inputs, target = PatchBatches(cases, config, np.random.default_rng(0)).batch(6)
+    assert inputs.shape == (6, 1 if stage == "organ" else 2, 8, 32, 32) and inputs.dtype == torch.float32
+    assert target.shape == (6, 8, 32, 32) and target.dtype == torch.int64
+    assert all(t.any() for t in target)  # every patch centred on the structure holds some of it
+    if stage == "tumor":
+        assert set(np.unique(inputs[:, 1].numpy())) <= {0.0, 1.0}
+        assert (inputs[:, 1] > 0).any()
+    background = PatchBatches(cases, MRTrainConfig(stage=stage, patch_size_xyz=(32, 32, 8), foreground_fraction=0.0),
+                              np.random.default_rng(0)).batch(6)[1]
+    assert background.float().mean() < target.float().mean()
+
+
+def write_phantom_cases(folder, seeds):
+    for seed in seeds:
+        phantom = make_mr_phantom(seed, **SMALL_GRID)
+        (folder / f"case{seed}").mkdir(parents=True)
+        write_image(phantom.image, folder / f"case{seed}" / "image.nii.gz")
+        write_image(phantom.labels, folder / f"case{seed}" / "labels.nii.gz")
+
+
+@pytest.mark.slow
+def test_train_mr_writes_both_stages_into_one_model_directory_that_segment_runs(tmp_path):
+    write_phantom_cases(tmp_path / "cases", (11, 12, 13))
+    out = tmp_path / "Models" / "mr-small"
+    common = ["--data", str(tmp_path / "cases"), "--out", str(out), "--split", "2:1:0", "--patch-size", "64", "64",
+              "8", "--batch-size", "1", "--steps-per-epoch", "2", "--max-epochs", "1", "--threads", "1"]
+    assert cli.main(["train", "mr", "--stage", "organ", "--work", str(tmp_path / "organ"), *common]) == 0
+    assert [n.role for n in models.read_card(out).networks] == ["organ"]
+    organ_weights = (out / models.read_card(out).network("organ").weights_file).read_bytes()
+    assert cli.main(["train", "mr", "--stage", "tumor", "--work", str(tmp_path / "tumor"), *common]) == 0
+    card = models.read_card(out)
+    assert [(n.role, n.architecture_kwargs["in_channels"]) for n in card.networks] == [("organ", 1), ("tumor", 2)]
+    assert (out / card.network("organ").weights_file).read_bytes() == organ_weights  # kept as trained
+    assert card.training["config"]["stage"] == "tumor" and card.training["config"]["organ_jitter_xyz"] == [6, 6, 1]
+    for role in ("organ", "tumor"):
+        models.verify_weights(card, role)
+
+    phantom = make_mr_phantom(14, **SMALL_GRID)
+    write_image(phantom.image, tmp_path / "t2.nii.gz")
+    assert cli.main(["segment", str(tmp_path / "t2.nii.gz"), "--out", str(tmp_path / "seg"), "--model", card.id,
+                     "--models", str(out.parent), "--no-flip-tta"]) == 0
+    labels = load_image(tmp_path / "seg" / "labels.nii.gz")
+    assert labels.array.shape == phantom.image.array.shape
+    report = json.loads((tmp_path / "seg" / "report.json").read_text())
+    assert [n["role"] for n in report["model"]["networks"]] == ["organ", "tumor"]
