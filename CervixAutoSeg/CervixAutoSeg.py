@@ -132,6 +132,27 @@ def connectParameterGui(parameterNode, ui):
     return tag
 
 
+def dicomWeighting(volumeNode):
+    """The T2-weighting verdict of the DICOM series ``volumeNode`` was loaded from, or None.
+
+    None when the node did not come from Slicer's DICOM database (a NIfTI, a phantom) or is not
+    MR; the background job only gets the voxels, so the header is read here (one file).
+    """
+    from CervixAutoSegLib import mrml
+    from CervixAutoSegLib.dicom_series import find_series
+    from CervixAutoSegLib.errors import InputError
+
+    database = getattr(slicer, "dicomDatabase", None)
+    if database is None or not getattr(database, "isOpen", True):
+        return None
+    try:
+        files = mrml.dicom_files_of(volumeNode, database.fileForInstance)
+    except InputError:
+        return None
+    series = find_series(files[:1])
+    return series[0].weighting if series else None
+
+
 def registerTerminology() -> None:
     """Make Slicer's terminology selector know our codes (Resources/CervixAutoSeg.term.json)."""
     from CervixAutoSegLib import mrml
@@ -196,6 +217,7 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportButton.connect("clicked(bool)", self.onExportClicked)
         self.ui.refreshModelsButton.connect("clicked(bool)", self.onRefreshModels)
         self.ui.flipTTACheckBox.connect("toggled(bool)", self.onFlipTTAToggled)
+        self.ui.allowNonT2CheckBox.connect("toggled(bool)", self.onAllowNonT2Toggled)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -255,7 +277,10 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onInputChanged(self, node):
         from CervixAutoSegLib.mrml import VolumeNodeInput
 
-        self.render(self.controller.set_input(VolumeNodeInput(node) if node else None))
+        runInput = VolumeNodeInput(node) if node else None
+        if runInput is not None:
+            runInput.weighting = dicomWeighting(node)  # the controller refuses a non-T2w MR series
+        self.render(self.controller.set_input(runInput))
 
     def onSegmentationChanged(self, node):
         self.render(self.controller.set_segmentation(node is not None))
@@ -274,6 +299,9 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onFlipTTAToggled(self, checked):
         self.render(self.controller.set_flip_tta(checked))
+
+    def onAllowNonT2Toggled(self, checked):
+        self.render(self.controller.set_allow_non_t2(checked))
 
     def onRefreshModels(self):
         self.render(self.controller.refresh())
@@ -337,8 +365,12 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             wasBlocked = self.ui.flipTTACheckBox.blockSignals(True)
             self.ui.flipTTACheckBox.checked = view.flip_tta
             self.ui.flipTTACheckBox.blockSignals(wasBlocked)
+        if self.ui.allowNonT2CheckBox.checked != view.allow_non_t2:
+            wasBlocked = self.ui.allowNonT2CheckBox.blockSignals(True)
+            self.ui.allowNonT2CheckBox.checked = view.allow_non_t2
+            self.ui.allowNonT2CheckBox.blockSignals(wasBlocked)
         for widget in (self.ui.inputVolumeSelector, self.ui.modelComboBox, self.ui.deviceComboBox,
-                       self.ui.flipTTACheckBox):
+                       self.ui.flipTTACheckBox, self.ui.allowNonT2CheckBox):
             widget.enabled = not view.polling
         if view.polling and not self._timer.isActive():
             self._timer.start()

@@ -27,6 +27,7 @@ from typing import Protocol
 
 from .errors import InputError
 from .families import families, family_for_modality, get_family
+from .mr_weighting import CHECKED_MODALITY, NOT_T2
 from .worker import BackgroundJob, JobState, python_executable, segment_command
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ STAGE_LABELS = {
 """Stage names of :data:`CervixAutoSegLib.progress.STAGES` as the panel shows them."""
 REPORT_FILE = "report.json"
 DETECTING_NOTE = "Detecting GPUs..."
+ALLOW_NON_T2_TEXT = "Allow MR series that are not T2-weighted"
+"""The check box's text in the .ui, quoted by the status line that refuses a series."""
 PERCENT = 100
 
 
@@ -53,7 +56,10 @@ class RunInput(Protocol):
     """The image to contour, as the panel knows it.
 
     An input may also carry ``problem``: one sentence saying why it cannot be contoured at
-    all (e.g. an RGB volume); the panel shows it and keeps the button disabled.
+    all (e.g. an RGB volume); the panel shows it and keeps the button disabled.  An MR input
+    loaded from DICOM may carry ``weighting``: the
+    :class:`~CervixAutoSegLib.mr_weighting.Weighting` of its series' header, so that a series that
+    is not T2-weighted is refused here, as ``segment`` refuses it (the child only sees voxels).
     """
 
     name: str
@@ -141,6 +147,8 @@ class ViewState:
     export_enabled: bool = False
     flip_tta: bool = True
     """Run mirrored too (test-time augmentation): the user's choice, else the chosen family's default."""
+    allow_non_t2: bool = False
+    """The user's explicit override of the T2-weighting check (``segment --allow-non-t2``)."""
     polling: bool = False
 
 
@@ -238,6 +246,11 @@ class AutoContourController:
         self._flip_tta = bool(enabled)
         return self._update_idle(keep_status=True)
 
+    def set_allow_non_t2(self, enabled: bool) -> ViewState:
+        """The user's override of the T2-weighting check (off until ticked; choosing a model never sets it)."""
+        self.view.allow_non_t2 = bool(enabled)
+        return self._update_idle()
+
     def set_segmentation(self, available: bool) -> ViewState:
         """Whether a segmentation to export is selected."""
         self._has_segmentation = bool(available)
@@ -303,6 +316,17 @@ class AutoContourController:
             )
         return choose_model(modality, AUTO, self._models_root)
 
+    def runnable_card(self, run_input: RunInput | None = None):
+        """:meth:`choose_model`, then the T2-weighting check of an MR series; InputError says why not."""
+        card = self.choose_model(run_input)
+        run_input = run_input or self._input
+        weighting = getattr(run_input, "weighting", None)
+        checked = get_family(card.family).modality.upper() == CHECKED_MODALITY
+        if checked and weighting is not None and weighting.verdict == NOT_T2 and not self.view.allow_non_t2:
+            raise InputError(f"{run_input.name} is not T2-weighted: {weighting.reason}. "  # type: ignore[union-attr]
+                             f"Tick '{ALLOW_NON_T2_TEXT}' to contour it anyway.")
+        return card
+
     # ------------------------------------------------------------- running
     @property
     def running(self) -> bool:
@@ -316,7 +340,7 @@ class AutoContourController:
 
     def start(self) -> ViewState:
         try:
-            card = self.choose_model()
+            card = self.runnable_card()
         except InputError as error:
             self.view.status = str(error)
             return self._update_idle()
@@ -329,7 +353,8 @@ class AutoContourController:
             return self._update_idle(keep_status=True)
         model_argument = card.family if self.view.model == AUTO else card.id
         command = segment_command(input_path, work_dir / "out", model=model_argument, device=self.view.device,
-                                  python=self._python, options={"flip_tta": self.view.flip_tta})
+                                  python=self._python, options={"flip_tta": self.view.flip_tta},
+                                  allow_non_t2=self.view.allow_non_t2)
         if self._models_root is not None:
             command += ["--models", str(self._models_root)]
         self._work_dir = work_dir
@@ -423,7 +448,10 @@ class AutoContourController:
             text += " (" + ", ".join(parts) + ")"
         if device:
             text += f" on {device}"
-        return f"{text}. {summary}." if summary else f"{text}."
+        text = f"{text}. {summary}." if summary else f"{text}."
+        for warning in (report.get("warnings") or []) if report else []:
+            text += f" Warning: {warning}."
+        return text
 
     def _device_label(self) -> str:
         return next((choice.label for choice in self.view.devices if choice.value == self.view.device), self.view.device)
@@ -435,7 +463,7 @@ class AutoContourController:
         self.view.run_text = RUN_TEXT
         self.view.polling = self._probe is not None
         try:
-            card = self.choose_model()
+            card = self.runnable_card()
         except InputError as error:
             self.view.run_enabled, self.view.run_tooltip = False, str(error)
             if not keep_status:

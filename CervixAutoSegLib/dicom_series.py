@@ -34,7 +34,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import re
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -43,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .mr_weighting import Weighting, mr_weighting
 from .volume import Volume
 
 log = logging.getLogger(__name__)
@@ -72,16 +72,6 @@ NONUNIFORM_WARNING_FRACTION = 0.05
 DEFAULT_SINGLE_SLICE_SPACING_MM = 1.0
 OBLIQUE_LIMIT_DEGREES = 10.0
 """Slices tilted more than this from the nearest anatomical plane are listed as oblique."""
-
-T2_MIN_ECHO_TIME_MS = 60.0
-T2_MIN_REPETITION_TIME_MS = 1500.0
-SHORT_ECHO_TIME_MS = 30.0
-T2_POSITIVE_WORDS = ("t2", "tse", "fse", "haste", "space", "ciss", "blade", "propeller", "frfse", "ssfse", "cube")
-T2_NEGATIVE_WORDS = (
-    "t1", "flair", "dwi", "diff", "adc", "trace", "dixon", "vibe", "mprage", "dce", "perf",
-    "localizer", "localiser", "loc", "scout", "survey", "pd", "t2star", "swi", "stir", "tirm",
-)
-
 
 @dataclasses.dataclass
 class SeriesInfo:
@@ -116,6 +106,8 @@ class SeriesInfo:
     is_localizer: bool = False
     echo_time: float | None = None
     repetition_time: float | None = None
+    weighting: Weighting | None = None
+    """MR only: T2-weighted or not, and why (:func:`~CervixAutoSegLib.mr_weighting.mr_weighting` of the first file)."""
 
     @property
     def is_supported(self) -> bool:
@@ -249,49 +241,13 @@ def _text(ds, keyword: str) -> str:
     return str(value).strip()
 
 
-def _words(text: str) -> set[str]:
-    text = text.lower().replace("t2*", " t2star ")
-    return set(re.findall(r"[a-z0-9]+", text))
-
-
 def detect_t2(ds) -> bool | None:
-    """Guess whether an MR image is T2-weighted from its header; None when undecidable.
+    """Whether an MR image is T2-weighted: True / False / None (undecidable).
 
-    Heuristic, in order:
-
-    1. A negative keyword in Series Description, Protocol Name or Sequence Name
-       (``t1``, ``flair``, ``dwi``/``adc``/``trace``, ``dixon``, ``vibe``, ``dce``,
-       ``t2*``/``swi``, ``stir``/``tirm``, localizer/scout/survey, ``pd``...) → False.
-       Words match whole tokens, or token prefixes for ``t1``/``t2`` (``t1w``, ``t2w``).
-    2. Timing: Echo Time ≥ 60 ms and Repetition Time ≥ 1500 ms → True; Echo Time
-       < 30 ms → False (T1w or PD); an echo-planar (``EP``) scan → False (DWI/fMRI).
-    3. Otherwise a positive keyword (``t2``, ``tse``, ``fse``, ``haste``, ``space``,
-       ``ciss``, ``blade``, ``propeller``...) → True.
-    4. Otherwise None. Users override with ``--t2`` / ``--not-t2``.
+    The three-valued form of :func:`CervixAutoSegLib.mr_weighting.mr_weighting`, which holds
+    the rules and says why.
     """
-    words = set()
-    for keyword in ("SeriesDescription", "ProtocolName", "SequenceName"):
-        words |= _words(_text(ds, keyword))
-
-    def has(word: str) -> bool:
-        if word in ("t1", "t2"):
-            return any(w.startswith(word) and (len(w) == 2 or not w[2].isdigit()) for w in words)
-        return word in words
-
-    if any(has(word) for word in T2_NEGATIVE_WORDS):
-        return False
-    echo, repetition = _float(ds, "EchoTime"), _float(ds, "RepetitionTime")
-    scanning = _text(ds, "ScanningSequence").upper().split("\\")
-    if "EP" in scanning:
-        return False
-    long_echo = echo is not None and echo >= T2_MIN_ECHO_TIME_MS
-    if long_echo and repetition is not None and repetition >= T2_MIN_REPETITION_TIME_MS:
-        return True
-    if echo is not None and 0 < echo < SHORT_ECHO_TIME_MS:
-        return False
-    if any(has(word) for word in T2_POSITIVE_WORDS):
-        return True
-    return None
+    return mr_weighting(ds).is_t2
 
 
 # ----------------------------------------------------------------- discovery
@@ -341,6 +297,7 @@ def _info(uid: str, members: list[tuple[Path, Any]]) -> SeriesInfo:
         and np.max(np.abs(np.subtract(o, orientations[0]))) <= ORIENTATION_TOLERANCE
         for o in orientations
     ) or all(o is None for o in orientations)
+    weighting = mr_weighting(first) if modality == "MR" else None
     return SeriesInfo(
         series_instance_uid=uid,
         modality=modality,
@@ -349,7 +306,7 @@ def _info(uid: str, members: list[tuple[Path, Any]]) -> SeriesInfo:
         n_slices=len(positions) if frames == 1 else frames * len(members),
         rows=int(getattr(first, "Rows", 0) or 0),
         columns=int(getattr(first, "Columns", 0) or 0),
-        is_t2=detect_t2(first) if modality == "MR" else None,
+        is_t2=weighting.is_t2 if weighting is not None else None,
         patient_position=_text(first, "PatientPosition"),
         study_instance_uid=_text(first, "StudyInstanceUID"),
         files=[path for path, _ in members],
@@ -364,6 +321,7 @@ def _info(uid: str, members: list[tuple[Path, Any]]) -> SeriesInfo:
         is_localizer="LOCALIZER" in image_type.split("\\"),
         echo_time=_float(first, "EchoTime"),
         repetition_time=_float(first, "RepetitionTime"),
+        weighting=weighting,
     )
 
 
@@ -708,6 +666,8 @@ def read_series_files(info: SeriesInfo, *, t2: bool | None = None) -> Volume:
     }
     if info.modality == "MR":
         meta.update(echo_time=info.echo_time, repetition_time=info.repetition_time)
+        if info.weighting is not None:  # the header's verdict, whatever ``t2`` forced into is_t2
+            meta["mr_weighting"] = info.weighting._asdict()
     if geometry.nonuniform_mm > NONUNIFORM_WARNING_FRACTION * geometry.spacing[2]:
         log.warning("slice positions deviate up to %.3f mm from a uniform grid", geometry.nonuniform_mm)
     return Volume(

@@ -9,7 +9,8 @@
     result.files["rtstruct"]
 
 Steps: load (:mod:`.image_io`) → choose the model for the image's modality (never a CT
-model on MR or the reverse) → preprocess → network → labels back on the input grid →
+model on MR or the reverse) → check that an MR series is T2-weighted (:mod:`.mr_weighting`;
+a refused series stops here unless ``allow_non_t2``) → preprocess → network → labels back on the input grid →
 postprocess (:mod:`.postprocess`) → outputs.
 
 Outputs in ``out_dir`` (a contract other tools rely on): ``labels.nii.gz`` (``labels.nrrd`` for a
@@ -43,6 +44,7 @@ import numpy as np
 
 from .errors import InputError, ModelError
 from .families import NetworkOutput
+from .mr_weighting import check_input_weighting
 from .progress import CancelCheck, ProgressCallback, StagedProgress, check_cancelled
 from .volume import Volume
 
@@ -84,6 +86,8 @@ class Outcome:
     field_of_view_border: np.ndarray | None
     preprocessing: Mapping[str, Any]
     timings: dict
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    """Input warnings for the user (e.g. T2 weighting not verifiable), one line each."""
 
     def report(self, outputs: tuple[str, ...] = ()) -> dict:
         from .report import build_report
@@ -91,7 +95,7 @@ class Outcome:
         return build_report(volume=self.volume, input_path=self.input_path, card=self.card, device=self.device,
                             timings=self.timings, labels=self.labels, structures=self.card.structures,
                             cleanup=self.cleanup, field_of_view_border=self.field_of_view_border,
-                            preprocessing=self.preprocessing, outputs=outputs)
+                            preprocessing=self.preprocessing, outputs=outputs, warnings=self.warnings)
 
 
 # ---------------------------------------------------------------- model choice
@@ -158,6 +162,7 @@ def segment(
     cancel: CancelCheck | None = None,
     options: Any = None,
     models_root: str | Path | None = None,
+    allow_non_t2: bool = False,
 ) -> SegmentationResult:
     """Segment one image and write every output into ``out_dir`` (None: compute only).
 
@@ -174,9 +179,12 @@ def segment(
         options: :class:`~CervixAutoSegLib.inference_options.InferenceOptions` (batch size, precision,
             flip TTA), or a mapping of the fields to change in the family's defaults (None: the defaults).
         models_root: folder of model directories (default: the bundled ``Resources/Models``).
+        allow_non_t2: contour an MR DICOM series whose header says it is not T2-weighted
+            (recorded as a warning); without it such a series is refused. Choosing an MR
+            model does not imply it.
 
     Raises:
-        InputError: unreadable input, modality without a model, bad device, ...
+        InputError: unreadable input, modality without a model, a non-T2w MR series, bad device, ...
         Cancelled: the user cancelled.
     """
     from .devices import describe_device, resolve_device
@@ -192,6 +200,9 @@ def segment(
     started = time.perf_counter()
     volume, input_path = load_input(source, series_uid=series_uid, modality=_requested_modality(model, models_root))
     card = choose_model(volume, model, models_root)
+    warnings = check_input_weighting(volume.meta, volume.modality, allow_non_t2=allow_non_t2)
+    for warning in warnings:  # info, not warning: the command's summary prints them already
+        log.info("%s", warning)
     timings["load"] = time.perf_counter() - started
 
     tracker.start("preprocess", f"model {card.id} on {describe_device(torch_device)}")
@@ -208,7 +219,7 @@ def segment(
                     "description": describe_device(output.inference.get("device", torch_device)),
                     **output.inference}
     outcome = Outcome(volume, input_path, card, device_entry, labels, cleanup, output.field_of_view_border,
-                      output.preprocessing, timings)
+                      output.preprocessing, timings, warnings)
     if out_dir is None:
         timings["total"] = time.perf_counter() - job_started
         tracker.finish()

@@ -7,14 +7,16 @@ array axis 0 of the *input* grid, i.e. the acquired image planes)::
       "format_version": 1,
       "tool": {"name": "CervixAutoSeg", "version": "..."},
       "created_utc": "2026-01-01T12:00:00Z",
-      "input": {"path", "source", "modality", "series_instance_uid", "shape_zyx", "spacing_xyz_mm", ...},
+      "input": {"path", "source", "modality", "series_instance_uid", "shape_zyx", "spacing_xyz_mm", ...,
+                "mr_weighting": {"verdict": "t2|not_t2|unknown", "reason"} (MR DICOM only)},
       "model": {"id", "version", "family", "architecture", "weights_sha256", "networks": [{"role",
                 "architecture", "weights_sha256"}], "intended_use", "validation"},
       "device": {"requested", "used", "description", "precision", "batch_size", "fell_back_to_cpu", ...},
       "timings_s": {"load", "preprocess", "network", "postprocess", "write", "total"},
       "structures": [{"value", "name", "paper_name", "voxels", "volume_ml", "slices": [k_first, k_last],
                       "centroid_lps_mm", "postprocess": {...}}],
-      "qa": {"absent": [names], "flags": [{"structure", "kind", "slices", "message"}]}
+      "qa": {"absent": [names], "flags": [{"structure", "kind", "slices", "message"}]},
+      "warnings": ["one line each, about the input (e.g. T2 weighting not verifiable)"]
     }
 
 QA flag kinds (:data:`QA_KINDS`) are hints for the reviewing physician, not errors.
@@ -191,6 +193,7 @@ def input_summary(volume: Volume, path: str | None) -> dict:
         "spacing_xyz_mm": [round(float(v), 6) for v in volume.spacing],
         "origin_lps_mm": [round(float(v), 4) for v in volume.origin],
         "direction": [[round(float(v), 6) for v in row] for row in volume.direction],
+        **({"mr_weighting": dict(meta["mr_weighting"])} if meta.get("mr_weighting") else {}),
     }
 
 
@@ -213,7 +216,8 @@ def model_summary(card: Any) -> dict:
 def build_report(*, volume: Volume, input_path: str | None, card: Any, device: Mapping[str, Any],
                  timings: Mapping[str, float], labels: Volume, structures: Sequence[Structure],
                  cleanup: Mapping[int, Any] | None = None, field_of_view_border: np.ndarray | None = None,
-                 preprocessing: Mapping[str, Any] | None = None, outputs: Sequence[str] = ()) -> dict:
+                 preprocessing: Mapping[str, Any] | None = None, outputs: Sequence[str] = (),
+                 warnings: Sequence[str] = ()) -> dict:
     """Assemble the whole report document (layout in the module docstring)."""
     from . import __version__
 
@@ -234,6 +238,7 @@ def build_report(*, volume: Volume, input_path: str | None, card: Any, device: M
             "kinds": QA_KINDS,
         },
         "outputs": list(outputs),
+        "warnings": list(warnings),
     }
 
 

@@ -85,16 +85,19 @@ def child_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def segment_command(input_path: str | Path, out_dir: str | Path, *, model: str = "auto", device: str = "auto",
                     series_uid: str | None = None, python: str | None = None,
-                    options: Mapping[str, object] | None = None) -> list[str]:
+                    options: Mapping[str, object] | None = None, allow_non_t2: bool = False) -> list[str]:
     """Argument list running ``cervixautoseg segment`` with the JSON progress protocol.
 
     ``options``: inference options to pass on (``flip_tta``, ``precision``, ``batch_size``;
-    a None value or a missing key leaves the model family's default).
+    a None value or a missing key leaves the model family's default).  ``allow_non_t2``: the
+    user's explicit override of the T2-weighting check (``--allow-non-t2``).
     """
     command = [python or python_executable(), "-m", "CervixAutoSegLib", "segment", str(input_path),
                "--out", str(out_dir), "--model", model, "--device", device, "--progress-json"]
     if series_uid:
         command += ["--series", series_uid]
+    if allow_non_t2:
+        command.append("--allow-non-t2")
     return command + inference_arguments(options or {})
 
 

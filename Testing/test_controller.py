@@ -162,6 +162,8 @@ FAKE_SEGMENT = textwrap.dedent(
     write_segmentation_nrrd(os.path.join(out, "segmentation.seg.nrrd"), grid, CT_STRUCTURES)
     write_labels_json(os.path.join(out, "labels.json"), "ct-resaunet-b", CT_STRUCTURES)
     report = {"timings_s": {"load": 0.5, "network": 3.25, "total": 4.0}, "device": {"description": "CPU (2 threads)"}}
+    if mode == "warn":
+        report["warnings"] = ["T2 weighting not checked: the nrrd input has no DICOM sequence tags"]
     open(os.path.join(out, "report.json"), "w").write(json.dumps(report))
     event("done", 1.0, "done")
     """
@@ -216,6 +218,40 @@ def test_flip_tta_shows_the_family_default_and_the_users_choice_reaches_the_comm
     controller.run_clicked()
     assert "--flip-tta" in commands[0] and "--no-flip-tta" not in commands[0]
     assert "--no-flip-tta" in commands[1] and "--flip-tta" not in commands[1]
+
+
+def test_a_non_t2_mr_series_is_refused_until_the_user_allows_it_and_the_override_reaches_the_command(ct_only):
+    from CervixAutoSegLib.controller import ALLOW_NON_T2_TEXT
+    from CervixAutoSegLib.mr_weighting import NOT_T2, T2, Weighting
+
+    install_model(ct_only, "mr-pocketnet", "mr")
+    commands = []
+    controller = controller_for(ct_only, job_factory=fake_jobs("warn", commands))
+    t1 = FileInput("T1 axial", "MR")
+    t1.weighting = Weighting(NOT_T2, "T1-weighted (Series Description 't1_tse_tra')")
+    view = controller.set_input(t1)
+    assert not view.run_enabled and view.status.startswith("T1 axial is not T2-weighted: T1-weighted")
+    assert f"Tick '{ALLOW_NON_T2_TEXT}'" in view.status and not view.allow_non_t2
+    controller.set_model("mr-pocketnet")  # choosing the MR model does not switch the check off
+    assert not controller.view.run_enabled and not controller.start().polling
+    view = controller.set_allow_non_t2(True)
+    assert view.run_enabled and view.status == ""
+    controller.run_clicked()
+    poll_until_idle(controller, [])
+    assert "--allow-non-t2" in commands[0]
+    assert controller.view.status.endswith("Warning: T2 weighting not checked: the nrrd input has no DICOM "
+                                           "sequence tags.")
+    controller.set_allow_non_t2(False)  # a T2w series, or a CT, never needs the override
+    t2 = FileInput("T2 axial", "MR")
+    t2.weighting = Weighting(T2, "T2 timing: TE 100 ms, TR 4000 ms")
+    assert controller.set_input(t2).run_enabled
+    controller.set_model("auto")
+    ct = FileInput("Pelvis CT", "CT")
+    ct.weighting = Weighting(NOT_T2, "not an MR series")  # only MR models are checked
+    assert controller.set_input(ct).run_enabled
+    controller.run_clicked()
+    poll_until_idle(controller, [])
+    assert "--allow-non-t2" not in commands[1]
 
 
 def test_run_success_button_progress_and_timed_status(ct_only):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -252,6 +253,48 @@ def test_export_rtstruct_button_adds_to_the_dicom_database_not_the_series_folder
     assert sorted(p.name for p in series.iterdir()) == before
     assert calls[-1] == "waited" and calls[0][1] is True  # copied into the database, then waited for
     assert len(database.files) == len(files) + 1
+
+
+# ------------------------------------------------------------------ issue 13, item 4: a non-T2 MR series
+def test_an_mr_series_that_is_not_t2_weighted_is_refused_until_the_box_is_ticked(make_gui, scene, tmp_path,
+                                                                               monkeypatch):
+    """The child only gets the voxels (NRRD): the panel reads the series' header through the DICOM database."""
+    from test_controller import install_model
+    from test_mr_inputs import SERIES, write_mr
+
+    from CervixAutoSegLib import models
+    from CervixAutoSegLib.dicom_series import read_dicom_series
+
+    install_model(tmp_path / "Models", "mr-pocketnet", "mr")
+    monkeypatch.setattr(models, "models_dir", lambda: tmp_path / "Models")
+    database = DicomDatabase(tmp_path / "dicom-database")
+    nodes = {}
+    for description in ("t1_tse_tra", "t2_tse_sag"):
+        folder = write_mr(tmp_path / description, description, **SERIES[description][0])
+        for path in folder.iterdir():
+            database.index(path)
+        reference = read_dicom_series(folder)
+        nodes[description] = mrml.node_from_volume(scene, reference, description)
+        nodes[description].SetAttribute("DICOM.Modality", "MR")
+        nodes[description].SetAttribute("DICOM.instanceUIDs", " ".join(reference.meta["sop_instance_uids"]))
+    monkeypatch.setattr(slicer, "dicomDatabase", database, raising=False)
+    _, widget = open_panel(make_gui())
+    box = widget.ui.allowNonT2CheckBox
+    deadline = time.monotonic() + 60
+    while widget.controller.view.polling and time.monotonic() < deadline:  # the device probe disables the panel
+        widget.onPoll()
+        time.sleep(0.02)
+
+    widget.onInputChanged(nodes["t1_tse_tra"])
+    assert not gui_button_enabled(widget) and box.enabled and not box.checked
+    assert widget.ui.statusLabel.text.startswith("t1_tse_tra is not T2-weighted: T1-weighted")
+    box.checked = True
+    box.emit("toggled(bool)", True)
+    assert gui_button_enabled(widget), widget.ui.statusLabel.text
+    box.checked = False
+    box.emit("toggled(bool)", False)
+    widget.onInputChanged(nodes["t2_tse_sag"])
+    assert gui_button_enabled(widget), widget.ui.statusLabel.text
 
 
 # ------------------------------------------------------------------ item 1: an older Slicer

@@ -1,7 +1,8 @@
 """``cervixautoseg segment INPUT --out DIR``: auto-contour one CT or T2w MR image.
 
 Writes labels.nii.gz, labels.json, segmentation.seg.nrrd, rtstruct.dcm (DICOM input),
-report.json and preview.png into DIR (see :mod:`CervixAutoSegLib.pipeline`).  A plain-text
+report.json and preview.png into DIR (see :mod:`CervixAutoSegLib.pipeline`).  An MR DICOM
+series that is not T2-weighted is refused (one line on stderr) unless ``--allow-non-t2``.  A plain-text
 progress bar goes to stderr; ``--progress-json`` prints the machine-readable protocol of
 :mod:`CervixAutoSegLib.progress` on stdout instead (what the Slicer module reads).
 """
@@ -34,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None,
                         help="also run the image mirrored left-right and average (test-time augmentation; "
                              "default: the model family's choice, on for CT); --no-flip-tta halves the network time")
+    parser.add_argument("--allow-non-t2", action="store_true",
+                        help="contour an MR series whose DICOM header says it is not T2-weighted (T1, DWI/ADC, "
+                             "FLAIR, post-contrast...); without it such a series is refused, whatever --model says")
     parser.add_argument("--models", default=None, metavar="DIR",
                         help="folder of model directories (default: the bundled Resources/Models)")
 
@@ -63,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     reporter = JsonLinesReporter(sys.stdout) if args.progress_json else TextProgressBar(sys.stderr)
     try:
         result = segment(args.input, args.out, model=args.model, device=args.device, series_uid=args.series,
-                         progress=reporter, options=options, models_root=args.models)
+                         progress=reporter, options=options, models_root=args.models,
+                         allow_non_t2=args.allow_non_t2)
     finally:
         if isinstance(reporter, TextProgressBar):
             reporter.close()
@@ -76,6 +81,8 @@ def _print_summary(result) -> None:
     report = result.report
     print(f"model {report['model']['id']} v{report['model']['version']} on {report['device']['description']}, "
           f"{report['timings_s'].get('total', 0):.1f} s")
+    for warning in report.get("warnings", []):
+        print(f"  warning: {warning}")
     for entry in report["structures"]:
         print(f"  {entry['name']:<16} {entry['volume_ml']:10.1f} ml")
     flags = [flag for flag in report["qa"]["flags"] if flag["kind"] != "absent"]
