@@ -406,13 +406,15 @@ class CervixAutoSegLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return CervixAutoSegParameterNode(super().getParameterNode())
 
-    def process(self, volumeNode, model: str = "auto", device: str = "auto", outDir=None):
-        """Contour ``volumeNode`` in this process (blocks); returns the segmentation node."""
+    def process(self, volumeNode, model: str = "auto", device: str = "auto", outDir=None, allowNonT2=False):
+        """Contour ``volumeNode`` in this process (blocks); returns the segmentation node.
+        ``allowNonT2``: contour an MR DICOM series whose header says it is not T2-weighted."""
         from CervixAutoSegLib.mrml import AutoContourLogic
 
         with tempfile.TemporaryDirectory(prefix="CervixAutoSeg-") as temporary:
             return AutoContourLogic(slicer.mrmlScene).run(
-                volumeNode, outDir or os.path.join(temporary, "out"), model=model, device=device)
+                volumeNode, outDir or os.path.join(temporary, "out"), model=model, device=device,
+                allow_non_t2=allowNonT2)
 
     def applyResult(self, volumeNode, outDir):
         from CervixAutoSegLib.mrml import AutoContourLogic

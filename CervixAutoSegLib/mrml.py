@@ -579,12 +579,13 @@ class AutoContourLogic:
 
     def run(self, volume_node, out_dir, *, model: str = "auto", device: str = "auto",
             progress: ProgressCallback | None = None, cancel: CancelCheck | None = None,
-            dicom_files: Sequence | None = None):
+            dicom_files: Sequence | None = None, allow_non_t2: bool = False):
         """Segment ``volume_node``; outputs go to ``out_dir``; return the segmentation node.
 
         With ``dicom_files`` (see :func:`dicom_files_of`) the pipeline reads the node's DICOM
         origin instead of its voxels, so its outputs include an RTSTRUCT referencing that
-        series.  Any exception (including :class:`~CervixAutoSegLib.errors.Cancelled`)
+        series, and an MR series that is not T2-weighted is refused unless ``allow_non_t2``.
+        Any exception (including :class:`~CervixAutoSegLib.errors.Cancelled`)
         propagates before the scene is touched.
         """
         import tempfile
@@ -593,7 +594,8 @@ class AutoContourLogic:
                 source = stage_files(dicom_files, Path(staging))
             else:
                 source = volume_from_node(volume_node)
-            result = self._pipeline()(source, out_dir, model=model, device=device, progress=progress, cancel=cancel)
+            result = self._pipeline()(source, out_dir, model=model, device=device, progress=progress, cancel=cancel,
+                                      allow_non_t2=allow_non_t2)
         labels, structures, model_id, containment = result_parts(result)
         return add_segmentation(self.scene, volume_node, labels, structures,
                                 containment=containment, model_id=model_id)

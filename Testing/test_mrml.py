@@ -228,7 +228,10 @@ def test_logic_passes_the_node_volume_and_options_to_the_pipeline(scene, tmp_pat
     volume, out_dir, kwargs = fake.calls[0]
     assert np.array_equal(volume.array, image.array) and volume.same_grid(image, 1e-6)
     assert out_dir == tmp_path and kwargs["model"] == "ct" and kwargs["device"] == "cpu"
+    assert kwargs["allow_non_t2"] is False  # the T2 check stays on unless asked
     assert node.GetAttribute(mrml.MODEL_ATTRIBUTE) == "ct-fake"
+    mrml.AutoContourLogic(scene, segment=fake).run(volume_node, tmp_path, allow_non_t2=True)
+    assert fake.calls[1][2]["allow_non_t2"] is True
 
 
 def test_apply_result_reads_a_segment_output_folder(scene, tmp_path):
