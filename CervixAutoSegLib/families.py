@@ -28,9 +28,9 @@ import argparse
 import dataclasses
 import importlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from .progress import CancelCheck
 from .structures import Structure
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .benchmarks.spec import BenchmarkBaseline, BenchmarkTargets
     from .models import ModelCard
     from .volume import Volume
 
@@ -129,6 +130,29 @@ class BenchmarkCase(Protocol):
 
     def random_model(self, out_dir: Path, model_id: str) -> "ModelCard":
         """A randomly initialised model directory (same cost as a trained one)."""
+
+
+@runtime_checkable
+class ComparativeBenchmarkCase(BenchmarkCase, Protocol):
+    """A :class:`BenchmarkCase` with more to say (``benchmark mr``): named acquisitions per size, its
+    own targets, the flip-TTA settings to time, and heavier networks to time on the same image.
+
+    ``benchmark NAME`` checks for it with ``isinstance``; a plain :class:`BenchmarkCase` gets one
+    image per size, the family's flip TTA, the shared default targets and no baselines.
+    """
+
+    series: tuple[str, ...]
+    """Names of the images made per size (e.g. ``("axial", "sagittal")``); the first is :meth:`make_image`'s."""
+    flip_tta_runs: tuple[bool, ...]
+    """Flip-TTA settings each series is segmented with; the targets are judged on the first."""
+    targets: "BenchmarkTargets"
+
+    def make_series(self, name: str, size: int, seed: int = 0) -> "Volume":
+        """The image of series ``name`` (one of :attr:`series`) at ``size``."""
+
+    def baselines(self, card: "ModelCard") -> Sequence["BenchmarkBaseline"]:
+        """Networks a user would otherwise run, each timed for one pass over every series' image
+        with the same inferer options as ``card``'s networks (empty: none)."""
 
 
 NetworkBuilder = Callable[..., Any]

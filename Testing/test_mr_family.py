@@ -98,10 +98,10 @@ def test_segment_runs_a_two_stage_and_an_organ_only_model_onto_the_input_grid(tm
 
 
 def test_benchmark_case_is_an_axial_t2w_phantom_and_its_random_model_loads(tmp_path):
-    case = get_family("mr").benchmark
+    case = get_family("mr").benchmark  # its series and baseline: test_mr_benchmark.py
     image = case.make_image(48)
-    assert image.modality == "MR" and image.shape[1:] == (48, 48)
-    assert np.allclose(image.spacing[:2], 220.0 / 48) and image.spacing[2] == pytest.approx(4.0)
+    assert image.modality == "MR" and image.shape == (30, 48, 48)
+    assert np.allclose(image.spacing[:2], 0.469 * 512 / 48) and image.spacing[2] == pytest.approx(5.0)
     card = case.random_model(tmp_path / "mr-random", "mr-random")
     assert card.roles == ("organ", "tumor")
     tumour = models.load_network(card, "tumor")

@@ -10,13 +10,30 @@ MATMUL_SIZE = 2048
 MATMUL_SECONDS = 1.0
 
 
-def count_flops(network: Any, input_shape: tuple[int, ...]) -> int:
+def count_flops(network: Any, input_shape: tuple[int, ...], *, on_meta: bool = True) -> int:
     """FLOPs (2 per multiply-add) of the convolutions (2D, 3D, transposed) and linear layers for
     one forward pass of an input of ``input_shape`` ``(N, C, *spatial)``.
 
     A transposed convolution is counted per *input* element (each spreads its kernel over the
-    output), an ordinary one per output element.
+    output), an ordinary one per output element.  ``on_meta``: run a copy of the network on
+    PyTorch's "meta" device, which propagates shapes without arithmetic or memory (a 3D window
+    of a 30 M-parameter U-Net counts in well under a second); a network with an operation that
+    has no meta kernel is run for real on the CPU instead.
     """
+    import copy
+
+    import torch
+
+    if on_meta:
+        try:
+            return _hooked_forward(copy.deepcopy(network).to("meta"), torch.zeros(input_shape, device="meta"))
+        except (NotImplementedError, RuntimeError):
+            pass
+    return _hooked_forward(network, torch.zeros(input_shape))
+
+
+def _hooked_forward(network: Any, inputs: Any) -> int:
+    """FLOPs counted by forward hooks while ``network(inputs)`` runs (see :func:`count_flops`)."""
     import torch
     from torch import nn
 
@@ -44,7 +61,7 @@ def count_flops(network: Any, input_shape: tuple[int, ...]) -> int:
             handles.append(module.register_forward_hook(linear_hook))
     try:
         with torch.inference_mode():
-            network(torch.zeros(input_shape))
+            network(inputs)
     finally:
         for handle in handles:
             handle.remove()

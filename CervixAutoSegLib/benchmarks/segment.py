@@ -7,15 +7,22 @@ and segmented from there by a fresh worker process (so its peak RSS,
 
 * seconds per stage — read (DICOM → Volume), preprocess, model_load (read + sha256 +
   BN folding), network (forward passes), postprocess (restore + cleaning), write (all
-  outputs), total;
+  outputs), total — and, when the family's runner reports its network stages
+  (``report.json`` ``device.stages``, e.g. MR's organ and tumour), each stage's seconds;
 * the network's achieved GFLOP/s: FLOPs counted analytically from every convolution and
-  linear layer's shapes (forward hooks on one item, a slice or a window; 2 FLOPs per
-  multiply-add) times the items the network computed (``report.json``'s ``device.passes``,
-  mirrored ones included), divided by the forward time;
+  linear layer's shapes (:func:`.flops.count_flops`, 2 FLOPs per multiply-add) of one item (a
+  slice, or each stage's window) times the items computed (``device.passes``, mirrored ones
+  included), divided by the forward time;
 * next to it, a plain square matmul's GFLOP/s measured in the same run and the same dtype
   as the network path (bf16 when the network runs bf16 autocast), i.e. what the cores can do;
-* targets (2-core CPU): network ≥ 50 % of that matmul rate, a 100-slice case ≤ 20 s,
-  peak RSS ≤ 3 GB.  Timing is measured, never asserted by the test suite.
+* targets on the 2-core CPU, shown with whether each is met: :data:`DEFAULT_TARGETS` (network ≥
+  50 % of that matmul rate, a 100-slice case ≤ 20 s, peak RSS ≤ 3 GB) unless the case declares
+  its own.  Timing is measured, never asserted by the test suite.
+
+A :class:`~CervixAutoSegLib.families.ComparativeBenchmarkCase` (MR) also names several series per
+size, the flip-TTA settings to time (targets judged on the first) and baseline networks
+(:class:`~.spec.BenchmarkBaseline`): each baseline makes one pass over every series' image in a
+fresh process of its own, and its network seconds over the case's whole seconds is the speed-up.
 
 Uses the family's best installed model, else a randomly initialised one (same cost; the
 contours are meaningless, which the output says).
@@ -36,38 +43,52 @@ from typing import Any
 
 import numpy as np
 
-from .flops import MATMUL_SIZE, count_flops, matmul_gflops
+from .flops import count_flops, matmul_gflops
+from .spec import BenchmarkTargets
+from .segment_report import print_table, summarise
 
-HELP = "the segment pipeline of a model family: seconds per stage, network GFLOP/s vs matmul, peak RSS"
+HELP = ("the segment pipeline of a model family: seconds per stage, network GFLOP/s vs matmul, peak RSS, "
+        "targets (and any baseline network the family compares with)")
 
-TARGET_NETWORK_FRACTION_OF_MATMUL = 0.5
-TARGET_SECONDS_100_SLICES = 20.0
-TARGET_PEAK_RSS_GB = 3.0
+DEFAULT_TARGETS = BenchmarkTargets(max_total_s=20.0, max_peak_rss_gb=3.0, total_up_to_size=100,
+                                   total_name="total_s_100_slices", min_network_fraction_of_matmul=0.5)
+"""Targets of a case that declares none (CT's, from its issue)."""
 RANDOM_MODEL_SUFFIX = "benchmark-random"
 _KB_PER_GB = 1024.0 ** 2
 
 
 def add_arguments(parser: argparse.ArgumentParser, family: Any) -> None:
+    from ..families import ComparativeBenchmarkCase
     from ..inference_options import PRECISIONS
 
+    case = family.benchmark
+    comparative = isinstance(case, ComparativeBenchmarkCase)
     parser.add_argument("--slices", "--sizes", dest="sizes", type=int, nargs="+",
-                        default=list(family.benchmark.default_sizes),
-                        help=f"{family.benchmark.size_help} (default: %(default)s)")
+                        default=list(case.default_sizes),
+                        help=f"{case.size_help} (default: %(default)s)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the numbers as JSON")
     parser.add_argument("--device", default="cpu", help="device for the network (default: cpu)")
     parser.add_argument("--precision", default=None, choices=PRECISIONS, help="default: the family's (auto)")
     parser.add_argument("--batch-size", type=int, default=0, help="items per batch (default: per device)")
+    tta_default = ("each of " + ", ".join("on" if f else "off" for f in case.flip_tta_runs)
+                   if comparative else "the family's choice, as segment")
     parser.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None,
-                        help="mirrored pass too (default: the family's choice, as segment)")
+                        help=f"mirrored pass too (default: {tta_default})")
     parser.add_argument("--models", default=None, metavar="DIR",
                         help="folder of model directories (default: the bundled models, else random weights)")
     parser.add_argument("--check-bf16", type=int, default=0, metavar="N",
                         help="also compare bf16 with fp32 labels on N slices of the first case (accuracy check)")
+    if comparative:
+        parser.add_argument("--series", nargs="+", choices=case.series, default=list(case.series),
+                            help="series to segment (default: %(default)s)")
+        parser.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
+                            help="also time the baseline network(s) on the same images (default: yes)")
     parser.set_defaults(family=family.name)
 
 
-# ------------------------------------------------------------------ worker (fresh process per case)
-def _worker(config: dict) -> dict:
+# ------------------------------------------------------------------ workers (a fresh process each)
+def _segment_worker(config: dict) -> dict:
+    """One ``segment`` of ``config["dicom"]``: its report's timings and device facts, and the peak RSS (GiB)."""
     import resource
 
     from ..pipeline import segment
@@ -78,23 +99,45 @@ def _worker(config: dict) -> dict:
     result = segment(config["dicom"], config["out"], model=config["model"], device=config["device"],
                      options=options, models_root=config["models_root"])
     wall = time.perf_counter() - started
-    report = result.report
+    device = result.report["device"]
     return {
-        "timings_s": report["timings_s"],
+        "timings_s": result.report["timings_s"],
         "wall_s": wall,
-        "network_items": report["device"].get("passes", 0),
-        "item_shape": report["device"].get("item_shape", []),
-        "flip_tta": report["device"].get("flip_tta"),
-        "precision": report["device"].get("precision"),
-        "batch_size": report["device"].get("batch_size"),
-        "device": report["device"].get("description"),
+        "network_items": device.get("passes", 0),
+        "item_shape": device.get("item_shape", []),
+        "stages": device.get("stages", []),
+        "flip_tta": device.get("flip_tta"),
+        "precision": device.get("precision"),
+        "batch_size": device.get("batch_size"),
+        "device": device.get("description"),
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / _KB_PER_GB,
     }
 
 
-def _run_worker(config: dict) -> dict:
-    code = ("import json, sys; from CervixAutoSegLib.benchmarks.segment import _worker; "
-            "print(json.dumps(_worker(json.loads(sys.argv[1]))))")
+def _baseline_worker(config: dict) -> dict:
+    """One pass of the case's baseline ``config["baseline"]`` over ``config["dicom"]``: its
+    :class:`~.spec.BaselineRun` and the peak RSS (GiB)."""
+    import resource
+
+    from ..devices import resolve_device
+    from ..families import get_family
+    from ..models import find_model
+    from ..pipeline import inference_options, load_input
+
+    family = get_family(config["family"])
+    card = find_model(config["model"], config["models_root"])
+    baseline = next(b for b in family.benchmark.baselines(card) if b.name == config["baseline"])
+    volume, _ = load_input(config["dicom"], modality=family.modality)
+    options = inference_options(family, {"batch_size": config["batch_size"] or None,
+                                         "precision": config["precision"], "flip_tta": config["flip_tta"]})
+    run = baseline.run(volume, card, resolve_device(config["device"]), options)
+    return {**run.to_json(), "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / _KB_PER_GB}
+
+
+def _run_worker(config: dict, worker: str = "_segment_worker") -> dict:
+    """``worker(config)`` of this module in a fresh Python process → its JSON answer."""
+    code = (f"import json, sys; from CervixAutoSegLib.benchmarks.segment import {worker}; "
+            f"print(json.dumps({worker}(json.loads(sys.argv[1]))))")
     completed = subprocess.run([sys.executable, "-c", code, json.dumps(config)], capture_output=True, text=True,
                                check=False)
     if completed.returncode != 0:
@@ -102,7 +145,7 @@ def _run_worker(config: dict) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-# ------------------------------------------------------------------ command
+# ------------------------------------------------------------------ model and accuracy check
 def _model(family: Any, work: Path, models_root: str | None = None) -> tuple[Any, str | None, bool]:
     """(model card, models root or None for the bundled folder, is_random)."""
     from ..errors import ModelError
@@ -145,52 +188,91 @@ def precision_agreement(card: Any, volume: Any, slices: int) -> dict:
             "dice_bf16_vs_fp32": dice, "fp32_s": seconds["fp32"], "bf16_s": seconds["bf16"]}
 
 
-def _flops_per_item(card: Any, item_shape: list[int]) -> int:
-    from ..inferers import fuse_batchnorms
-    from ..models import load_network
+# ------------------------------------------------------------------ FLOPs
+class _FlopCounter:
+    """FLOPs per item of the card's networks (BN folded, as they run), cached by (role, item shape)."""
 
-    total = 0
-    for entry in card.networks:  # a multi-stage model: the dearest stage per item (stages differ in inputs only)
-        network = load_network(card, entry.role)
-        fuse_batchnorms(network)
-        channels = int(entry.architecture_kwargs.get("in_channels", item_shape[0]))
-        total = max(total, count_flops(network, (1, channels, *item_shape[1:])))
-    return total
+    def __init__(self, card: Any) -> None:
+        self.card = card
+        self._cache: dict[tuple, int] = {}
+
+    def item(self, role: str | None, item_shape: list[int]) -> int:
+        """FLOPs of one item ``item_shape`` ``(C, *spatial)``; ``role`` None: the dearest network,
+        its own input channels (a multi-stage model whose runner does not report stages)."""
+        key = (role, tuple(item_shape))
+        if key not in self._cache:
+            from ..inferers import fuse_batchnorms
+            from ..models import load_network
+
+            entries = self.card.networks if role is None else [self.card.network(role)]
+            total = 0
+            for entry in entries:
+                network = load_network(self.card, entry.role)
+                fuse_batchnorms(network)
+                channels = item_shape[0] if role is not None else int(
+                    entry.architecture_kwargs.get("in_channels", item_shape[0]))
+                total = max(total, count_flops(network, (1, channels, *item_shape[1:])))
+            self._cache[key] = total
+        return self._cache[key]
+
+    def parameters(self) -> dict[str, int]:
+        """Role → parameter count of each of the card's networks."""
+        from ..models import load_network
+
+        return {entry.role: int(sum(p.numel() for p in load_network(self.card, entry.role).parameters()))
+                for entry in self.card.networks}
+
+    def of_case(self, case: dict) -> tuple[int, int]:
+        """(FLOPs of the whole case, FLOPs of its dearest item)."""
+        if case.get("stages"):
+            per_item = [self.item(s["role"], s["item_shape"]) for s in case["stages"]]
+            return sum(f * s["passes"] for f, s in zip(per_item, case["stages"])), max(per_item)
+        per_item = self.item(None, case["item_shape"]) if case["item_shape"] else 0
+        return per_item * case["network_items"], per_item
+
+
+# ------------------------------------------------------------------ command
+def _plan(case: Any, args: argparse.Namespace) -> dict:
+    """Series names, flip-TTA runs, targets and whether baselines run, for ``case`` and ``args``."""
+    from ..families import ComparativeBenchmarkCase
+
+    if not isinstance(case, ComparativeBenchmarkCase):
+        return {"series": [None], "flip_tta_runs": [args.flip_tta], "targets": DEFAULT_TARGETS, "baselines": False,
+                "comparative": False}
+    runs = [args.flip_tta] if args.flip_tta is not None else list(case.flip_tta_runs)
+    return {"series": list(args.series), "flip_tta_runs": runs, "targets": case.targets,
+            "baselines": bool(args.baselines), "comparative": True}
+
+
+def _image(case: Any, series: str | None, size: int) -> Any:
+    return case.make_image(size) if series is None else case.make_series(series, size)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dicom_writer import write_dicom_series
     from ..families import get_family
 
     family = get_family(args.family)
-    cases, agreement, flops_item = [], None, 0
+    plan = _plan(family.benchmark, args)
     with tempfile.TemporaryDirectory(prefix="cervixautoseg-bench-") as folder:
         work = Path(folder)
         card, models_root, random_weights = _model(family, work, args.models)
         print(f"model {card.id}{' (random weights: timing only)' if random_weights else ''}", file=sys.stderr)
-        for size in args.sizes:
-            dicom = work / f"{family.name}{size}"
-            volume = family.benchmark.make_image(size)
-            write_dicom_series(volume, dicom, modality=family.modality)
-            if args.check_bf16 and not cases:
-                agreement = precision_agreement(card, volume, args.check_bf16)
-            shape = "x".join(str(n) for n in volume.shape[::-1])
-            del volume
-            print(f"segmenting a {shape} {family.modality} ...", file=sys.stderr)
-            measured = _run_worker({"dicom": str(dicom), "out": str(work / f"out{size}"), "model": card.id,
-                                    "models_root": models_root, "device": args.device,
-                                    "precision": args.precision, "batch_size": args.batch_size,
-                                    "flip_tta": args.flip_tta})
-            flops_item = flops_item or _flops_per_item(card, measured["item_shape"])
+        baselines = list(family.benchmark.baselines(card)) if plan["baselines"] else []
+        config = {"model": card.id, "models_root": models_root, "device": args.device, "precision": args.precision,
+                  "batch_size": args.batch_size, "family": family.name}
+        cases, baseline_runs, agreement = _measure(family, card, plan, baselines, args, work, config)
+        # Inside the folder: a random model's weights live there.
+        counter = _FlopCounter(card)
+        for measured in cases:
+            flops, per_item = counter.of_case(measured)
             network_s = measured["timings_s"].get("network", 0.0)
-            measured["slices"] = size
-            measured["network_gflops_per_s"] = (flops_item * measured["network_items"] / network_s / 1e9
-                                                if network_s > 0 else 0.0)
-            cases.append(measured)
-            shutil.rmtree(dicom)
+            measured["network_gflop"], measured["gflop_per_item"] = flops / 1e9, per_item / 1e9
+            measured["network_gflops_per_s"] = flops / network_s / 1e9 if network_s > 0 else 0.0
+        parameters = counter.parameters() if baselines else None
     matmul = matmul_gflops(cases[0]["precision"] if cases else "fp32")
-    summary = _summarise(cases, matmul, flops_item, card.id, random_weights)
-    _print_table(summary)
+    summary = summarise(cases, matmul, card, random_weights, plan, _describe_baselines(baselines, baseline_runs),
+                        parameters)
+    print_table(summary)
     if agreement is not None:
         summary["bf16_check"] = agreement
         print(f"bf16 vs fp32 on {agreement['slices']} slices: pixel agreement {100 * agreement['pixel_agreement']:.3f}%, "
@@ -203,35 +285,51 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summarise(cases: list[dict], matmul: float, flops_item: int, model_id: str, random_weights: bool) -> dict:
-    for case in cases:
-        case["network_fraction_of_matmul"] = case["network_gflops_per_s"] / matmul if matmul else 0.0
-    targets = {
-        "network_fraction_of_matmul": {"target": f">= {TARGET_NETWORK_FRACTION_OF_MATMUL}",
-                                       "met": all(c["network_fraction_of_matmul"] >= TARGET_NETWORK_FRACTION_OF_MATMUL
-                                                  for c in cases)},
-        "total_s_100_slices": {"target": f"<= {TARGET_SECONDS_100_SLICES}",
-                               "met": all(c["timings_s"]["total"] <= TARGET_SECONDS_100_SLICES
-                                          for c in cases if c["slices"] <= 100)},
-        "peak_rss_gb": {"target": f"<= {TARGET_PEAK_RSS_GB}",
-                        "met": all(c["peak_rss_gb"] <= TARGET_PEAK_RSS_GB for c in cases)},
-    }
-    return {
-        "model": model_id, "random_weights": random_weights, "gflop_per_item": flops_item / 1e9,
-        "matmul_gflops_per_s": matmul, "matmul_dtype": "bf16" if cases and cases[0]["precision"] == "bf16" else "fp32",
-        "cpu_threads": os.cpu_count(), "cases": cases, "targets": targets,
-    }
+def _measure(family: Any, card: Any, plan: dict, baselines: list, args: argparse.Namespace, work: Path,
+             config: dict) -> tuple[list[dict], list[dict], dict | None]:
+    """Every (size, series): written as DICOM, segmented once per flip-TTA run, then each baseline's
+    pass → (segment runs, baseline runs, bf16 check or None)."""
+    from ..dicom_writer import write_dicom_series
+
+    cases: list[dict] = []
+    baseline_runs: list[dict] = []
+    agreement = None
+    for size in args.sizes:
+        for series in plan["series"]:
+            dicom = work / f"{family.name}{size}{series or ''}"
+            volume = _image(family.benchmark, series, size)
+            write_dicom_series(volume, dicom, modality=family.modality)
+            if args.check_bf16 and agreement is None:
+                agreement = precision_agreement(card, volume, args.check_bf16)
+            shape = "x".join(str(n) for n in volume.shape[::-1])
+            del volume
+            where = {"slices": size, "series": series, "shape_xyz": shape}
+            for index, flip in enumerate(plan["flip_tta_runs"]):
+                tta = "" if flip is None else f", flip TTA {'on' if flip else 'off'}"
+                print(f"segmenting a {shape} {family.modality}{' ' + series if series else ''}{tta} ...",
+                      file=sys.stderr)
+                measured = _run_worker({**config, "dicom": str(dicom), "out": str(work / f"out{len(cases)}"),
+                                        "flip_tta": flip})
+                cases.append({**measured, **where, "target_run": index == 0})
+            for baseline in baselines:
+                print(f"{baseline.name}: one pass over the {shape} {series or ''} ...", file=sys.stderr)
+                measured = _run_worker({**config, "dicom": str(dicom), "baseline": baseline.name,
+                                        "flip_tta": plan["flip_tta_runs"][0]}, "_baseline_worker")
+                baseline_runs.append({**measured, **where, "name": baseline.name})
+            shutil.rmtree(dicom)
+    return cases, baseline_runs, agreement
 
 
-def _print_table(summary: dict) -> None:
-    stages = ("load", "preprocess", "model_load", "network", "postprocess", "write", "total")
-    print(f"{'slices':>6} " + " ".join(f"{name:>11}" for name in stages) + f" {'net GFLOP/s':>12} {'% matmul':>9}"
-          f" {'peak RSS':>9}")
-    for case in summary["cases"]:
-        times = " ".join(f"{case['timings_s'].get(name, 0.0):10.2f}s" for name in stages)
-        print(f"{case['slices']:>6} {times} {case['network_gflops_per_s']:12.1f} "
-              f"{100 * case['network_fraction_of_matmul']:8.1f}% {case['peak_rss_gb']:7.2f}GB")
-    print(f"matmul ({summary['matmul_dtype']}, {MATMUL_SIZE}x{MATMUL_SIZE}): {summary['matmul_gflops_per_s']:.1f} GFLOP/s; "
-          f"network {summary['gflop_per_item']:.2f} GFLOP per slice or window; precision {summary['cases'][0]['precision'] if summary['cases'] else '-'}")
-    for name, target in summary["targets"].items():
-        print(f"target {name} {target['target']}: {'met' if target['met'] else 'NOT met'}")
+def _describe_baselines(baselines: list, runs: list[dict]) -> list[dict]:
+    """Each baseline run with its network's description, parameter count and GFLOP per item."""
+    networks = {baseline.name: (baseline, baseline.build()) for baseline in baselines}
+    gflop: dict[tuple, float] = {}
+    described = []
+    for run in runs:
+        baseline, network = networks[run["name"]]
+        key = (run["name"], tuple(run["item_shape"]))
+        if key not in gflop:
+            gflop[key] = count_flops(network, (1, *run["item_shape"])) / 1e9
+        described.append({**run, "description": baseline.description, "gflop_per_item": gflop[key],
+                          "parameters": int(sum(p.numel() for p in network.parameters()))})
+    return described

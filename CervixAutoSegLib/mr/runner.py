@@ -7,7 +7,9 @@ the organ mask as a second input channel, and the tumour is forced inside the or
 islands below the card's ``min_tumour_ml`` are dropped (a tumour may be multifocal).  Both
 stages use the shared 3D sliding-window inferer (Gaussian blending, optional flip TTA).
 Label map on the working grid: 1 organ, 2 tumour painted over it; restored onto exactly the
-input grid.  A card with only an ``organ`` network gives the organ alone.
+input grid.  A card with only an ``organ`` network gives the organ alone.  Each stage's seconds,
+forward passes and window shape go into the inference facts as ``stages`` (report.json
+``device.stages``; ``cervixautoseg benchmark mr`` prints them).
 """
 
 from __future__ import annotations
@@ -60,15 +62,19 @@ class PocketNetRunner:
         timings["preprocess"] = time.perf_counter() - started
         check_cancelled(cancel)
         two_stages = TUMOR_ROLE in card.roles
+        stages = _StageClock(timings)
         organ, info = self._stage(card, ORGAN_ROLE, image[None], device, options, timings, cancel,
                                   lambda f, m: progress(f / (2 if two_stages else 1), f"organ: {m}"))
         organ = _largest_component(organ == 1)
+        stages.lap(ORGAN_ROLE, info)
         working = organ.astype(np.uint8) * ORGAN_LABEL
         if two_stages and organ.any():
             tumour, tumour_info = self._tumour(card, image, organ, context, device, options, timings, cancel,
                                                lambda f, m: progress(0.5 + f / 2, f"tumour: {m}"))
+            stages.lap(TUMOR_ROLE, tumour_info)
             working[tumour] = TUMOR_LABEL
             info["passes"] += tumour_info["passes"]
+        info["stages"] = stages.laps
         started = time.perf_counter()
         labels = restore_labels(working, context)
         timings["restore"] = time.perf_counter() - started
@@ -103,6 +109,26 @@ class PocketNetRunner:
         tumour = paste_box(box_labels == 1, start, organ.shape, False) & organ
         min_ml = float(card.qa.get("min_tumour_ml", card.preprocessing.get("min_tumour_ml", DEFAULT_MIN_TUMOUR_ML)))
         return _drop_small_islands(tumour, min_ml / (float(np.prod(spacing_zyx)) / 1000.0)), info
+
+
+class _StageClock:
+    """Per-stage facts for the report's ``device.stages`` (``benchmark mr`` reads them): one entry per
+    network stage that ran, ``{"role", "seconds", "network_s", "passes", "item_shape"}``.
+
+    ``seconds`` is the stage's wall time (weights, windows, its own cleaning); ``network_s`` its
+    forward passes only; ``item_shape`` one window's input ``(C, z, y, x)``.
+    """
+
+    def __init__(self, timings: dict) -> None:
+        self.timings = timings
+        self.laps: list[dict] = []
+        self._started, self._network = time.perf_counter(), timings.get("network", 0.0)
+
+    def lap(self, role: str, info: dict) -> None:
+        now, network = time.perf_counter(), self.timings.get("network", 0.0)
+        self.laps.append({"role": role, "seconds": now - self._started, "network_s": network - self._network,
+                          "passes": int(info.get("passes", 0)), "item_shape": list(info.get("item_shape", []))})
+        self._started, self._network = now, network
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:

@@ -1,0 +1,130 @@
+"""The numbers of ``benchmark FAMILY`` (:mod:`.segment`): targets judged, speed-ups, the printed table.
+
+Times are seconds, memory GiB (``peak_rss_gb``), FLOPs GFLOP; shapes ``x`` by ``y`` by ``z``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .flops import MATMUL_SIZE
+from .spec import BenchmarkTargets
+
+STAGES = ("load", "preprocess", "model_load", "network", "postprocess", "write", "total")
+"""``report.json`` ``timings_s`` keys, in pipeline order."""
+
+
+def summarise(cases: list[dict], matmul: float, card: Any, random_weights: bool, plan: dict,
+              baselines: list[dict], model_parameters: dict[str, int] | None = None) -> dict:
+    """The JSON document: every segment run (``cases``), every baseline pass with its speed-ups, the
+    targets of ``plan["targets"]`` judged on the runs with the plan's first flip-TTA setting."""
+    for case in cases:
+        case["network_fraction_of_matmul"] = case["network_gflops_per_s"] / matmul if matmul else 0.0
+    for run in baselines:
+        _add_speedups(run, cases)
+    flips = plan["flip_tta_runs"]
+    summary = {
+        "model": card.id, "random_weights": random_weights,
+        "gflop_per_item": max((c["gflop_per_item"] for c in cases), default=0.0),
+        "matmul_gflops_per_s": matmul, "matmul_dtype": "bf16" if cases and cases[0]["precision"] == "bf16" else "fp32",
+        "cpu_threads": os.cpu_count(), "cases": cases,
+        "targets": judge(cases, baselines, plan["targets"]),
+    }
+    if plan["comparative"]:  # a case that chose its flip-TTA runs says which ones the targets count
+        summary["targets_judged_on"] = f"flip TTA {'on' if flips[0] else 'off'}"
+    if model_parameters is not None:
+        summary["model_parameters"] = model_parameters
+    if plan["baselines"]:
+        summary["baselines"] = baselines
+    return summary
+
+
+def _add_speedups(run: dict, cases: list[dict]) -> None:
+    """``run`` (a baseline pass) gets the matching judged case's seconds and the two speed-ups:
+    baseline network seconds over the whole case's, and over the case's network seconds."""
+    case = next((c for c in cases if c["target_run"] and c["slices"] == run["slices"]
+                 and c["series"] == run["series"]), None)
+    if case is None:
+        return
+    total, network = case["timings_s"]["total"], case["timings_s"].get("network", 0.0)
+    run["case_total_s"], run["case_network_s"] = total, network
+    run["speedup_whole_case"] = run["network_s"] / total if total > 0 else 0.0
+    run["speedup_network"] = run["network_s"] / network if network > 0 else 0.0
+
+
+def judge(cases: list[dict], baselines: list[dict], targets: BenchmarkTargets) -> dict:
+    """Target name → ``{"target": "<= 60.0", "met": bool, or None when not measured}``."""
+    judged = [c for c in cases if c["target_run"]]
+    results: dict[str, dict] = {}
+    if targets.min_network_fraction_of_matmul is not None:
+        floor = targets.min_network_fraction_of_matmul
+        results["network_fraction_of_matmul"] = {
+            "target": f">= {floor}", "met": all(c["network_fraction_of_matmul"] >= floor for c in judged)}
+    timed = [c for c in judged if targets.total_up_to_size is None or c["slices"] <= targets.total_up_to_size]
+    results[targets.total_name] = {"target": f"<= {targets.max_total_s}",
+                                   "met": all(c["timings_s"]["total"] <= targets.max_total_s for c in timed)}
+    results["peak_rss_gb"] = {"target": f"<= {targets.max_peak_rss_gb}",
+                              "met": all(c["peak_rss_gb"] <= targets.max_peak_rss_gb for c in judged)}
+    if targets.min_speedup_vs_baseline is not None:
+        floor = targets.min_speedup_vs_baseline
+        measured = [b for b in baselines if "speedup_whole_case" in b]
+        met = all(b["speedup_whole_case"] >= floor for b in measured) if measured else None
+        results["speedup_vs_baseline"] = {"target": f">= {floor}", "met": met}
+    return results
+
+
+def print_table(summary: dict) -> None:
+    """The human-readable report on stdout (one row per segment run, then baselines and targets)."""
+    cases = summary["cases"]
+    named = any(c.get("series") for c in cases)
+    roles = list(dict.fromkeys(s["role"] for c in cases for s in c.get("stages", [])))
+    columns = [*STAGES[:4], *(f"stage:{r}" for r in roles), *STAGES[4:]]
+    label = f"{'series':<9} {'size':>5} {'tta':>4}" if named else f"{'slices':>6}"
+    print(f"{label} " + " ".join(f"{name:>11}" for name in columns) + f" {'net GFLOP/s':>12} {'% matmul':>9}"
+          f" {'peak RSS':>9}")
+    for case in cases:
+        seconds = {**case["timings_s"], **{f"stage:{s['role']}": s["seconds"] for s in case.get("stages", [])}}
+        times = " ".join(f"{seconds[name]:10.2f}s" if name in seconds else f"{'-':>11}" for name in columns)
+        tta = {True: "on", False: "off"}.get(case.get("flip_tta"), "-")
+        row = f"{case['series']:<9} {case['slices']:>5} {tta:>4}" if named else f"{case['slices']:>6}"
+        print(f"{row} {times} {case['network_gflops_per_s']:12.1f} "
+              f"{100 * case['network_fraction_of_matmul']:8.1f}% {case['peak_rss_gb']:7.2f}GB")
+    precision = cases[0]["precision"] if cases else "-"
+    print(f"matmul ({summary['matmul_dtype']}, {MATMUL_SIZE}x{MATMUL_SIZE}): {summary['matmul_gflops_per_s']:.1f} "
+          f"GFLOP/s; network {summary['gflop_per_item']:.2f} GFLOP per slice or window; precision {precision}")
+    if roles:
+        print("stage:ROLE = wall seconds of that network stage (its weights, windows and own cleaning), "
+              "a share of model_load + network")
+    if summary["random_weights"] and roles[1:]:
+        print("random weights: contours are meaningless, and a later stage sees what the random earlier one gave "
+              "(the family's benchmark case says what that is), so per-stage times are indicative")
+    if "baselines" in summary:
+        _print_baselines(summary)
+    if "targets_judged_on" in summary:
+        print(f"targets judged on the runs with {summary['targets_judged_on']}:")
+    for name, target in summary["targets"].items():
+        verdict = "not measured" if target["met"] is None else ("met" if target["met"] else "NOT met")
+        print(f"target {name} {target['target']}: {verdict}")
+
+
+def _print_baselines(summary: dict) -> None:
+    """One header line per baseline network, then one row per image it ran on."""
+    runs = summary["baselines"]
+    if not runs:
+        print("baselines: none run")
+        return
+    ours = summary.get("model_parameters", {})
+    model = ", ".join(f"{role} {count:,}" for role, count in ours.items())
+    for name in dict.fromkeys(r["name"] for r in runs):
+        first = next(r for r in runs if r["name"] == name)
+        print(f"baseline {name}: {first['description']}; {first['parameters']:,} parameters"
+              f"{f' (model: {model})' if model else ''}, {first['gflop_per_item']:.2f} GFLOP per window "
+              f"(model: {summary['gflop_per_item']:.2f}); speed-up = baseline seconds / case seconds")
+        print(f"{'series':<9} {'size':>5} {'windows':>8} {'network':>10} {'peak RSS':>9} {'case total':>11}"
+              f" {'case network':>13} {'speed-up whole case':>20} {'network':>8}")
+        for run in (r for r in runs if r["name"] == name):
+            print(f"{run['series'] or '-':<9} {run['slices']:>5} {run['passes']:>8} {run['network_s']:9.2f}s "
+                  f"{run['peak_rss_gb']:7.2f}GB {run.get('case_total_s', 0.0):10.2f}s "
+                  f"{run.get('case_network_s', 0.0):12.2f}s {run.get('speedup_whole_case', 0.0):19.2f}x "
+                  f"{run.get('speedup_network', 0.0):7.2f}x")
