@@ -63,6 +63,8 @@ class NetworkOutput:
         preprocessing: JSON summary of the preprocessing context.
         timings: seconds per sub-stage ("preprocess", "model_load" (read + verify + prepare the
             weights), "network" (forward passes only), "restore").
+        warnings: one line each for the user (report.json ``warnings``, the command summary),
+            e.g. "no organ was found" when a family's later stages could not run.
     """
 
     labels: np.ndarray
@@ -70,6 +72,7 @@ class NetworkOutput:
     inference: dict
     preprocessing: dict
     timings: dict
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 class NetworkRunner(Protocol):

@@ -200,13 +200,14 @@ def segment(
     started = time.perf_counter()
     volume, input_path = load_input(source, series_uid=series_uid, modality=_requested_modality(model, models_root))
     card = choose_model(volume, model, models_root)
-    warnings = check_input_weighting(volume.meta, volume.modality, allow_non_t2=allow_non_t2)
+    warnings = list(check_input_weighting(volume.meta, volume.modality, allow_non_t2=allow_non_t2))
     for warning in warnings:  # info, not warning: the command's summary prints them already
         log.info("%s", warning)
     timings["load"] = time.perf_counter() - started
 
     tracker.start("preprocess", f"model {card.id} on {describe_device(torch_device)}")
     output = _run_network(volume, card, torch_device, options, tracker, cancel)
+    warnings += output.warnings
     for stage in ("preprocess", "model_load", "network"):
         timings[stage] = output.timings.get(stage, 0.0)
 

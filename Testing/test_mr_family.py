@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,3 +107,42 @@ def test_benchmark_case_is_an_axial_t2w_phantom_and_its_random_model_loads(tmp_p
     assert card.roles == ("organ", "tumor")
     tumour = models.load_network(card, "tumor")
     assert sum(p.numel() for p in tumour.parameters()) == 552_678  # residual blocks, 2 inputs, both heads
+
+
+REAL_MR = Path(__file__).parent / "Data" / "real_mr_abdomen_3mm.nii.gz"  # see Data/README.md
+
+
+def organ_blind_model(root):
+    """A two-stage model at the paper's patch whose organ network never calls organ."""
+    torch.manual_seed(0)
+    specs = {}
+    for role, channels in (("organ", 1), ("tumor", 2)):
+        kwargs = {"in_channels": channels, "out_channels": 2, "patch_size": [256, 256, 32],
+                  "spacing": [0.469, 0.469, 5.0]}
+        network = build_pocketnet(**kwargs)
+        with torch.no_grad():  # (background, organ) logits far apart whatever the image
+            network.output_block.conv.conv.weight.zero_()
+            network.output_block.conv.conv.bias.copy_(torch.tensor([10.0, -10.0]))
+        specs[role] = models.NetworkSpec(network, "PocketNet", kwargs)
+    return models.write_model_dir(root / "mr-blind", specs, model_id="mr-blind", family="mr")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["organ-blind", "bundled"])
+def test_real_mr_runs_onto_its_grid_and_says_plainly_when_no_organ_is_found(tmp_path, capsys, model):
+    from CervixAutoSegLib import cli
+    from CervixAutoSegLib.image_io import load_image
+    from CervixAutoSegLib.mr.runner import NO_ORGAN_WARNING
+
+    extra = ["--model", "mr"]
+    if model == "organ-blind":
+        extra = ["--model", organ_blind_model(tmp_path / "models").id, "--models", str(tmp_path / "models")]
+    assert cli.main(["segment", str(REAL_MR), "--out", str(tmp_path / "out"), "--no-flip-tta", *extra]) == 0
+    image, labels = load_image(REAL_MR), load_image(tmp_path / "out" / "labels.nii.gz")
+    assert labels.shape == image.shape and labels.same_grid(image, tolerance=1e-4)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    no_organ = not (labels.array > 0).any()
+    assert (NO_ORGAN_WARNING in report["warnings"]) == no_organ
+    assert (NO_ORGAN_WARNING in capsys.readouterr().out) == no_organ
+    if model == "organ-blind":
+        assert no_organ and [s["role"] for s in report["device"]["stages"]] == ["organ"]

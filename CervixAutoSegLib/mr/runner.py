@@ -49,6 +49,10 @@ def roi_for(card: Any, role: str, shape_zyx: tuple[int, ...]) -> tuple[int, int,
     return tuple(roi)  # type: ignore[return-value]
 
 
+NO_ORGAN_WARNING = ("no uterus, cervix or vagina was found, so no tumour was looked for: "
+                    "is this a T2-weighted MR of the female pelvis?")
+
+
 class PocketNetRunner:
     """:class:`~CervixAutoSegLib.families.NetworkRunner` of the MR family (torch imported when called)."""
 
@@ -79,7 +83,8 @@ class PocketNetRunner:
         labels = restore_labels(working, context)
         timings["restore"] = time.perf_counter() - started
         return NetworkOutput(labels=labels, field_of_view_border=None, inference=info,
-                             preprocessing=context.to_dict(), timings=timings)
+                             preprocessing=context.to_dict(), timings=timings,
+                             warnings=[] if organ.any() else [NO_ORGAN_WARNING])
 
     def _stage(self, card: Any, role: str, inputs: np.ndarray, device: Any, options: InferenceOptions,
                timings: dict, cancel: CancelCheck | None, progress: FractionProgress) -> tuple[np.ndarray, dict]:
