@@ -98,6 +98,9 @@ class FamilyTrainer(Protocol):
 
     help: str
     default_model_id: str
+    architecture_note: str
+    """How the networks relate to the paper they implement, and why (the model card's
+    ``training.architecture``)."""
 
     def config_type(self) -> type: ...
 

@@ -132,6 +132,7 @@ class ToyTask(TrainingTask):
 class ToyTrainer:
     help = "train the toy blob family"
     default_model_id = "toy-blob"
+    architecture_note = "a two-layer 3D CNN (a test family, no paper)"
 
     def config_type(self):
         return ToyConfig

@@ -260,6 +260,7 @@ def export_model(family, work: Path, out: Path, model_id: str, version: str, eva
         "data": {k: v for k, v in data.items() if k not in ("train", "validation", "test")},
         "cases": {k: len(data.get(k, [])) for k in ("train", "validation", "test")},
         "split": {k: data.get(k, []) for k in ("train", "validation", "test")},
+        "architecture": family.trainer.architecture_note,
         "config": config.to_dict(), "grid_search": run_document.get("grid_search"), "epochs_run": epochs_run,
         "optimizer": "Adam(betas=(0.9, 0.999))", "environment": environment_summary(),
     }

@@ -29,6 +29,8 @@ class CTTrainer:
 
     help = "train a CT (ResAU-Net) model on image + label pairs or synthetic phantoms"
     default_model_id = DEFAULT_MODEL_ID
+    architecture_note = ("ResAU-Net as the paper's Fig. 3 draws it: ResNet34 encoder, attention-gated U-Net decoder "
+                         "(channel attention, eqs. 1-5 by default), 2D on one CT slice; the loss is in the config")
 
     def config_type(self):
         from .config import TrainConfig

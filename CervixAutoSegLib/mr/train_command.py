@@ -22,6 +22,12 @@ class PocketNetTrainer:
 
     help = "train one stage of the MR (two-stage PocketNet) model on T2w image + label pairs or MR phantoms"
     default_model_id = DEFAULT_MODEL_ID
+    architecture_note = (
+        "PocketNet as its reference code builds it (MIST nnunet --pocket), not as the paper's Fig. 2 text "
+        "describes it (4 levels, batch norm, ReLU, dense links): 32 feature maps on every level, kernels and "
+        "strides by nnU-Net's planning rule (6 levels; (3,3,1) x3 then (3,3,3)), conv-InstanceNorm(affine)-"
+        "LeakyReLU(0.01) residual blocks, transposed-conv up-sampling with bias, two deep-supervision heads "
+        "in training only; stage 'organ' takes the T2w image, stage 'tumor' the image and the organ mask")
 
     def config_type(self):
         from .config import MRTrainConfig
