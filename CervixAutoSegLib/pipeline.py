@@ -17,11 +17,19 @@ Outputs in ``out_dir`` (a contract other tools rely on): ``labels.nii.gz`` (``la
 gantry-tilted grid, which NIfTI cannot store), ``labels.json``, ``segmentation.seg.nrrd``,
 ``rtstruct.dcm`` (DICOM input only), ``report.json``, ``preview.png``.
 
-Atomicity: every output is first written into a staging folder next to ``out_dir`` (same
-file system); only when all of them exist are they renamed into ``out_dir``, and outputs
-of an earlier run that this run does not produce (say an old ``rtstruct.dcm``) are
-removed, so the folder never mixes two runs.  A failure or a cancel before that point
-leaves ``out_dir`` exactly as it was; files in ``out_dir`` that are not ours are never touched.
+Atomicity: every output is first written into a marked staging folder next to ``out_dir``
+(same file system); only when all of them exist are they renamed into ``out_dir``, and outputs
+of an earlier run that this run does not produce (say an old ``rtstruct.dcm``) are removed, so
+the folder never mixes two runs.  A failure or a cancel before that point leaves ``out_dir``
+exactly as it was.  A staging folder left by a killed run is removed by the next run into the
+same folder (:func:`.outputs.remove_stale_staging`).
+
+Whose files: the hidden run manifest ``.cervixautoseg-manifest.json`` in ``out_dir`` lists every
+output a run wrote with its sha256 (:mod:`.outputs`).  Only files it lists, unchanged since, are
+replaced or removed; a file with an output name that this tool did not write (a user's own
+``rtstruct.dcm``), or one the user has edited since, stops the run before any heavy work
+(:class:`~.outputs.OutputConflictError`) unless ``overwrite``.  Other files in ``out_dir`` are
+never touched.  Output files follow the user's umask.
 
 The network step is the runner of the card's family in the registry (:mod:`.families`):
 ``runner(volume, card, device, options, report_fraction, cancel)`` → :class:`NetworkOutput`.
@@ -34,7 +42,6 @@ import dataclasses
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -42,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, ModelError
+from .errors import ModelError
 from .families import NetworkOutput
 from .mr_weighting import check_input_weighting
 from .progress import CancelCheck, ProgressCallback, StagedProgress, check_cancelled
@@ -59,7 +66,7 @@ REPORT_FILE = "report.json"
 PREVIEW_FILE = "preview.png"
 OUTPUT_FILES = (LABELS_FILE, LABELS_FILE_SHEARED, LABELS_JSON, SEGMENTATION_FILE, RTSTRUCT_FILE,
                 REPORT_FILE, PREVIEW_FILE)
-"""Every file name ``segment`` may write; stale ones of an earlier run are removed."""
+"""Every file name ``segment`` may write; stale ones of an earlier run (listed in its manifest) are removed."""
 
 @dataclasses.dataclass
 class SegmentationResult:
@@ -163,6 +170,7 @@ def segment(
     options: Any = None,
     models_root: str | Path | None = None,
     allow_non_t2: bool = False,
+    overwrite: bool = False,
 ) -> SegmentationResult:
     """Segment one image and write every output into ``out_dir`` (None: compute only).
 
@@ -182,9 +190,11 @@ def segment(
         allow_non_t2: contour an MR DICOM series whose header says it is not T2-weighted
             (recorded as a warning); without it such a series is refused. Choosing an MR
             model does not imply it.
+        overwrite: also replace files with our output names that this tool did not write (module docstring).
 
     Raises:
         InputError: unreadable input, modality without a model, a non-T2w MR series, bad device, ...
+        OutputError: ``out_dir`` unusable, or holding a user's file under an output name (checked first).
         Cancelled: the user cancelled.
     """
     from .devices import describe_device, resolve_device
@@ -192,8 +202,7 @@ def segment(
     tracker = StagedProgress(progress, cancel)
     timings: dict[str, float] = {}
     job_started = time.perf_counter()
-    if out_dir is not None:
-        out_dir = _check_out_dir(Path(out_dir))
+    out_dir = _prepare_out_dir(out_dir, overwrite)
 
     torch_device = resolve_device(device)  # before reading: a bad --device fails fast
     tracker.start("load", "reading image")
@@ -216,18 +225,16 @@ def segment(
     labels, cleanup = _postprocess(output.labels, volume, card)
     timings["postprocess"] = time.perf_counter() - started + output.timings.get("restore", 0.0)
 
-    device_entry = {"requested": device, "used": output.inference.get("device", str(torch_device)),
-                    "description": describe_device(output.inference.get("device", torch_device)),
-                    **output.inference}
-    outcome = Outcome(volume, input_path, card, device_entry, labels, cleanup, output.field_of_view_border,
-                      output.preprocessing, timings, warnings)
+    outcome = Outcome(volume, input_path, card, _device_entry(device, torch_device, output), labels, cleanup,
+                      output.field_of_view_border, output.preprocessing, timings, warnings)
     if out_dir is None:
         timings["total"] = time.perf_counter() - job_started
         tracker.finish()
         return SegmentationResult(labels, card.structures, card, outcome.report(), None, {})
 
     tracker.start("write", "writing outputs")
-    files, report = write_outputs(out_dir, outcome, job_started=job_started, cancel=cancel, step=tracker.update)
+    files, report = write_outputs(out_dir, outcome, job_started=job_started, cancel=cancel, step=tracker.update,
+                                  overwrite=overwrite)
     tracker.finish(f"done: {out_dir}")
     return SegmentationResult(labels, card.structures, card, report, out_dir, files)
 
@@ -268,27 +275,47 @@ def _postprocess(raw: np.ndarray, volume: Volume, card: Any) -> tuple[Volume, di
     return labels_volume(volume, cleaned, card.id), cleanup
 
 
-def _check_out_dir(out_dir: Path) -> Path:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"output {out_dir} exists and is not a folder")
+def _device_entry(requested: str, torch_device: Any, output: NetworkOutput) -> dict:
+    """The report's ``device`` entry: what was asked, what ran, and the runner's inference facts."""
+    from .devices import describe_device
+
+    return {"requested": requested, "used": output.inference.get("device", str(torch_device)),
+            "description": describe_device(output.inference.get("device", torch_device)), **output.inference}
+
+
+def _prepare_out_dir(out_dir: str | Path | None, overwrite: bool) -> Path | None:
+    """Settle everything about ``out_dir`` (None: nothing to write) before any heavy work: writable
+    (here and beside it, where the staging folder goes), staging folders of killed runs removed,
+    no file of the user's under one of our names (unless ``overwrite``)."""
+    from .outputs import check_output_folder, check_replaceable, remove_stale_staging
+
+    if out_dir is None:
+        return None
+    out_dir = Path(out_dir)
+    check_output_folder(out_dir, "--out", staged_beside=True)
+    remove_stale_staging(out_dir)
+    check_replaceable(out_dir, OUTPUT_FILES, overwrite=overwrite)
     return out_dir
 
 
 # ---------------------------------------------------------------- outputs
 def write_outputs(out_dir: Path, outcome: Outcome, *, job_started: float, cancel: CancelCheck | None = None,
-                  step: Callable[[float, str], None] | None = None) -> tuple[dict[str, Path], dict]:
+                  step: Callable[[float, str], None] | None = None,
+                  overwrite: bool = False) -> tuple[dict[str, Path], dict]:
     """Write all outputs into a staging folder, then move them into ``out_dir`` (see module docstring).
 
     ``step(fraction, message)`` is told before each file (fraction of the writing done).
+    ``overwrite``: files with our names that are not ours may be replaced too.
     Returns ({output key: path in out_dir}, the report document).
     """
+    from .outputs import make_staging
+
     out_dir = Path(out_dir).absolute()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.segment-", dir=out_dir.parent))
+    staging = make_staging(out_dir)
     try:
         names, report = _write_all(staging, outcome, job_started, step or (lambda fraction, message: None))
         check_cancelled(cancel)
-        files = _publish(staging, out_dir, names)
+        files = _publish(staging, out_dir, names, overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return files, report
@@ -374,20 +401,28 @@ def _termination_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _publish(staging: Path, out_dir: Path, names: Mapping[str, str]) -> dict[str, Path]:
+def _publish(staging: Path, out_dir: Path, names: Mapping[str, str], overwrite: bool = False) -> dict[str, Path]:
     """Rename the staged files into ``out_dir``; remove our stale outputs of an earlier run."""
     with _termination_deferred():
-        return _rename_all(staging, out_dir, names)
+        return _rename_all(staging, out_dir, names, overwrite)
 
 
-def _rename_all(staging: Path, out_dir: Path, names: Mapping[str, str]) -> dict[str, Path]:
+def _rename_all(staging: Path, out_dir: Path, names: Mapping[str, str], overwrite: bool) -> dict[str, Path]:
+    """The renames, bracketed by manifests: while they run the manifest accepts the earlier and the
+    new version of each file, so a SIGKILL between two renames leaves only files that count as ours."""
+    from .outputs import check_replaceable, file_hashes, write_manifest
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    produced = set(names.values())
+    # Again, right before touching anything: a file may have appeared while the network ran.
+    check_replaceable(out_dir, OUTPUT_FILES, overwrite=overwrite)
+    produced = file_hashes(staging, names.values())
+    write_manifest(out_dir, staging, file_hashes(out_dir, OUTPUT_FILES), pending=produced)
     files = {}
     for key, name in names.items():
         os.replace(staging / name, out_dir / name)
         files[key] = out_dir / name
     for name in OUTPUT_FILES:
-        if name not in produced and (out_dir / name).exists():
+        if name not in produced and os.path.lexists(out_dir / name):
             (out_dir / name).unlink()
+    write_manifest(out_dir, staging, produced)
     return files

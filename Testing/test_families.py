@@ -136,8 +136,9 @@ def test_toy_family_runs_through_every_command_the_mrml_logic_and_the_controller
     out = tmp_path / "out"
     assert cli.main(["segment", str(tmp_path / "dicom"), "--out", str(out), "--model", "toy",
                      "--models", str(root)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["labels.json", "labels.nii.gz", "preview.png", "report.json",
-                                                      "rtstruct.dcm", "segmentation.seg.nrrd"]
+    assert sorted(p.name for p in out.iterdir()) == [".cervixautoseg-manifest.json", "labels.json", "labels.nii.gz",
+                                                      "preview.png", "report.json", "rtstruct.dcm",
+                                                      "segmentation.seg.nrrd"]
     labels = load_image(out / "labels.nii.gz").array
     assert dice(labels == 1, truth == 1) > 0.9
     report = json.loads((out / "report.json").read_text())

@@ -95,7 +95,8 @@ def test_every_output_written_and_labels_exactly_on_the_input_grid(tmp_path, mod
 
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["labels.nii.gz", "labels.json", "segmentation.seg.nrrd", "report.json", "preview.png"])
+        ["labels.nii.gz", "labels.json", "segmentation.seg.nrrd", "report.json", "preview.png",
+         ".cervixautoseg-manifest.json"])  # the run manifest: what this run wrote (CervixAutoSegLib.outputs)
     labels = load_image(out / "labels.nii.gz")
     assert labels.array.dtype == np.uint8
     assert_same_grid(labels, image)

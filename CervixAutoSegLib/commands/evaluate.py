@@ -38,7 +38,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import InputError
     from ..evaluation import evaluate, format_mean_sd, overall_means, summarise, write_report
+    from ..outputs import check_output_folder
 
+    if args.out is not None:  # before the metrics, which take minutes on a cohort
+        check_output_folder(args.out, "--out")
     if not (math.isfinite(args.tolerance) and args.tolerance >= 0):
         raise InputError(f"--tolerance must be a non-negative number of mm, got {args.tolerance}")
     if args.dicom is not None and args.truth.is_dir():

@@ -33,9 +33,11 @@ def run(args: argparse.Namespace) -> int:
     from .. import __version__
     from ..dicom_series import read_dicom_series
     from ..errors import InputError
+    from ..outputs import check_output_file
     from ..rtstruct import organ_tumour_containment, write_rtstruct
     from ..rtstruct.writer import grid_offset_mm
 
+    check_output_file(args.out, "--out", example="rtstruct.dcm")  # before reading: a bad --out costs one line
     if not args.dicom.is_dir():
         raise InputError(f"--dicom {args.dicom} is not a folder")
     reference = read_dicom_series(args.dicom, series_uid=args.series)

@@ -1,9 +1,11 @@
 """``cervixautoseg segment INPUT --out DIR``: auto-contour one CT or T2w MR image.
 
 Writes labels.nii.gz, labels.json, segmentation.seg.nrrd, rtstruct.dcm (DICOM input),
-report.json and preview.png into DIR (see :mod:`CervixAutoSegLib.pipeline`).  An MR DICOM
-series that is not T2-weighted is refused (one line on stderr) unless ``--allow-non-t2``.  A plain-text
-progress bar goes to stderr; ``--progress-json`` prints the machine-readable protocol of
+report.json and preview.png into DIR (see :mod:`CervixAutoSegLib.pipeline`).  Files of an earlier
+run into DIR are replaced; a file with one of those names that this tool did not write (or that
+was edited since) stops the run with one line unless ``--overwrite`` (:mod:`CervixAutoSegLib.outputs`).
+An MR DICOM series that is not T2-weighted is refused (one line on stderr) unless ``--allow-non-t2``.
+A plain-text progress bar goes to stderr; ``--progress-json`` prints the machine-readable protocol of
 :mod:`CervixAutoSegLib.progress` on stdout instead (what the Slicer module reads).
 """
 
@@ -22,7 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..inference_options import PRECISIONS
 
     parser.add_argument("input", help="DICOM folder or file, or a NIfTI/NRRD/MetaImage file")
-    parser.add_argument("--out", required=True, help="output folder (created; our files in it are replaced)")
+    parser.add_argument("--out", required=True,
+                        help="output folder (created; outputs an earlier run wrote there are replaced, any other "
+                             "file is left alone, and a file with an output name that this tool did not write "
+                             "stops the run)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files with the output names in --out even if this tool did not write them "
+                             "(or they were edited since); other files in --out are still left alone")
     parser.add_argument("--model", default="auto", help=MODEL_HELP)
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="where the network runs (default: auto)")
     parser.add_argument("--series", default=None, metavar="UID",
@@ -68,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = segment(args.input, args.out, model=args.model, device=args.device, series_uid=args.series,
                          progress=reporter, options=options, models_root=args.models,
-                         allow_non_t2=args.allow_non_t2)
+                         allow_non_t2=args.allow_non_t2, overwrite=args.overwrite)
     finally:
         if isinstance(reporter, TextProgressBar):
             reporter.close()
