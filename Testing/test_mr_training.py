@@ -117,6 +117,8 @@ def test_train_mr_writes_both_stages_into_one_model_directory_that_segment_runs(
     assert [(n.role, n.architecture_kwargs["in_channels"]) for n in card.networks] == [("organ", 1), ("tumor", 2)]
     assert (out / card.network("organ").weights_file).read_bytes() == organ_weights  # kept as trained
     assert card.training["config"]["stage"] == "tumor" and card.training["config"]["organ_jitter_xyz"] == [6, 6, 1]
+    assert sorted(card.validation["stages"]) == sorted(card.training["stages"]) == ["organ", "tumor"]
+    assert card.training["stages"]["organ"]["config"]["stage"] == "organ"  # the organ run's record is kept
     assert "reference code" in card.training["architecture"]  # the paper's text and code disagree: say which
     for role in ("organ", "tumor"):
         models.verify_weights(card, role)

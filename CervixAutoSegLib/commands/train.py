@@ -265,7 +265,14 @@ def export_model(family, work: Path, out: Path, model_id: str, version: str, eva
         "optimizer": "Adam(betas=(0.9, 0.999))", "environment": environment_summary(),
     }
 
+    earlier_stages = _earlier_stages(out, family.name, getattr(config, "stage", None))
+
     def write(validation_document: dict):
+        if earlier_stages is not None:  # a staged family: keep what the other stages' runs recorded
+            stage = config.stage
+            training["stages"] = {**earlier_stages[0], stage: {k: v for k, v in training.items() if k != "stages"}}
+            validation_document["stages"] = {**earlier_stages[1],
+                                             stage: {k: v for k, v in validation_document.items() if k != "stages"}}
         return write_model_dir(out, networks, model_id=model_id, family=family.name, version=version,
                                preprocessing=preprocessing, training=training, validation=validation_document)
 
@@ -280,6 +287,24 @@ def export_model(family, work: Path, out: Path, model_id: str, version: str, eva
         card = write(validation)
     print(f"model {card.id} written to {out} (validation mean DSC {validation['mean_dsc']})")
     return card
+
+
+def _earlier_stages(out: Path, family: str, stage: str | None) -> tuple[dict, dict] | None:
+    """(training, validation) per stage recorded by the other stages' exports into ``out``, for a
+    family trained stage by stage (its config has a ``stage``); None for single-stage families."""
+    from ..errors import ModelError
+    from ..models import read_card
+
+    if stage is None:
+        return None
+    try:
+        earlier = read_card(out)
+    except ModelError:
+        return {}, {}
+    if earlier.family != family:
+        return {}, {}
+    keep = lambda per_stage: {k: v for k, v in per_stage.items() if k != stage}  # noqa: E731 - this stage is redone
+    return keep(earlier.training.get("stages", {})), keep(earlier.validation.get("stages", {}))
 
 
 def _summary(result: dict) -> dict:
