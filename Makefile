@@ -1,5 +1,5 @@
 # Two entry points for a newcomer (see README.md):
-#   make demo   set up, make a phantom CT, auto-contour it, write every output to demo/
+#   make demo   set up, make a phantom CT and a phantom T2w MR, auto-contour both, write every output to demo/
 #   make test   set up (incl. dicom3tools and the test extra) and run the pytest suite
 #
 # Everything runs in a virtual environment: the active one when $VIRTUAL_ENV is set, else
@@ -15,7 +15,9 @@ PIP = $(VENV_PYTHON) -m pip --disable-pip-version-check -q
 TORCH ?= torch==2.13.0
 DEMO_DIR ?= demo
 
-EVAL_DIR ?= runs/eval-ct
+EVAL_DIR ?=
+# runs/eval-ct or runs/eval-mr unless EVAL_DIR is given (expanded in the evaluate-% recipes)
+EVAL_OUT = $(or $(EVAL_DIR),runs/eval-$*)
 EVAL_SEEDS ?= 5000 5001 5002 5003 5004 5005 5006 5007 5008 5009
 SEGMENT_ARGS ?=
 
@@ -24,7 +26,7 @@ SETUP_STAMP = $(VENV)/.cervixautoseg-setup.stamp
 TEST_STAMP = $(VENV)/.cervixautoseg-setup-test.stamp
 APT_INSTALL = apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
-.PHONY: venv setup setup-test dicom3tools demo test compat evaluate-ct
+.PHONY: venv setup setup-test dicom3tools demo test compat evaluate-ct evaluate-mr
 
 venv: $(VENV_STAMP)
 setup: $(SETUP_STAMP)
@@ -73,10 +75,14 @@ dicom3tools:
 	    echo "make: the tests need dciodvfy: install dicom3tools (Debian/Ubuntu, as root: apt-get install dicom3tools)" >&2; exit 1; \
 	  fi; }
 
+# The phantoms are remade on every run (the phantom command never writes into a full folder).
 demo: setup
+	rm -rf $(DEMO_DIR)/phantom-ct $(DEMO_DIR)/phantom-mr
 	$(VENV_PYTHON) -m CervixAutoSegLib phantom --modality ct --out $(DEMO_DIR)/phantom-ct --seed 7
 	$(VENV_PYTHON) -m CervixAutoSegLib segment $(DEMO_DIR)/phantom-ct/dicom --out $(DEMO_DIR)/result-ct
-	@echo "Outputs in $(DEMO_DIR)/result-ct: labels.nii.gz labels.json segmentation.seg.nrrd rtstruct.dcm report.json preview.png"
+	$(VENV_PYTHON) -m CervixAutoSegLib phantom --modality mr --out $(DEMO_DIR)/phantom-mr --seed 7
+	$(VENV_PYTHON) -m CervixAutoSegLib segment $(DEMO_DIR)/phantom-mr/dicom --out $(DEMO_DIR)/result-mr
+	@echo "Outputs in $(DEMO_DIR)/result-ct and $(DEMO_DIR)/result-mr: labels.nii.gz labels.json segmentation.seg.nrrd rtstruct.dcm report.json preview.png"
 
 # Slicer 5.10+ runs Python 3.12; the package must at least compile and import on 3.10-3.12:
 # the venv's Python, then pyenv's 3.10 and 3.12 when present (each in its own throw-away venv).
@@ -86,13 +92,14 @@ compat: setup
 test: setup-test compat
 	$(VENV_PYTHON) -m pytest -q Testing
 
-# Accuracy of the bundled CT model on held-out phantoms (seeds >= 5000 are never trained on;
-# each seed draws its own patient position): segment every case, then DSC/HD95 per structure.
-evaluate-ct: setup
-	rm -rf $(EVAL_DIR)
+# Accuracy of a bundled model on held-out phantoms (seeds >= 5000 are never trained on; each
+# seed draws its own patient position, and for MR its plane and obliquity): segment every
+# case, then DSC/HD95 per structure.  `make evaluate-ct`, `make evaluate-mr`.
+evaluate-ct evaluate-mr: evaluate-%: setup
+	rm -rf $(EVAL_OUT)
 	for seed in $(EVAL_SEEDS); do \
-	  $(VENV_PYTHON) -m CervixAutoSegLib phantom --modality ct --seed $$seed --out $(EVAL_DIR)/truth/seed$$seed && \
-	  $(VENV_PYTHON) -m CervixAutoSegLib segment $(EVAL_DIR)/truth/seed$$seed/dicom --out $(EVAL_DIR)/pred/seed$$seed $(SEGMENT_ARGS) \
+	  $(VENV_PYTHON) -m CervixAutoSegLib phantom --modality $* --seed $$seed --out $(EVAL_OUT)/truth/seed$$seed && \
+	  $(VENV_PYTHON) -m CervixAutoSegLib segment $(EVAL_OUT)/truth/seed$$seed/dicom --out $(EVAL_OUT)/pred/seed$$seed --model $* $(SEGMENT_ARGS) \
 	    || exit 1; \
 	done
-	$(VENV_PYTHON) -m CervixAutoSegLib evaluate --truth $(EVAL_DIR)/truth --pred $(EVAL_DIR)/pred --out $(EVAL_DIR)/report
+	$(VENV_PYTHON) -m CervixAutoSegLib evaluate --model $* --truth $(EVAL_OUT)/truth --pred $(EVAL_OUT)/pred --out $(EVAL_OUT)/report

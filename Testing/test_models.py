@@ -193,12 +193,18 @@ def test_a_regular_install_finds_the_resources_under_its_prefix(tmp_path, monkey
 
 
 def test_bundled_models_if_any_verify_and_load():
+    assert {card.family for card in models.list_models()} >= {"ct", "mr"}
     for card in models.list_models():
-        models.verify_weights(card)
-        assert card.weights_path().stat().st_size < MAX_BUNDLE_BYTES
         assert card.validation, f"{card.id} has no measured validation metrics"
-        network = models.load_network(card)
-        with torch.no_grad():
-            out = network(torch.zeros(1, 1, 64, 64))
-        assert out.shape[1] == 1 + len(card.structures)
-        assert np.isfinite(out.numpy()).all()
+        for entry in card.networks:
+            models.verify_weights(card, entry.role)
+            assert card.weights_path(entry.role).stat().st_size < MAX_BUNDLE_BYTES
+            network = models.load_network(card, entry.role)
+            kwargs = entry.architecture_kwargs
+            # 3D networks (a planned patch) take (N, C, z, y, x), 2D ones (N, C, y, x)
+            shape = (1, kwargs.get("in_channels", 1), *((8, 64, 64) if "patch_size" in kwargs else (64, 64)))
+            with torch.no_grad():
+                out = network(torch.zeros(shape))
+            assert out.shape[2:] == shape[2:] and np.isfinite(out.numpy()).all()
+            classes = 1 + len(card.structures) if len(card.networks) == 1 else 2  # a stage: its structure or not
+            assert out.shape[1] == classes

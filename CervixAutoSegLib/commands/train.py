@@ -249,7 +249,9 @@ def export_model(family, work: Path, out: Path, model_id: str, version: str, eva
     epochs_run = None
     if (work / CHECKPOINT_FILE).is_file():
         epochs_run = torch.load(work / CHECKPOINT_FILE, map_location="cpu", weights_only=False)["epoch"]
-    validation = {"split": split_note, "cases": len(run_document.get("data", {}).get("validation", [])),
+    validation_cases = len(run_document.get("data", {}).get("validation", []))
+    validation_cases = min(validation_cases, getattr(config, "max_val_cases", validation_cases))  # MR: a few per epoch
+    validation = {"split": split_note, "cases": validation_cases,
                   "best_epoch": best["metrics"]["epoch"], "val_loss": best["metrics"]["val_loss"],
                   "dsc": best["metrics"]["dsc"], "mean_dsc": best["metrics"]["mean_dsc"]}
     if "hd95_mm" in best["metrics"]:
