@@ -459,7 +459,7 @@ def test_real_scan_survives_node_round_trip_and_panel_input_file(scene, tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["ct", "mr"])
+@pytest.mark.parametrize("family", ["ct"])  # the MR phantom takes 2-5 min here; MR via segment: test_mr_geometry
 def test_the_slicer_self_test_steps_pass_headless(scene, tmp_path, family):
     """What CervixAutoSegTest does inside Slicer: phantom → node → logic on CPU → segments checked."""
     from CervixAutoSegLib.families import get_family
