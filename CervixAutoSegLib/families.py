@@ -116,11 +116,12 @@ class FamilyTrainer(Protocol):
     def preprocessing(self) -> dict:
         """The preprocessing parameters a model card records."""
 
-    def export(self, best: dict, config: Any, preprocessing: dict, out: Path) -> tuple[Mapping[str, Any], str]:
+    def export(self, best: dict, config: Any, preprocessing: dict, earlier: "ModelCard | None"
+               ) -> tuple[Mapping[str, Any], str]:
         """(role → :class:`~.models.NetworkSpec` from ``best.pt``'s state, what the validation split measured).
 
-        ``out`` is the model directory about to be (re)written: a multi-stage family keeps the
-        networks of its other stages from there.
+        ``earlier`` is this family's model already in the directory about to be (re)written
+        (None if there is none): a multi-stage family keeps the networks of its other stages from it.
         """
 
 

@@ -149,7 +149,7 @@ class ToyTrainer:
     def preprocessing(self):
         return {"normalisation": "z-score"}
 
-    def export(self, best, config, preprocessing, out):
+    def export(self, best, config, preprocessing, earlier):
         from CervixAutoSegLib.models import NetworkSpec
 
         network = build_toynet()

@@ -245,7 +245,8 @@ def export_model(family, work: Path, out: Path, model_id: str, version: str, eva
     run_document = json.loads((work / RUN_FILE).read_text()) if (work / RUN_FILE).is_file() else {}
     config = family.trainer.config_type().from_dict(best["config"])
     preprocessing = run_document.get("preprocessing") or family.trainer.preprocessing()
-    networks, split_note = family.trainer.export(best, config, preprocessing, out)
+    earlier = _earlier_card(out, family.name)
+    networks, split_note = family.trainer.export(best, config, preprocessing, earlier)
     epochs_run = None
     if (work / CHECKPOINT_FILE).is_file():
         epochs_run = torch.load(work / CHECKPOINT_FILE, map_location="cpu", weights_only=False)["epoch"]
@@ -267,7 +268,7 @@ def export_model(family, work: Path, out: Path, model_id: str, version: str, eva
         "optimizer": "Adam(betas=(0.9, 0.999))", "environment": environment_summary(),
     }
 
-    earlier_stages = _earlier_stages(out, family.name, getattr(config, "stage", None))
+    earlier_stages = _earlier_stages(earlier, getattr(config, "stage", None))
 
     def write(validation_document: dict):
         if earlier_stages is not None:  # a staged family: keep what the other stages' runs recorded
@@ -291,19 +292,24 @@ def export_model(family, work: Path, out: Path, model_id: str, version: str, eva
     return card
 
 
-def _earlier_stages(out: Path, family: str, stage: str | None) -> tuple[dict, dict] | None:
-    """(training, validation) per stage recorded by the other stages' exports into ``out``, for a
-    family trained stage by stage (its config has a ``stage``); None for single-stage families."""
+def _earlier_card(out: Path, family: str):
+    """The model of ``family`` already in ``out`` (None: none, unreadable, or another family's)."""
     from ..errors import ModelError
     from ..models import read_card
 
-    if stage is None:
-        return None
     try:
         earlier = read_card(out)
     except ModelError:
-        return {}, {}
-    if earlier.family != family:
+        return None
+    return earlier if earlier.family == family else None
+
+
+def _earlier_stages(earlier, stage: str | None) -> tuple[dict, dict] | None:
+    """(training, validation) per stage recorded by the other stages' exports in ``earlier``, for a
+    family trained stage by stage (its config has a ``stage``); None for single-stage families."""
+    if stage is None:
+        return None
+    if earlier is None:
         return {}, {}
     keep = lambda per_stage: {k: v for k, v in per_stage.items() if k != stage}  # noqa: E731 - this stage is redone
     return keep(earlier.training.get("stages", {})), keep(earlier.validation.get("stages", {}))

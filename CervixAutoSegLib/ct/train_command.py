@@ -92,7 +92,7 @@ class CTTrainer:
 
         return CTPreprocessing().to_dict()
 
-    def export(self, best: dict, config, preprocessing: dict, out: Path):
+    def export(self, best: dict, config, preprocessing: dict, earlier):
         """(networks to save, model-card validation note) from ``best.pt``'s state."""
         from ..models import NetworkSpec
         from .network import ARCHITECTURE

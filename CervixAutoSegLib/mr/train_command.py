@@ -79,10 +79,9 @@ class PocketNetTrainer:
 
         return MRPreprocessing().to_dict()
 
-    def export(self, best: dict, config, preprocessing: dict, out: Path):
-        """This stage's network from ``best.pt``, plus the other stage's from ``out`` if it is there."""
-        from ..errors import ModelError
-        from ..models import NetworkSpec, load_network, read_card
+    def export(self, best: dict, config, preprocessing: dict, earlier):
+        """This stage's network from ``best.pt``, plus the other stage's from ``earlier`` if it has one."""
+        from ..models import NetworkSpec, load_network
         from .network import ARCHITECTURE, build_pocketnet
         from .training import pocketnet_kwargs
 
@@ -90,11 +89,7 @@ class PocketNetTrainer:
         network = build_pocketnet(**kwargs)
         network.load_state_dict(best["model"])
         networks = {config.stage: NetworkSpec(network.eval(), ARCHITECTURE, kwargs)}
-        try:
-            earlier = read_card(out)
-        except ModelError:
-            earlier = None
-        for entry in earlier.networks if earlier is not None and earlier.family == "mr" else ():
+        for entry in earlier.networks if earlier is not None else ():
             if entry.role != config.stage:
                 networks[entry.role] = NetworkSpec(load_network(earlier, entry.role), entry.architecture,
                                                    entry.architecture_kwargs)
