@@ -20,14 +20,20 @@ SMALL_GRID = {"matrix": 64, "pixel_spacing_mm": 2.5, "slice_thickness_mm": 5.0}
 """A 16 cm field of view: every working grid stays small enough for CPU tests."""
 
 
-def tiny_mr_model(root, roles=("organ", "tumor")):
+def tiny_mr_model(root, roles=("organ", "tumor"), working_spacing_mm=None):
+    """Random PocketNets planned for :data:`SMALL_PATCH`; ``working_spacing_mm`` (x, y, z) replaces the
+    paper's 0.469 x 0.469 x 5 mm working grid when only the plumbing is under test (a 16 cm field at
+    0.469 mm is a 341x341 grid: minutes of CPU windows for nothing)."""
     torch.manual_seed(0)
+    preprocessing = {"min_tumour_ml": 0.5}
+    if working_spacing_mm is not None:
+        preprocessing["spacing_mm"] = list(working_spacing_mm)
     specs = {role: models.NetworkSpec(build_pocketnet(1 if role == "organ" else 2, 2, SMALL_PATCH, (0.469, 0.469, 5.0)),
                                       "PocketNet", {"in_channels": 1 if role == "organ" else 2, "out_channels": 2,
                                                     "patch_size": list(SMALL_PATCH), "spacing": [0.469, 0.469, 5.0]})
              for role in roles}
     return models.write_model_dir(root / "mr-tiny", specs, model_id="mr-tiny", family="mr",
-                                  preprocessing={"min_tumour_ml": 0.5})
+                                  preprocessing=preprocessing)
 
 
 def test_windows_are_the_trained_patch_or_the_image_rounded_up_to_the_network_divisor(tmp_path):
@@ -85,14 +91,15 @@ def test_segment_runs_a_two_stage_and_an_organ_only_model_onto_the_input_grid(tm
     from CervixAutoSegLib.pipeline import segment
 
     phantom = make_mr_phantom(4, **SMALL_GRID)
-    card = tiny_mr_model(tmp_path / "two")
+    coarse = (SMALL_GRID["pixel_spacing_mm"],) * 2 + (SMALL_GRID["slice_thickness_mm"],)
+    card = tiny_mr_model(tmp_path / "two", working_spacing_mm=coarse)
     result = segment(phantom.image, tmp_path / "out", model="mr", models_root=tmp_path / "two",
                      options={"flip_tta": False, "overlap": 0.0})
     assert result.labels.shape == phantom.image.shape and np.allclose(result.labels.origin, phantom.image.origin)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [n["role"] for n in report["model"]["networks"]] == ["organ", "tumor"]
     assert report["model"]["weights_sha256"] == {e.role: e.sha256 for e in card.networks}
-    organ_only = tiny_mr_model(tmp_path / "one", roles=("organ",))
+    organ_only = tiny_mr_model(tmp_path / "one", roles=("organ",), working_spacing_mm=coarse)
     result = segment(phantom.image, None, model=organ_only.id, models_root=tmp_path / "one",
                      options={"flip_tta": False, "overlap": 0.0})
     assert not (result.labels.array == 2).any()
