@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -49,6 +50,8 @@ NOT_FOR_CLINICAL_USE = (
     "Research and demonstration only. Trained on synthetic pelvis phantoms: NOT FOR CLINICAL USE."
 )
 _HASH_CHUNK = 1 << 20
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +173,9 @@ def read_card(model_dir: str | Path) -> ModelCard:
         raise ModelError(f"{model_dir} is not a model directory (no {CARD_FILE})") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ModelError(f"model card {card_path} is unreadable: {error}") from None
+    if not isinstance(document, dict):
+        raise ModelError(f"model card {card_path} is invalid: it holds a JSON {type(document).__name__}, "
+                         "not an object") from None
     try:
         family = _registered_family(str(document["family"]))
         return ModelCard(
@@ -185,7 +191,9 @@ def read_card(model_dir: str | Path) -> ModelCard:
             path=model_dir,
             qa=dict(document.get("qa", {})),
         )
-    except (KeyError, TypeError, ValueError) as error:
+    except KeyError as error:  # str(KeyError) is only the quoted key
+        raise ModelError(f"model card {card_path} is invalid: {error} is missing") from None
+    except (TypeError, ValueError) as error:
         raise ModelError(f"model card {card_path} is invalid: {' '.join(str(error).split())}") from None
 
 
@@ -216,14 +224,43 @@ def _networks_of(document: Mapping[str, Any]) -> tuple[NetworkEntry, ...]:
 
 def list_models(root: str | Path | None = None) -> list[ModelCard]:
     """Every ``root/*/model.json`` that parses (default root: :func:`models_dir`), by id."""
+    return scan_models(root)[0]
+
+
+def scan_models(root: str | Path | None = None) -> tuple[list[ModelCard], list[ModelError]]:
+    """(cards that parse, one :class:`ModelError` per ``root/*/model.json`` that does not).
+
+    The errors name the broken card and why, so that "no model" messages can say which card
+    was skipped instead of claiming the folder holds no model directories.
+    """
     root = Path(root) if root is not None else models_dir()
-    cards = []
+    cards, broken = [], []
     for card_path in sorted(root.glob(f"*/{CARD_FILE}")):
         try:
             cards.append(read_card(card_path.parent))
-        except ModelError:
-            continue
-    return cards
+        except ModelError as error:
+            broken.append(error)
+    return cards, broken
+
+
+def _broken_note(broken: list[ModelError]) -> str:
+    """``"; skipped N broken model card(s): <why>; <why>"``, or "" when every card parsed."""
+    if not broken:
+        return ""
+    return f"; skipped {len(broken)} broken model card(s): " + "; ".join(str(error) for error in broken)
+
+
+_warned_broken: set[str] = set()
+"""Broken cards already warned about in this process (each is looked at several times per run)."""
+
+
+def _warn_broken(broken: list[ModelError]) -> None:
+    """Log each broken card once: a clinic's own model that fails to parse must not be replaced
+    by another model without a word."""
+    for error in broken:
+        if str(error) not in _warned_broken:
+            _warned_broken.add(str(error))
+            log.warning("%s; that model is skipped", error)
 
 
 def _mean_validation_dsc(card: ModelCard) -> float:
@@ -241,16 +278,18 @@ def find_model(family_or_id: str, root: str | Path | None = None) -> ModelCard:
 
     "Best" = highest ``validation.mean_dsc`` in its card, then the latest version.
     """
-    cards = list_models(root)
+    cards, broken = scan_models(root)
     for card in cards:
         if card.id == family_or_id:
+            _warn_broken(broken)
             return card
     family = family_or_id.lower()
     candidates = [card for card in cards if card.family == family]
     if not candidates:
         where = Path(root) if root is not None else models_dir()
         known = ", ".join(card.id for card in cards) or "none"
-        raise ModelError(f"no model {family_or_id!r} in {where} (installed: {known})")
+        raise ModelError(f"no model {family_or_id!r} in {where} (installed: {known}){_broken_note(broken)}")
+    _warn_broken(broken)
     return max(candidates, key=lambda card: (_mean_validation_dsc(card), _version_key(card.version), card.id))
 
 
@@ -290,13 +329,16 @@ def _no_model_message(modality: str, root: str | Path | None) -> str:
     from .families import get_family
 
     where = Path(root) if root is not None else models_dir()
-    installed = sorted({get_family(card.family).modality for card in list_models(where)})
+    cards, broken = scan_models(where)
+    installed = sorted({get_family(card.family).modality for card in cards})
     article = "an" if modality[:1] in "AEFHILMNORSX" else "a"
     if not installed:
+        if broken:  # the folder does hold models: say which card is broken, not "no model directories"
+            return f"no {modality} model is usable in {where}{_broken_note(broken)}"
         return f"no {modality} model is installed (no model directories in {where})"
     others = " and ".join(installed)
     return (f"no {modality} model is installed; the {others} model cannot segment {modality} images "
-            f"(install {article} {modality} model in {where} or give a {others} image)")
+            f"(install {article} {modality} model in {where} or give a {others} image){_broken_note(broken)}")
 
 
 # ------------------------------------------------------------------ writing

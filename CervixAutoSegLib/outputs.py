@@ -39,7 +39,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from .atomic import write_text_atomic
-from .errors import InputError
+# The exceptions live in .errors with the others (exit codes in one table); imported here so that
+# ``from CervixAutoSegLib.outputs import OutputError`` keeps working.
+from .errors import OutputConflictError, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +51,11 @@ STAGING_TAG = "cervixautoseg-staging"
 STAGING_MARKER = ".cervixautoseg-staging.json"
 _PROBE_PREFIX = ".cervixautoseg-probe-"
 
-
-class OutputError(InputError):
-    """The output location cannot be used as asked: below a regular file, not writable, or an
-    existing path of the wrong kind (a folder where a file is wanted, or the reverse)."""
-
-    exit_code = 5
-
-
-class OutputConflictError(OutputError):
-    """The output folder holds files with our output names that this tool did not write there,
-    or that changed since it did; ``--overwrite`` (``overwrite=True``) lets the run replace them."""
-
-    exit_code = 6
+__all__ = [
+    "MANIFEST_FILE", "STAGING_MARKER", "STAGING_TAG", "Manifest", "OutputConflictError", "OutputError",
+    "check_output_file", "check_output_folder", "check_replaceable", "file_hashes", "foreign_outputs",
+    "make_staging", "read_manifest", "remove_stale_staging", "write_manifest",
+]
 
 
 # ---------------------------------------------------------------- location checks

@@ -11,7 +11,7 @@ import torch
 
 from CervixAutoSegLib import models
 from CervixAutoSegLib.ct.network import ResAUNet
-from CervixAutoSegLib.errors import ModelError
+from CervixAutoSegLib.errors import InputError, ModelError
 from CervixAutoSegLib.ct.family import CT_STRUCTURES
 
 MAX_BUNDLE_BYTES = 60 * 1024 * 1024
@@ -208,3 +208,60 @@ def test_bundled_models_if_any_verify_and_load():
             assert out.shape[2:] == shape[2:] and np.isfinite(out.numpy()).all()
             classes = 1 + len(card.structures) if len(card.networks) == 1 else 2  # a stage: its structure or not
             assert out.shape[1] == classes
+
+# ---------------------------------------------------------------- broken cards are named (issue 14, misleading messages)
+def test_a_broken_card_is_named_instead_of_no_model_directories(tmp_path):
+    (tmp_path / "ct-clinic").mkdir()
+    (tmp_path / "ct-clinic" / "model.json").write_text('{"id": "ct-clinic", "family": "ct",,}')
+    with pytest.raises(InputError) as raised:
+        models.choose_model("CT", "auto", tmp_path)
+    message = str(raised.value)
+    assert "no model directories" not in message
+    assert message.startswith(f"no CT model is usable in {tmp_path}; skipped 1 broken model card(s): model card "
+                              f"{tmp_path / 'ct-clinic' / 'model.json'} is unreadable: Expecting property name")
+    with pytest.raises(ModelError) as by_id:
+        models.find_model("ct-clinic", tmp_path)
+    assert str(by_id.value).startswith(f"no model 'ct-clinic' in {tmp_path} (installed: none); skipped 1 broken "
+                                       f"model card(s): model card {tmp_path / 'ct-clinic' / 'model.json'} is unreadable")
+
+
+def test_segment_with_only_a_broken_card_says_which_card_and_why(tmp_path, capsys):
+    from dicom_factory import make_volume
+    from dicom_factory import write as write_series
+
+    from CervixAutoSegLib.cli import main
+
+    (tmp_path / "models" / "ct-clinic").mkdir(parents=True)
+    card = tmp_path / "models" / "ct-clinic" / "model.json"
+    card.write_text(json.dumps({"id": "ct-clinic", "family": "ct", "networks": [
+        {"role": "network", "architecture": "ResAUNet", "sha256": "0" * 64}]}))
+    write_series(make_volume((4, 16, 16)), tmp_path / "dicom")
+    code = main(["segment", str(tmp_path / "dicom"), "--out", str(tmp_path / "out"), "--progress-json",
+                 "--models", str(tmp_path / "models"), "--device", "cpu"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == InputError.exit_code and len(lines) == 1
+    assert lines[0] == (f"cervixautoseg segment: error: no CT model is usable in {tmp_path / 'models'}; skipped 1 "
+                        f"broken model card(s): model card {card} is invalid: 'labels' is missing")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cards_that_are_not_objects_or_lack_a_field_say_so(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.json").write_text("[]")
+    with pytest.raises(ModelError, match=r"is invalid: it holds a JSON list, not an object$"):
+        models.read_card(tmp_path / "m")
+    (tmp_path / "m" / "model.json").write_text(json.dumps({"id": "x"}))
+    with pytest.raises(ModelError, match=r"is invalid: 'family' is missing$"):
+        models.read_card(tmp_path / "m")
+
+
+def test_a_broken_card_beside_a_usable_model_is_warned_about_once(tmp_path, network, caplog):
+    write(tmp_path / "ct-good", network, model_id="ct-good")
+    (tmp_path / "ct-clinic").mkdir()
+    (tmp_path / "ct-clinic" / "model.json").write_text("{")
+    with caplog.at_level("WARNING", logger="CervixAutoSegLib.models"):
+        assert models.find_model("ct", tmp_path).id == "ct-good"
+        assert models.find_model("ct", tmp_path).id == "ct-good"
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 1 and str(tmp_path / "ct-clinic" / "model.json") in warnings[0]
+    assert warnings[0].endswith("that model is skipped")

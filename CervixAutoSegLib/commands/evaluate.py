@@ -10,6 +10,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..evaluation import CasePair, StructureResult
+    from ..structures import Structure
+    from ..volume import Volume
 
 HELP = "DSC, HD95 (both definitions), MSD, surface DSC and added path length against reference contours"
 
@@ -37,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     import math
 
     from ..errors import InputError
-    from ..evaluation import evaluate, format_mean_sd, overall_means, summarise, write_report
+    from ..evaluation import format_mean_sd, overall_means, summarise, write_report
     from ..outputs import check_output_folder
 
     if args.out is not None:  # before the metrics, which take minutes on a cohort
@@ -46,8 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--tolerance must be a non-negative number of mm, got {args.tolerance}")
     if args.dicom is not None and args.truth.is_dir():
         raise InputError("--dicom is for a single RTSTRUCT truth file; a cohort uses each case's dicom/ folder")
-    results, pairs, unmatched, structures = evaluate(args.truth, args.pred, args.model, args.tolerance,
-                                                     args.resample_pred, args.dicom)
+    results, pairs, unmatched, structures = compare_cases(args)
     rows = summarise(results)
     print(f"{len(pairs)} case(s); tolerance {args.tolerance:g} mm")
     print(f"{'structure':<18}{'n':>3}  {'DSC':<15}{'HD95 pooled mm':<16}{'HD95 dir-max mm':<17}"
@@ -66,3 +71,47 @@ def run(args: argparse.Namespace) -> int:
         for path in write_report(args.out, results, pairs, structures, args.tolerance, unmatched):
             print(f"wrote {path}")
     return 0
+
+
+def compare_cases(args: argparse.Namespace) -> tuple[list[StructureResult], list[CasePair], dict[str, list[str]],
+                                                      tuple[Structure, ...]]:
+    """:func:`CervixAutoSegLib.evaluation.evaluate`, case by case, with the grid check made here:
+    a prediction off the truth grid (and no ``--resample-pred``) stops with one line summarising
+    both grids and naming both files.
+
+    Returns (per case × structure results, pairs, unmatched case ids, structures of the first case).
+    """
+    from ..evaluation import LOG, evaluate_volumes, load_label_volume, load_truth, pair_cases, structures_near
+
+    pairs, unmatched = pair_cases(args.truth, args.pred)
+    for side, ids in unmatched.items():
+        if ids:
+            LOG.warning("%d case(s) only on the %s side, not evaluated: %s", len(ids), side.split("_")[0],
+                        ", ".join(ids))
+    results: list[StructureResult] = []
+    catalogue: tuple[Structure, ...] = ()
+    for pair in pairs:
+        LOG.info("evaluating %s", pair.case_id)
+        structures = structures_near(pair.pred, args.model)
+        pred = load_label_volume(pair.pred)
+        truth = load_truth(pair.truth, pred, structures, args.dicom)
+        if not args.resample_pred:
+            _check_same_grid(pair, truth, pred)
+        results.extend(evaluate_volumes(pair.case_id, truth, pred, structures, args.tolerance, args.resample_pred))
+        catalogue = catalogue or structures
+    return results, pairs, unmatched, catalogue
+
+
+def _check_same_grid(pair: CasePair, truth: Volume, pred: Volume) -> None:
+    """GridMismatchError unless ``pred`` lies on ``truth``'s grid (the metrics' own tolerance)."""
+    from ..errors import GridMismatchError, InputError
+    from ..metrics import check_same_grid
+
+    try:
+        check_same_grid(truth, pred)
+    except InputError:
+        raise GridMismatchError.between(
+            f"case {pair.case_id}: the prediction {pair.pred} and the truth {pair.truth} are not on the same "
+            "voxel grid",
+            {"prediction": pred, "truth": truth},
+            "pass --resample-pred to resample the prediction onto the truth grid (nearest neighbour)") from None

@@ -35,21 +35,13 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..outputs import check_output_file
     from ..rtstruct import organ_tumour_containment, write_rtstruct
-    from ..rtstruct.writer import grid_offset_mm
 
     check_output_file(args.out, "--out", example="rtstruct.dcm")  # before reading: a bad --out costs one line
     if not args.dicom.is_dir():
         raise InputError(f"--dicom {args.dicom} is not a folder")
     reference = read_dicom_series(args.dicom, series_uid=args.series)
     labels = load_label_map(args.labels, reference.modality)
-    if grid_offset_mm(labels, reference) > GRID_TOLERANCE_MM:
-        hint = "export labels on the image grid"
-        if not reference.is_orthogonal and args.labels.name.lower().endswith((".nii", ".nii.gz")):
-            # ITK coerces a NIfTI direction to orthogonal, so a tilted grid cannot survive it.
-            hint = "this series has gantry tilt, which NIfTI cannot store: save the labels as .nrrd"
-        raise InputError(
-            f"{args.labels} is not on the grid of the DICOM series (labels {labels!r}; images {reference!r}); {hint}"
-        )
+    _check_same_grid(args.labels, labels, reference)
     model, structures = structures_for_labels(args.labels, args.model, reference.modality)
     present = {int(v) for v in set(labels.array.ravel().tolist()) if v}
     unnamed = sorted(present - {s.value for s in structures})
@@ -62,6 +54,24 @@ def run(args: argparse.Namespace) -> int:
                    containment=containment, keyhole=args.keyhole)
     print(f"wrote {args.out} ({len(structures)} ROIs) referencing series {reference.meta.get('series_instance_uid')}")
     return 0
+
+
+def _check_same_grid(path: Path, labels, reference) -> None:
+    """One-line :class:`~CervixAutoSegLib.errors.GridMismatchError` summarising both grids unless the
+    label map lies on the series' grid (every corner voxel within :data:`GRID_TOLERANCE_MM`)."""
+    from ..errors import GridMismatchError
+    from ..rtstruct.writer import grid_offset_mm
+
+    offset = grid_offset_mm(labels, reference)
+    if offset <= GRID_TOLERANCE_MM:
+        return
+    hint = "export the labels on the image grid"
+    if not reference.is_orthogonal and path.name.lower().endswith((".nii", ".nii.gz")):
+        # ITK coerces a NIfTI direction to orthogonal, so a tilted grid cannot survive it.
+        hint = "this series has gantry tilt, which NIfTI cannot store: save the labels as .nrrd"
+    where = "" if offset == float("inf") else f", off by up to {offset:.3g} mm"
+    raise GridMismatchError.between(f"--labels {path} and the DICOM series are not on the same voxel grid{where}",
+                                    {"labels": labels, "series": reference}, hint)
 
 
 def load_label_map(path: Path, modality: str = ""):
