@@ -113,8 +113,8 @@ class FamilyTrainer(Protocol):
     def task(self, config: Any, train_sources: Any, val_sources: Any, work: Path) -> Any:
         """A :class:`~.training.TrainingTask` on these cases (``work``: room for caches)."""
 
-    def preprocessing(self) -> dict:
-        """The preprocessing parameters a model card records."""
+    def preprocessing(self, config: Any) -> dict:
+        """The preprocessing parameters a model card records for a run with ``config``."""
 
     def export(self, best: dict, config: Any, preprocessing: dict, earlier: "ModelCard | None"
                ) -> tuple[Mapping[str, Any], str]:

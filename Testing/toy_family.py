@@ -146,7 +146,7 @@ class ToyTrainer:
     def task(self, config, train_sources, val_sources, work: Path):
         return ToyTask(train_sources, val_sources)
 
-    def preprocessing(self):
+    def preprocessing(self, config):
         return {"normalisation": "z-score"}
 
     def export(self, best, config, preprocessing, earlier):

@@ -195,7 +195,7 @@ def train_fold(args: argparse.Namespace, family, config, sources, data_summary: 
                  **({"folds": args.folds, "fold": fold} if fold is not None else {}),
                  "train": [s.name for s in train_src], "validation": [s.name for s in val_src],
                  "test": [s.name for s in test_src]},
-        "preprocessing": family.trainer.preprocessing(),
+        "preprocessing": family.trainer.preprocessing(config),
     }
     task = family.trainer.task(config, train_src, val_src, work)
     if args.grid_search and not (args.resume and (work / CHECKPOINT_FILE).is_file()):
@@ -244,7 +244,7 @@ def export_model(family, work: Path, out: Path, model_id: str, version: str, eva
     best = torch.load(best_path, map_location="cpu", weights_only=False)
     run_document = json.loads((work / RUN_FILE).read_text()) if (work / RUN_FILE).is_file() else {}
     config = family.trainer.config_type().from_dict(best["config"])
-    preprocessing = run_document.get("preprocessing") or family.trainer.preprocessing()
+    preprocessing = run_document.get("preprocessing") or family.trainer.preprocessing(config)
     earlier = _earlier_card(out, family.name)
     networks, split_note = family.trainer.export(best, config, preprocessing, earlier)
     epochs_run = None

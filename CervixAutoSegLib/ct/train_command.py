@@ -87,7 +87,7 @@ class CTTrainer:
         return CTTrainingTask(load_slice_cases(train_sources, params, cache),
                               load_slice_cases(val_sources, params, cache))
 
-    def preprocessing(self) -> dict:
+    def preprocessing(self, config) -> dict:
         from .preprocess import CTPreprocessing
 
         return CTPreprocessing().to_dict()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..training_config import LoopConfig
+from .preprocess import TARGET_SPACING_MM
 
 STAGES = ("organ", "tumor")
 
@@ -31,6 +32,9 @@ class MRTrainConfig(LoopConfig):
     the network's planning patch to fit CPU training; the network is fully convolutional."""
     network_patch_xyz: tuple[int, int, int] = (256, 256, 32)
     """The patch the network is planned for (kernels, strides; the paper's) and inference windows."""
+    spacing_xyz: tuple[float, float, float] = TARGET_SPACING_MM
+    """Working grid (x, y, z) mm every case is resampled to (the paper's; MIST takes the data's median):
+    it plans the network and goes into the card's preprocessing, so inference resamples the same way."""
     residual: bool = True
     foreground_fraction: float = 0.33
     """Share of patches centred on a voxel of the stage's structure (nnU-Net oversampling)."""
@@ -50,4 +54,5 @@ class MRTrainConfig(LoopConfig):
         config.patch_size_xyz = tuple(int(v) for v in config.patch_size_xyz)  # JSON gives a list
         config.network_patch_xyz = tuple(int(v) for v in config.network_patch_xyz)
         config.organ_jitter_xyz = tuple(int(v) for v in config.organ_jitter_xyz)
+        config.spacing_xyz = tuple(float(v) for v in config.spacing_xyz)
         return config

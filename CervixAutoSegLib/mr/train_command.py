@@ -15,6 +15,8 @@ import argparse
 from pathlib import Path
 
 DEFAULT_MODEL_ID = "mr-pocketnet"
+MAX_WORKING_SPACING_MM = 20.0
+"""A coarser working grid would leave a cervical tumour a handful of voxels."""
 
 
 class PocketNetTrainer:
@@ -43,6 +45,8 @@ class PocketNetTrainer:
                            help="organ (stage 1) or tumor (stage 2, organ mask as second input)")
         group.add_argument("--patch-size", type=int, nargs=3, default=list(defaults.patch_size_xyz),
                            metavar=("X", "Y", "Z"), help="training patch in voxels, (x, y, z) (default %(default)s)")
+        group.add_argument("--spacing", type=float, nargs=3, default=list(defaults.spacing_xyz),
+                           metavar=("X", "Y", "Z"), help="working grid in mm, (x, y, z) (default %(default)s)")
         group.add_argument("--plain-blocks", action="store_true", help="basic conv blocks instead of residual ones")
         group.add_argument("--foreground-fraction", type=float, default=defaults.foreground_fraction)
         group.add_argument("--no-augment", action="store_true")
@@ -57,12 +61,15 @@ class PocketNetTrainer:
         if not 0.0 <= args.foreground_fraction <= 1.0:
             raise InputError(f"--foreground-fraction must be between 0 and 1, got {args.foreground_fraction}")
         from .network import plan_unet
-        from .preprocess import TARGET_SPACING_MM
 
-        divisor = plan_unet(MRTrainConfig().network_patch_xyz, TARGET_SPACING_MM).size_divisor_xyz
+        if not all(0.0 < s < MAX_WORKING_SPACING_MM for s in args.spacing):
+            raise InputError(f"--spacing must be 3 positive millimetre values below {MAX_WORKING_SPACING_MM}, "
+                             f"got {tuple(args.spacing)}")
+        divisor = plan_unet(MRTrainConfig().network_patch_xyz, args.spacing).size_divisor_xyz
         if any(p % d for p, d in zip(args.patch_size, divisor)):
             raise InputError(f"--patch-size must be multiples of {divisor} (x, y, z), got {tuple(args.patch_size)}")
         return MRTrainConfig(**loop, stage=args.stage, patch_size_xyz=tuple(args.patch_size),
+                             spacing_xyz=tuple(args.spacing),
                              residual=not args.plain_blocks, foreground_fraction=args.foreground_fraction,
                              augment=not args.no_augment)
 
@@ -70,14 +77,14 @@ class PocketNetTrainer:
         from .preprocess import MRPreprocessing
         from .training import PocketNetTask, prepare_case
 
-        params, cache = MRPreprocessing(), work / "cache"
+        params, cache = MRPreprocessing(spacing_mm=tuple(config.spacing_xyz)), work / "cache"
         return PocketNetTask(config.stage, [prepare_case(s, params, cache) for s in train_sources],
                              [prepare_case(s, params, cache) for s in val_sources])
 
-    def preprocessing(self) -> dict:
+    def preprocessing(self, config) -> dict:
         from .preprocess import MRPreprocessing
 
-        return MRPreprocessing().to_dict()
+        return MRPreprocessing(spacing_mm=tuple(config.spacing_xyz)).to_dict()
 
     def export(self, best: dict, config, preprocessing: dict, earlier):
         """This stage's network from ``best.pt``, plus the other stage's from ``earlier`` if it has one."""

@@ -142,7 +142,7 @@ def deep_supervision_loss(output: torch.Tensor, target: torch.Tensor) -> torch.T
 def pocketnet_kwargs(config: MRTrainConfig) -> dict:
     """The ``architecture_kwargs`` of ``config.stage``'s PocketNet (what its model card records)."""
     return {"in_channels": 1 if config.stage == "organ" else 2, "out_channels": 2,
-            "patch_size": list(config.network_patch_xyz), "spacing": list(MRPreprocessing().spacing_mm),
+            "patch_size": list(config.network_patch_xyz), "spacing": list(config.spacing_xyz),
             "residual": config.residual}
 
 
