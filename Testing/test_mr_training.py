@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -94,6 +95,27 @@ def test_patches_have_the_stage_inputs_and_oversample_its_structure(stage):
                               np.random.default_rng(0)).batch(6)[1]
     assert background.float().mean() < target.float().mean()
 
+
+def test_stage_two_learns_and_is_validated_where_it_runs_around_the_organ():
+    """Its non-tumour patches are centred in the organ box the runner gives stage 2, and its
+    validation box is that organ box, not a box around the tumour that hides false tumour."""
+    from CervixAutoSegLib.mr.training import _validation_box
+
+    labels = np.zeros((40, 96, 96), np.uint8)
+    labels[10:30, 30:60, 40:70] = 1
+    labels[12:16, 40:46, 50:56] = 2
+    case = MRCase("box", np.zeros(labels.shape, np.float16), labels)
+    config = MRTrainConfig(stage="tumor", patch_size_xyz=(16, 16, 4), foreground_fraction=0.0, spacing_xyz=(2.0, 2.0, 5.0))
+    (z0, y0, x0), (nz, ny, nx) = case.organ_box(config.spacing_xyz)
+    assert (z0, y0, x0, nz, ny, nx) == (8, 20, 30, 24, 50, 50)  # margins 10/10/2 voxels of (20, 20, 10) mm
+    batches = PatchBatches([case], config, np.random.default_rng(0))
+    for _ in range(200):
+        z, y, x = (s + p // 2 for s, p in zip(batches._start(0), (4, 16, 16)))
+        assert z0 <= z < z0 + nz and y0 <= y < y0 + ny and x0 <= x < x0 + nx
+    inputs, target = _validation_box(case, config)
+    assert inputs.shape == (2, nz, ny, nx) and target.sum() == (labels == 2).sum()
+    organ_stage = dataclasses.replace(config, stage="organ")
+    assert PatchBatches([case], organ_stage, np.random.default_rng(0)).context_boxes == [None]
 
 def write_phantom_cases(folder, seeds):
     for seed in seeds:

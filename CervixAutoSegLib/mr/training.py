@@ -44,6 +44,17 @@ class MRCase:
     def target(self, stage: str) -> np.ndarray:
         return (self.labels > 0 if stage == "organ" else self.labels == 2).astype(np.int64)
 
+    def organ_box(self, spacing_xyz: Sequence[float]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """(start, size) (z, y, x) of the box stage 2 sees at inference: the organ plus the runner's
+        :data:`~.runner.ORGAN_BOX_MARGIN_MM`; None without an organ."""
+        from ..cropping import bounding_box
+        from .runner import ORGAN_BOX_MARGIN_MM
+
+        if not (self.labels > 0).any():
+            return None
+        margin = tuple(int(np.ceil(m / s)) for m, s in zip(ORGAN_BOX_MARGIN_MM[::-1], spacing_xyz[::-1]))
+        return bounding_box(self.labels > 0, margin)  # type: ignore[return-value]
+
 
 def prepare_case(source: CaseSource, params: MRPreprocessing, cache_dir: Path | None) -> MRCase:
     """Preprocess one case (or read it from ``cache_dir``)."""
@@ -59,13 +70,20 @@ def prepare_case(source: CaseSource, params: MRPreprocessing, cache_dir: Path | 
 
 class PatchBatches(BatchSource):
     """Random 3D patches (z, y, x), a share centred on the stage's structure; left-right flips
-    and intensity scaling as augmentation."""
+    and intensity scaling as augmentation.
+
+    Stage ``organ`` draws the other patches anywhere in the image.  Stage ``tumor`` draws them
+    around the organ box, since stage 2 only ever runs there: a patch of empty pelvis teaches it
+    nothing the organ channel does not already say, while telling tumour from the rest of the
+    organ is the whole task."""
 
     def __init__(self, cases: Sequence[MRCase], config: MRTrainConfig, rng: np.random.Generator):
         self.cases, self.config, self.rng = list(cases), config, rng
         self.patch = tuple(int(v) for v in config.patch_size_xyz[::-1])
         focus = [(c.labels > 0) if config.stage == "organ" else (c.labels == 2) for c in self.cases]
         self.focus_voxels = [np.argwhere(mask) for mask in focus]
+        self.context_boxes = [c.organ_box(config.spacing_xyz) if config.stage == "tumor" else None
+                              for c in self.cases]
 
     def _start(self, case: int) -> list[int]:
         shape = self.cases[case].image.shape
@@ -73,6 +91,10 @@ class PatchBatches(BatchSource):
         if len(voxels) and self.rng.random() < self.config.foreground_fraction:
             centre = voxels[self.rng.integers(len(voxels))]
             return [int(c) - p // 2 + int(self.rng.integers(-p // 4, p // 4 + 1)) for c, p in zip(centre, self.patch)]
+        box = self.context_boxes[case]
+        if box is not None:
+            centre = [int(self.rng.integers(b, b + max(n, 1))) for b, n in zip(*box)]
+            return [c - p // 2 for c, p in zip(centre, self.patch)]
         return [int(self.rng.integers(min(0, n - p), max(n - p, 0) + 1)) for n, p in zip(shape, self.patch)]
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
@@ -177,11 +199,13 @@ class PocketNetTask(TrainingTask):
         structure = MR_STRUCTURES[0] if config.stage == "organ" else MR_STRUCTURES[1]
         losses, pairs = [], []
         for case in self.val_cases[:max(config.max_val_cases, 1)]:
-            inputs, target = _around_structure(case, config)
+            inputs, target = _validation_box(case, config)
             scores, _ = inferer.scores(network, inputs)
             losses.append(float(dice_ce(torch.log(scores.clamp_min(1e-6))[None], torch.from_numpy(target)[None])))
-            pairs.append((scores.argmax(0).numpy().astype(np.uint8) * structure.value,
-                          target.astype(np.uint8) * structure.value))
+            predicted = scores.argmax(0).numpy().astype(bool)
+            if config.stage == "tumor":  # as the runner does: the tumour lies inside the organ
+                predicted &= inputs[1] > 0.5
+            pairs.append((predicted.astype(np.uint8) * structure.value, target.astype(np.uint8) * structure.value))
         dsc = per_structure_dsc(pairs, (structure,))
         return {"val_loss": float(np.mean(losses)), "dsc": dsc, "mean_dsc": mean_of(dsc)}
 
@@ -189,11 +213,15 @@ class PocketNetTask(TrainingTask):
 VALIDATION_MARGIN_ZYX = (4, 32, 32)
 
 
-def _around_structure(case: MRCase, config: MRTrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs, target) of ``case`` cut to its structure's box plus :data:`VALIDATION_MARGIN_ZYX`."""
+def _validation_box(case: MRCase, config: MRTrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, target) of ``case`` cut to what the stage sees at inference: stage ``tumor`` the
+    organ box of :meth:`MRCase.organ_box` (a box around the tumour alone would hide every false
+    tumour elsewhere in the organ), stage ``organ`` the organ plus :data:`VALIDATION_MARGIN_ZYX`."""
     from ..cropping import bounding_box, extract_box
 
     target = case.target(config.stage)
-    box = bounding_box(target > 0 if target.any() else case.labels >= 0, VALIDATION_MARGIN_ZYX)
+    box = case.organ_box(config.spacing_xyz) if config.stage == "tumor" else None
+    if box is None:
+        box = bounding_box(target > 0 if target.any() else case.labels >= 0, VALIDATION_MARGIN_ZYX)
     start, size = box  # type: ignore[misc]
     return extract_box(case.inputs(config.stage), start, size), extract_box(target, start, size)
