@@ -20,6 +20,14 @@ Reading rules (the places where DICOM readers silently go wrong):
   is IPP rounding, not tilt: the grid stays orthogonal and the drift is reported in
   ``meta["slice_spacing_nonuniform"]``.
 * The same SOP Instance found twice (two copies of an export) counts once.
+* Every file that looks like DICOM (Part 10 preamble, or a raw dataset) is read completely or
+  reported: a file cut off (an element running past the end, an image without pixel data,
+  native pixel data shorter than Rows x Columns x Bits Allocated needs) or one pydicom cannot
+  parse is a :class:`DamagedFile`; it is attached to its series (or, when the cut came before
+  Series Instance UID, to the series in its folder) and reading that series stops naming it.
+  Nothing vanishes: a lost last slice would otherwise shorten the volume without a word.
+* Header numbers the geometry and the writers use (Image Position/Orientation (Patient),
+  Pixel Spacing, Rescale Slope/Intercept) must be finite; the message names file and tag.
 * A single image is read as a 1-slice volume whose ``spacing[2]`` is Spacing Between
   Slices, else Slice Thickness, else 1 mm (``meta["single_slice"] = True``): 3D models
   must refuse it themselves.
@@ -42,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .input_checks import IN_PLANE_COSINE_TOLERANCE, check_spacing_values
 from .mr_weighting import Weighting, mr_weighting
 from .volume import Volume
 
@@ -53,7 +62,7 @@ MEDIA_STORAGE_DIRECTORY_STORAGE = "1.2.840.10008.1.3.10"
 
 ORIENTATION_TOLERANCE = 1e-4
 """Max difference of direction cosines for two slices to count as parallel."""
-IOP_UNIT_TOLERANCE = 1e-2
+IOP_UNIT_TOLERANCE = IN_PLANE_COSINE_TOLERANCE
 """Image Orientation (Patient) cosines are rounded by scanners; beyond this they are corrupt."""
 SPACING_TOLERANCE_MM = 1e-3
 """Max difference of pixel spacings (mm) within one series."""
@@ -108,6 +117,8 @@ class SeriesInfo:
     repetition_time: float | None = None
     weighting: Weighting | None = None
     """MR only: T2-weighted or not, and why (:func:`~CervixAutoSegLib.mr_weighting.mr_weighting` of the first file)."""
+    damaged: list["DamagedFile"] = dataclasses.field(default_factory=list)
+    """Files of this series (or of its folder, when the cut hid their series) that cannot be read completely."""
 
     @property
     def is_supported(self) -> bool:
@@ -155,7 +166,29 @@ def _quiet_pydicom():
 RAW_DATASET_START = b"\x08\x00"
 """Little-endian group 0x0008: how a DICOM dataset written without the Part 10 preamble
 (older ACR-NEMA style exports) begins."""
+RAW_FIRST_ELEMENT_MAX = 0x0018
+"""The first element of a raw dataset is one of (0008,0000)..(0008,0018) (group length, character
+set, image type, creation date/time, SOP Class/Instance UID): a stricter test than the group
+alone, so that an unrelated binary file is not taken for a damaged DICOM one."""
 PREAMBLE_LENGTH = 128
+SCAN_DEFER_BYTES = 64 * 1024
+"""While scanning, values larger than this (pixel data) are skipped, not read: their declared
+length is all the completeness check needs."""
+UNDEFINED_LENGTH = 0xFFFFFFFF
+PIXEL_DATA_TAG = 0x7FE00010
+
+
+@dataclasses.dataclass(frozen=True)
+class DamagedFile:
+    """A file that looks like DICOM but cannot be read completely (cut off, corrupt)."""
+
+    path: Path
+    reason: str
+    series_instance_uid: str = ""
+    """Its series when the header got that far, else ''."""
+
+    def message(self) -> str:
+        return f"damaged DICOM file {self.path}: {self.reason}; copy or export the series again"
 
 
 def _has_part10_preamble(path: Path) -> bool:
@@ -165,16 +198,18 @@ def _has_part10_preamble(path: Path) -> bool:
 
 def _looks_like_raw_dataset(path: Path) -> bool:
     with open(path, "rb") as stream:
-        return stream.read(len(RAW_DATASET_START)) == RAW_DATASET_START
+        head = stream.read(4)
+    return (len(head) == 4 and head[:2] == RAW_DATASET_START
+            and int.from_bytes(head[2:], "little") <= RAW_FIRST_ELEMENT_MAX)
 
 
-def _dcmread(path: Path, *, stop_before_pixels: bool = False):
+def _dcmread(path: Path, *, stop_before_pixels: bool = False, defer_size: int | None = None):
     """Read a Part 10 file, or a raw dataset without preamble (only when it starts like one)."""
     import pydicom
 
     force = not _has_part10_preamble(path) and _looks_like_raw_dataset(path)
     with _quiet_pydicom():
-        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=force)
+        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=force, defer_size=defer_size)
     if force and "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
         _set_transfer_syntax_from_encoding(ds)
     return ds
@@ -196,17 +231,103 @@ def _set_transfer_syntax_from_encoding(ds) -> None:
     )
 
 
-def _read_header(path: Path):
-    """The dataset of ``path`` without pixel data, or None when it is not a DICOM file."""
-    from pydicom.errors import InvalidDicomError
+def _read_header(path: Path) -> Any:
+    """The dataset of ``path`` (pixel data deferred), a :class:`DamagedFile`, or None when it is not DICOM."""
+    if not (_has_part10_preamble(path) or _looks_like_raw_dataset(path)):
+        return None
+    try:
+        ds = _dcmread(path, defer_size=SCAN_DEFER_BYTES)
+    except OSError as error:
+        return DamagedFile(path, f"cannot be read ({_one_line(error)})")
+    except Exception as error:  # noqa: BLE001 — malformed elements raise many types
+        return DamagedFile(path, f"pydicom cannot parse it ({_one_line(error)})")
+    if len(ds) == 0:
+        return _empty_dataset(path)
+    reason = _damage(ds, path)
+    if reason:
+        return DamagedFile(path, reason, _text(ds, "SeriesInstanceUID"))
+    return ds
+
+
+def _empty_dataset(path: Path) -> DamagedFile:
+    """Why pydicom found no element: a cut before the first one, or an undefined-length value
+    (encapsulated pixel data) without its end, for which pydicom drops the whole dataset."""
+    size = path.stat().st_size
+    try:
+        header = _dcmread(path, stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 — as unreadable as before
+        header = None
+    if header is not None and len(header):
+        return DamagedFile(path, f"its pixel data is cut off (the file ends after {size} bytes)",
+                           _text(header, "SeriesInstanceUID"))
+    return DamagedFile(path, f"the file ends after {size} bytes, before any data element")
+
+
+def _raw_element(ds, tag: int):
+    """The element as read from the file (declared length, file offset), without loading a deferred value."""
+    try:
+        return ds.get_item(tag, keep_deferred=True)
+    except TypeError:  # pragma: no cover - pydicom 2.4 has no keep_deferred (and reads the value)
+        return ds.get_item(tag)
+
+
+def _damage(ds, path: Path) -> str | None:
+    """Why a parsed dataset is not a complete DICOM object, or None when it is.
+
+    pydicom returns what it could parse of a cut file without complaint; a complete file ends
+    with its last element's value, and an image has its pixel data.
+    """
+    size = path.stat().st_size
+    last = _raw_element(ds, max(ds.keys()))
+    tell, length = getattr(last, "value_tell", None), getattr(last, "length", UNDEFINED_LENGTH)
+    if tell is not None and length != UNDEFINED_LENGTH and tell + length > size:
+        return f"the file ends after {size} bytes, inside {_tag_label(last.tag)} which needs {tell + length}"
+    if PIXEL_DATA_TAG not in ds:
+        if _is_image_object(ds):
+            return f"an image without pixel data (the file ends after {size} bytes)"
+        return None
+    return _short_pixel_data(ds)
+
+
+def _tag_label(tag: int) -> str:
+    """``"Pixel Data (7FE0,0010)"``: the name users find in a DICOM viewer, and the tag."""
+    from pydicom.datadict import dictionary_description
+    from pydicom.tag import Tag
 
     try:
-        return _dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, EOFError):
-        return None
-    except Exception as error:  # noqa: BLE001 — malformed elements raise many types; a scan skips the file
-        log.debug("skipping unreadable DICOM %s: %s", path, error)
-        return None
+        return f"{dictionary_description(tag)} {Tag(tag)}"
+    except KeyError:  # private or unknown tag
+        return str(Tag(tag))
+
+
+def _is_image_object(ds) -> bool:
+    """An image by its size tags or its SOP Class (e.g. "CT Image Storage"), whichever survived a cut."""
+    from pydicom.uid import UID
+
+    if "Rows" in ds or "Columns" in ds:
+        return True
+    meta = getattr(ds, "file_meta", None)
+    sop_class = _text(ds, "SOPClassUID") or str(getattr(meta, "MediaStorageSOPClassUID", "") or "")
+    return bool(sop_class) and "Image Storage" in UID(sop_class).name
+
+
+def _short_pixel_data(ds) -> str | None:
+    """For native (uncompressed) pixel data: a message when it holds fewer bytes than the image needs."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    length = getattr(_raw_element(ds, PIXEL_DATA_TAG), "length", UNDEFINED_LENGTH)
+    if syntax is None or syntax.is_compressed or length == UNDEFINED_LENGTH:
+        return None  # encapsulated: the decoder reports a damaged codestream when the series is read
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        bits, samples = int(ds.BitsAllocated), int(_float(ds, "SamplesPerPixel") or 1)
+        frames = _frame_count(ds)
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        return None  # the size tags themselves are broken: reading the pixels names that
+    needed = (rows * columns * samples * frames * bits + 7) // 8
+    if length < needed:
+        return (f"its pixel data holds {length} bytes, {rows}x{columns} pixels of {bits} bits "
+                f"({frames} frame(s)) need {needed}")
+    return None
 
 
 def _is_image(ds) -> bool:
@@ -228,6 +349,12 @@ def _floats(value: Any) -> tuple[float, ...] | None:
 def _float(ds, keyword: str) -> float | None:
     values = _floats(getattr(ds, keyword, None))
     return values[0] if values else None
+
+
+def _frame_count(ds) -> int:
+    """Number Of Frames, 1 when absent or not a usable count (the pixel decoder then has the last word)."""
+    frames = _float(ds, "NumberOfFrames")
+    return int(frames) if frames is not None and np.isfinite(frames) and frames >= 1 else 1
 
 
 def _text(ds, keyword: str) -> str:
@@ -265,12 +392,17 @@ def _iter_files(paths: Iterable[Path]) -> Iterable[Path]:
             yield path
 
 
-def _scan(paths: Iterable[Path]) -> dict[str, list[tuple[Path, Any]]]:
-    """Headers of every DICOM image file under ``paths``, grouped by Series Instance UID."""
+def _scan(paths: Iterable[Path]) -> tuple[dict[str, list[tuple[Path, Any]]], list[DamagedFile]]:
+    """Headers of every DICOM image file under ``paths``, grouped by Series Instance UID, and the damaged files."""
     groups: dict[str, list[tuple[Path, Any]]] = {}
+    damaged: list[DamagedFile] = []
     seen_instances: set[str] = set()
     for path in _iter_files(paths):
         ds = _read_header(path)
+        if isinstance(ds, DamagedFile):
+            log.debug("%s", ds.message())
+            damaged.append(ds)
+            continue
         if ds is None or not _is_image(ds):
             continue
         instance = _text(ds, "SOPInstanceUID")
@@ -281,13 +413,13 @@ def _scan(paths: Iterable[Path]) -> dict[str, list[tuple[Path, Any]]]:
         seen_instances.add(instance)
         uid = str(getattr(ds, "SeriesInstanceUID", "") or f"(no series UID: {path.parent})")
         groups.setdefault(uid, []).append((path, ds))
-    return groups
+    return groups, damaged
 
 
 def _info(uid: str, members: list[tuple[Path, Any]]) -> SeriesInfo:
     first = members[0][1]
     modality = _text(first, "Modality").upper()
-    frames = int(_float(first, "NumberOfFrames") or 1)
+    frames = _frame_count(first)
     positions = {_floats(getattr(ds, "ImagePositionPatient", None)) for _, ds in members}
     spacing = _floats(getattr(first, "PixelSpacing", None))
     image_type = _text(first, "ImageType").upper()
@@ -328,28 +460,70 @@ def _info(uid: str, members: list[tuple[Path, Any]]) -> SeriesInfo:
 def _median_step(members: list[tuple[Path, Any]]) -> float | None:
     """Median spacing along the first slice's normal, from headers only (listing, no checks)."""
     iop = _floats(getattr(members[0][1], "ImageOrientationPatient", None))
-    if iop is None or len(iop) != 6:
+    if iop is None or len(iop) != 6 or not all(np.isfinite(iop)):
         return None
     normal = np.cross(iop[:3], iop[3:])
     along = []
     for _, ds in members:
         position = _floats(getattr(ds, "ImagePositionPatient", None))
-        if position is not None and len(position) == 3:
+        if position is not None and len(position) == 3 and all(np.isfinite(position)):
             along.append(float(np.dot(position, normal)))
     steps = np.diff(np.unique(np.round(along, 3)))
     return float(np.median(steps)) if steps.size else None
+
+
+@dataclasses.dataclass
+class SeriesScan:
+    """What :func:`scan_series` found: the image series, and damaged files that belong to none of them."""
+
+    series: list[SeriesInfo]
+    unattached: list[DamagedFile]
+
+    def check_found(self, where: str) -> None:
+        """InputError when no series was found: naming a damaged file if there is one."""
+        if self.series:
+            return
+        if self.unattached:
+            extra = f" ({len(self.unattached) - 1} more damaged files)" if len(self.unattached) > 1 else ""
+            raise InputError(f"no DICOM image series found in {where}: {self.unattached[0].message()}{extra}")
+        raise InputError(f"no DICOM image series found in {where}")
+
+
+def _attach(infos: list[SeriesInfo], damaged: list[DamagedFile]) -> list[DamagedFile]:
+    """Give each damaged file to its series (by UID, else to the series in its folder); returns the rest."""
+    unattached = []
+    for file in damaged:
+        if file.series_instance_uid:
+            owners = [info for info in infos if info.series_instance_uid == file.series_instance_uid]
+        else:  # cut before Series Instance UID: it may belong to any series beside it
+            owners = [info for info in infos if any(path.parent == file.path.parent for path in info.files)]
+        for info in owners:
+            info.damaged.append(file)
+        if not owners:
+            unattached.append(file)
+    return unattached
+
+
+def scan_series(folder: Path | str | Sequence[Path | str]) -> SeriesScan:
+    """Every DICOM image series under ``folder`` (recursive), with the damaged files found on the way.
+
+    Series are sorted by modality, number and description; see :func:`find_series`.
+    """
+    paths = [Path(p) for p in folder] if isinstance(folder, (list, tuple)) else [Path(folder)]
+    groups, damaged = _scan(paths)
+    infos = [_info(uid, members) for uid, members in groups.items()]
+    infos.sort(key=lambda info: (info.modality, info.series_number, info.description, info.series_instance_uid))
+    return SeriesScan(infos, _attach(infos, damaged))
 
 
 def find_series(folder: Path | str | Sequence[Path | str]) -> list[SeriesInfo]:
     """Every DICOM image series under ``folder`` (recursive), sorted by modality and description.
 
     Non-DICOM files, DICOMDIR and non-image objects (RTSTRUCT, RTPLAN, SR...) are ignored.
-    ``folder`` may also be a file or a list of files/folders.
+    ``folder`` may also be a file or a list of files/folders.  Damaged files are listed in
+    each series' ``damaged`` (see :func:`scan_series` for those that belong to none).
     """
-    paths = [Path(p) for p in folder] if isinstance(folder, (list, tuple)) else [Path(folder)]
-    groups = _scan(paths)
-    infos = [_info(uid, members) for uid, members in groups.items()]
-    return sorted(infos, key=lambda info: (info.modality, info.series_number, info.description, info.series_instance_uid))
+    return scan_series(folder).series
 
 
 def _listing(infos: Sequence[SeriesInfo]) -> str:
@@ -436,32 +610,56 @@ class _SliceGeometry:
     tilted: bool
 
 
+def _header_numbers(ds, path: Path, keyword: str, count: int, what: str) -> np.ndarray | None:
+    """The ``count`` numbers of ``keyword`` (None when absent); InputError naming file and tag when
+    they are not ``count`` finite numbers ("nan", "inf", text): geometry and writers need them all."""
+    raw = getattr(ds, keyword, None)
+    if raw is None or raw == "":
+        return None
+    values = _floats(raw)
+    if values is None or len(values) != count or not all(np.isfinite(values)):
+        shown = _text(ds, keyword) or str(raw)
+        raise InputError(f"{path.name} has an invalid {what} ({keyword}) '{shown}': it needs {count} finite "
+                         f"number(s); fix or export the series again")
+    return np.asarray(values, dtype=np.float64)
+
+
 def _orientation(ds, path: Path) -> np.ndarray:
-    iop = _floats(getattr(ds, "ImageOrientationPatient", None))
-    if iop is None or len(iop) != 6:
+    iop = _header_numbers(ds, path, "ImageOrientationPatient", 6, "Image Orientation (Patient)")
+    if iop is None:
         raise InputError(f"{path.name} has no Image Orientation (Patient): cannot place it in space")
-    row, column = np.asarray(iop[:3]), np.asarray(iop[3:])
+    row, column = iop[:3], iop[3:]
     lengths = np.array([np.linalg.norm(row), np.linalg.norm(column)])
     if np.any(np.abs(lengths - 1) > IOP_UNIT_TOLERANCE) or abs(np.dot(row, column)) > IOP_UNIT_TOLERANCE:
         raise InputError(
-            f"{path.name} has an invalid Image Orientation (Patient) {list(iop)}: "
+            f"{path.name} has an invalid Image Orientation (Patient) {iop.tolist()}: "
             "row and column must be perpendicular unit vectors"
         )
     return np.concatenate([row / lengths[0], column / lengths[1]])
 
 
 def _position(ds, path: Path) -> np.ndarray:
-    ipp = _floats(getattr(ds, "ImagePositionPatient", None))
-    if ipp is None or len(ipp) != 3:
+    ipp = _header_numbers(ds, path, "ImagePositionPatient", 3, "Image Position (Patient)")
+    if ipp is None:
         raise InputError(f"{path.name} has no Image Position (Patient): cannot place it in space")
-    return np.asarray(ipp)
+    return ipp
 
 
 def _pixel_spacing(ds, path: Path) -> np.ndarray:
-    spacing = _floats(getattr(ds, "PixelSpacing", None)) or _floats(getattr(ds, "ImagerPixelSpacing", None))
-    if spacing is None or len(spacing) != 2 or min(spacing) <= 0:
+    keyword = "PixelSpacing" if _text(ds, "PixelSpacing") else "ImagerPixelSpacing"
+    spacing = _header_numbers(ds, path, keyword, 2, "Pixel Spacing")
+    if spacing is None:
         raise InputError(f"{path.name} has no valid Pixel Spacing")
-    return np.asarray(spacing)
+    return check_spacing_values(spacing, path.name, f"Pixel Spacing ({keyword})")
+
+
+def _single_slice_spacing(ds, path: Path) -> float:
+    """Slice spacing of a lone image: Spacing Between Slices, else Slice Thickness, else the default."""
+    for keyword, what in (("SpacingBetweenSlices", "Spacing Between Slices"), ("SliceThickness", "Slice Thickness")):
+        value = _header_numbers(ds, path, keyword, 1, what)
+        if value is not None:
+            return float(check_spacing_values(value, path.name, f"{what} ({keyword})")[0])
+    return DEFAULT_SINGLE_SLICE_SPACING_MM
 
 
 def _check_consistent(members: list[tuple[Path, Any]]) -> tuple[np.ndarray, np.ndarray]:
@@ -562,10 +760,14 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def _rescale(ds) -> tuple[float, float]:
-    slope = _float(ds, "RescaleSlope")
-    intercept = _float(ds, "RescaleIntercept")
-    return (1.0 if slope is None else slope), (0.0 if intercept is None else intercept)
+def _rescale(ds, path: Path) -> tuple[float, float]:
+    """(slope, intercept) of the stored → output values; InputError for non-finite values or slope 0."""
+    slope = _header_numbers(ds, path, "RescaleSlope", 1, "Rescale Slope")
+    intercept = _header_numbers(ds, path, "RescaleIntercept", 1, "Rescale Intercept")
+    if slope is not None and slope[0] == 0:
+        raise InputError(f"{path.name} has Rescale Slope (RescaleSlope) 0, which makes every pixel the same value; "
+                         "fix or export the series again")
+    return (1.0 if slope is None else float(slope[0])), (0.0 if intercept is None else float(intercept[0]))
 
 
 def _to_output_values(stored: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> np.ndarray:
@@ -606,7 +808,7 @@ def _read_pixels(paths: Sequence[Path], size: tuple[int, int]) -> tuple[np.ndarr
             # Signed and unsigned slices in one series: widen instead of wrapping.
             stored = stored.astype(np.result_type(stored.dtype, array.dtype))
         stored[k] = array
-        slopes[k], intercepts[k] = _rescale(ds)
+        slopes[k], intercepts[k] = _rescale(ds, path)
     assert stored is not None  # a series has at least one file
     return stored, slopes, intercepts
 
@@ -618,14 +820,19 @@ def read_series_files(info: SeriesInfo, *, t2: bool | None = None) -> Volume:
     slice normal, geometry in LPS mm. See the module docstring for the rules.
     """
     _check_supported(info)
+    if info.damaged:
+        extra = f" ({len(info.damaged) - 1} more damaged files)" if len(info.damaged) > 1 else ""
+        raise InputError(info.damaged[0].message() + extra)
     members = []
     for path in info.files:
         ds = _read_header(path)
+        if isinstance(ds, DamagedFile):  # changed since the scan
+            raise InputError(ds.message())
         if ds is None:
             raise InputError(f"cannot read DICOM file {path}")
-        if int(_float(ds, "NumberOfFrames") or 1) > 1:
+        if _frame_count(ds) > 1:
             raise InputError(
-                f"{path} holds {int(_float(ds, 'NumberOfFrames'))} frames: multi-frame (enhanced) images are not "
+                f"{path} holds {_frame_count(ds)} frames: multi-frame (enhanced) images are not "
                 "supported, export the series as one file per slice"
             )
         members.append((path, ds))
@@ -633,10 +840,8 @@ def read_series_files(info: SeriesInfo, *, t2: bool | None = None) -> Volume:
     normal = np.cross(iop[:3], iop[3:])
     members.sort(key=lambda member: float(np.dot(_position(member[1], member[0]), normal)))
     positions = np.array([_position(ds, path) for path, ds in members])
-    first = members[0][1]
-    single_spacing = (
-        _float(first, "SpacingBetweenSlices") or _float(first, "SliceThickness") or DEFAULT_SINGLE_SLICE_SPACING_MM
-    )
+    first_path, first = members[0]
+    single_spacing = _single_slice_spacing(first, first_path) if len(members) == 1 else DEFAULT_SINGLE_SLICE_SPACING_MM
     geometry = _stack_geometry(positions, iop, pixel_spacing, [p.name for p, _ in members], single_spacing)
 
     stored, slopes, intercepts = _read_pixels([path for path, _ in members], (int(first.Rows), int(first.Columns)))
@@ -703,6 +908,8 @@ def read_dicom_series(
     for path in paths:
         if not path.exists():
             raise InputError(f"{path} does not exist")
-    infos = find_series(paths)
-    info = choose_series(infos, series_uid=series_uid, modality=modality, t2=t2, preferred=preferred, where=where)
+    scan = scan_series(paths)
+    scan.check_found(where)
+    info = choose_series(scan.series, series_uid=series_uid, modality=modality, t2=t2, preferred=preferred,
+                         where=where)
     return read_series_files(info, t2=t2)

@@ -8,16 +8,22 @@
 NIfTI stores its affine in 32-bit floats: geometry survives a NIfTI round trip to about
 1e-5 mm, NRRD/MetaImage to full double precision. NIfTI (qform/sform) cannot hold a
 sheared grid, so a gantry-tilted volume must be written as NRRD or MetaImage.
+
+A NIfTI file's header and float voxels are checked before ITK reads it (:func:`check_nifti_file`):
+ITK puts 1 mm in place of a zero or NaN pixdim, mirrors an axis for a negative one, and its NIfTI
+library turns NaN/Inf voxels into 0, all without a word.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from .atomic import atomic_path
 from .errors import InputError
+from .input_checks import check_spacing_values
 from .volume import Volume
 
 ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -55,9 +61,83 @@ def guess_modality(volume: Volume) -> str:
     return "CT" if float(np.mean(array <= CT_AIR_HU)) >= CT_AIR_FRACTION else "MR"
 
 
+NIFTI_FIELDS = {
+    348: {"dim": ("8h", 40), "datatype": ("h", 70), "pixdim": ("8f", 76), "vox_offset": ("f", 108)},
+    540: {"dim": ("8q", 16), "datatype": ("h", 12), "pixdim": ("8d", 104), "vox_offset": ("q", 168)},
+}
+"""Where NIfTI-1 and NIfTI-2 (told apart by ``sizeof_hdr``) keep the fields checked here: struct format, offset."""
+NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+"""NIfTI datatype codes of float32 / float64 voxels, the ones that can hold NaN or Inf."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NiftiHeader:
+    """The raw NIfTI header fields ITK would otherwise interpret silently."""
+
+    byte_order: str
+    dims: tuple[int, ...]
+    """dim[1..dim[0]]: (x, y, z, ...) voxel counts."""
+    datatype: int
+    pixdim: tuple[float, ...]
+    """pixdim[1..dim[0]]: voxel sizes along (x, y, z, ...)."""
+    vox_offset: int
+
+
+def _nifti_bytes(path: Path, size: int = -1) -> bytes:
+    """The first ``size`` bytes of a NIfTI file (all for -1), decompressed for .nii.gz; b"" when unreadable."""
+    import gzip
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as stream:
+            return stream.read(size)
+    except (OSError, EOFError):
+        return b""  # not gzip or cut short: ITK's own message says so
+
+
+def read_nifti_header(path: str | Path) -> NiftiHeader | None:
+    """The raw header of a NIfTI-1/2 file (byte order from ``sizeof_hdr``), None when it is not one."""
+    import struct
+
+    raw = _nifti_bytes(Path(path), max(NIFTI_FIELDS))
+    for order in "<>":
+        size = struct.unpack_from(f"{order}i", raw)[0] if len(raw) >= 4 else 0
+        if size in NIFTI_FIELDS and len(raw) >= size:
+            fields = {name: struct.unpack_from(order + form, raw, offset)
+                      for name, (form, offset) in NIFTI_FIELDS[size].items()}
+            ndim = min(max(int(fields["dim"][0]), 1), 7)
+            return NiftiHeader(order, tuple(int(v) for v in fields["dim"][1:ndim + 1]), int(fields["datatype"][0]),
+                               tuple(float(v) for v in fields["pixdim"][1:ndim + 1]), int(fields["vox_offset"][0]))
+    return None
+
+
+def check_nifti_file(path: str | Path) -> None:
+    """Refuse what ITK would hide in a NIfTI file: voxel sizes (pixdim) that are not positive
+    numbers (ITK puts 1 mm in place of 0 or NaN, mirrors an axis for a negative one) and NaN/Inf
+    voxels (NIfTI's reader turns them into 0)."""
+    from .input_checks import check_finite_voxels
+
+    path = Path(path)
+    header = read_nifti_header(path)
+    if header is None:
+        return  # not NIfTI-1/2: ITK's message says what it is
+    check_spacing_values(header.pixdim[:3], str(path), "NIfTI voxel sizes (pixdim)")
+    kind = NIFTI_FLOAT_TYPES.get(header.datatype)
+    if kind is None:
+        return
+    count = int(np.prod(header.dims, dtype=np.int64))
+    try:
+        voxels = np.frombuffer(_nifti_bytes(path), np.dtype(header.byte_order + kind), count, header.vox_offset)
+    except ValueError:
+        return  # shorter than its header says: ITK reports the truncated file
+    check_finite_voxels(voxels, str(path))
+
+
 def _read_itk(path: Path, modality: str | None) -> Volume:
     import SimpleITK as sitk
 
+    if image_suffix(path).startswith(".nii"):
+        check_nifti_file(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -111,8 +191,11 @@ def load_image(
         # No sequence information in these formats: T2w is only known when the user says so.
         volume.meta["is_t2"] = t2 if volume.modality == "MR" else None
         return volume
-    if dicom_series.find_series([path]):
+    scan = dicom_series.scan_series([path])
+    if scan.series:
         return dicom_series.read_dicom_series([path], series_uid=series_uid, modality=modality, t2=t2, preferred=preferred)
+    if scan.unattached:
+        raise InputError(scan.unattached[0].message())
     raise InputError(
         f"{path} is neither DICOM nor a known image format ({', '.join(ITK_SUFFIXES)}); "
         "give a DICOM folder or an image file"

@@ -131,21 +131,28 @@ def _requested_modality(model: str | Any, models_root: str | Path | None) -> str
 
 # ---------------------------------------------------------------- the flow
 def load_input(source: str | Path | Volume, *, series_uid: str | None = None,
-               modality: str | None = None) -> tuple[Volume, str | None]:
-    """A path (DICOM folder/file, NIfTI, NRRD) or a Volume → (Volume, path string or None).
+               modality: str | None = None, models_root: str | Path | None = None) -> tuple[Volume, str | None]:
+    """A path (DICOM folder/file, NIfTI, NRRD) or a Volume → (Volume, path string or None), validated.
 
     When the model fixes the modality (``--model ct``) a DICOM folder's series choice is limited
     to it; image files keep their own (guessed) modality so a mismatch is caught, not hidden.
+    Every image, read here or handed in by Slicer, passes :func:`.input_checks.validate_input`
+    (the checks of ``series --check``) before any heavy work: InputError naming what is wrong.
     """
     from .image_io import guess_modality, load_image
+    from .input_checks import source_name, validate_input
 
     if isinstance(source, Volume):
-        volume = source
+        volume, path = source, None
         if not volume.modality:
             volume = volume.with_array(volume.array, modality=guess_modality(volume))
-        return volume, None
-    path = Path(source)
-    return load_image(path, series_uid=series_uid, modality=modality if path.is_dir() else None), str(path)
+        name = source_name(volume, fallback="the image volume")
+    else:
+        path = Path(source)
+        volume = load_image(path, series_uid=series_uid, modality=modality if path.is_dir() else None)
+        name = source_name(volume) if path.is_dir() else str(path)
+    validate_input(volume, name, modality=modality or volume.modality, models_root=models_root)
+    return volume, None if path is None else str(path)
 
 
 def labels_volume(volume: Volume, labels: np.ndarray, model_id: str) -> Volume:

@@ -30,10 +30,21 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 """Flips L/P to R/A; its own inverse."""
 
 
+def _numbers(values: Any, digits: int = 4) -> str:
+    """Plain one-line text of numbers (nested lists/arrays kept as brackets): no ``array(``, no ``np.float64(``."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim == 0:
+        return f"{float(array):.{digits}g}"
+    return "(" + ", ".join(_numbers(item, digits) for item in array) + ")"
+
+
 def _as_vector(values: Sequence[float], name: str) -> np.ndarray:
-    vector = np.asarray(values, dtype=np.float64).reshape(-1)
+    try:
+        vector = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be 3 finite numbers, got {values}") from None
     if vector.shape != (3,) or not np.all(np.isfinite(vector)):
-        raise InputError(f"{name} must be 3 finite numbers, got {values!r}")
+        raise InputError(f"{name} must be 3 finite numbers, got {_numbers(vector)}")
     return vector
 
 
@@ -64,10 +75,10 @@ class Volume:
             raise InputError(f"a volume needs a 3D array, got shape {array.shape}")
         spacing = _as_vector(self.spacing, "spacing")
         if np.any(spacing <= 0):
-            raise InputError(f"spacing must be positive, got {tuple(spacing)}")
+            raise InputError(f"spacing must be positive, got {_numbers(spacing)}")
         direction = np.asarray(self.direction, dtype=np.float64)
         if direction.shape != (3, 3) or not np.all(np.isfinite(direction)):
-            raise InputError(f"direction must be a finite 3x3 matrix, got {direction!r}")
+            raise InputError(f"direction must be a finite 3x3 matrix, got {_numbers(direction)}")
         if abs(np.linalg.det(direction)) < 1e-6:
             raise InputError("direction matrix is singular: the image axes are not independent")
         object.__setattr__(self, "array", array)
@@ -192,9 +203,17 @@ class Volume:
             meta=meta or {},
         )
 
+    def describe(self) -> str:
+        """The grid on one line, for messages: size and spacing (x, y, z), origin and axes in LPS.
+
+        E.g. ``56x40x6 int16 CT, spacing 0.7x1.1x2.5 mm, origin LPS (-101.3, -57.25, 33.5) mm,
+        axes (1, 0, 0) (0, 1, 0) (0, 0, 1)``.
+        """
+        size = "x".join(str(n) for n in self.size_ijk)
+        spacing = "x".join(f"{v:.4g}" for v in self.spacing)
+        kind = f"{self.array.dtype}{' ' + self.modality if self.modality else ''}"
+        axes = " ".join(_numbers(column, 3) for column in self.direction.T)
+        return f"{size} {kind}, spacing {spacing} mm, origin LPS {_numbers(self.origin, 6)} mm, axes {axes}"
+
     def __repr__(self) -> str:
-        return (
-            f"Volume(shape(z,y,x)={self.shape}, dtype={self.array.dtype}, "
-            f"spacing(x,y,z)={tuple(np.round(self.spacing, 4))}, "
-            f"origin_lps={tuple(np.round(self.origin, 3))}, modality={self.modality!r})"
-        )
+        return f"Volume({self.describe()})"

@@ -297,8 +297,12 @@ def test_duplicate_copies_of_a_series_count_once(tmp_path):
 
 
 def test_multi_frame_image_is_refused_clearly(tmp_path):
+    def two_frames(ds):
+        ds.NumberOfFrames = 2
+        ds.PixelData = ds.PixelData * 2  # complete: a frame count without the frames is a damaged file
+
     paths = write(make_volume((2, 6, 6)), tmp_path)
-    edit_files(paths, lambda ds: setattr(ds, "NumberOfFrames", 2))
+    edit_files(paths, two_frames)
     with pytest.raises(InputError, match="multi-frame"):
         read_dicom_series(tmp_path)
 

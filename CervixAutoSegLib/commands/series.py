@@ -6,9 +6,11 @@ Exit code 0 when at least one CT or MR image series was found, else an InputErro
 (non-zero, one line on stderr).
 
 With ``--check`` (implied by ``--series``) the series that ``segment`` would use is
-chosen by the same rules and read completely (pixels, geometry checks), and its grid is
-printed: every problem ``segment`` would hit (missing slices, non-parallel slices,
-unreadable pixel data, ambiguous choice...) shows up here, without running a model.
+chosen by the same rules, read completely and put through the very checks ``segment`` runs
+before any heavy work (:func:`CervixAutoSegLib.input_checks.validate_input`: damaged files,
+geometry, field of view, memory, voxel values, what the RTSTRUCT writer needs).  Its grid is
+printed, then a one-line verdict; every problem ``segment`` would hit shows up here, as the
+same one line on stderr, without running a model.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def _row(info) -> dict:
         "modality": info.modality or "?",
         "T2w": _t2_label(info.is_t2, info.modality),
         "description": info.description,
-        "slices": str(info.n_slices),
+        "slices": str(info.n_slices) + (f" (+{len(info.damaged)} damaged)" if info.damaged else ""),
         "size": f"{info.columns}x{info.rows}",
         "spacing mm": spacing,
         "orientation": info.orientation_label + (" (localizer)" if info.is_localizer else ""),
@@ -94,18 +96,22 @@ def describe_volume(volume) -> str:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..dicom_series import choose_series, find_series, read_series_files
+    from ..dicom_series import choose_series, read_series_files, scan_series
     from ..errors import InputError
+    from ..input_checks import source_name, validate_input
 
     folder = Path(args.folder)
     if not folder.exists():
         raise InputError(f"{folder} does not exist")
-    infos = find_series(folder)
-    if not infos:
-        raise InputError(f"no DICOM image series found in {folder}")
+    scan = scan_series(folder)
+    scan.check_found(str(folder))
+    infos = scan.series
     if args.check or args.series:
         info = choose_series(infos, series_uid=args.series, modality=args.modality, t2=args.t2, where=str(folder))
-        print(describe_volume(read_series_files(info, t2=args.t2)))
+        volume = read_series_files(info, t2=args.t2)
+        print(describe_volume(volume))
+        summary = validate_input(volume, source_name(volume), modality=args.modality or volume.modality)
+        print(summary.verdict())
         return 0
     if args.modality:
         infos = [info for info in infos if info.modality == args.modality.upper()]
@@ -114,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     rows = [_row(info) for info in infos]
     if args.json:
         for row, info in zip(rows, infos):
-            row.update(is_t2=info.is_t2, supported=info.is_supported, files=len(info.files))
+            row.update(is_t2=info.is_t2, supported=info.is_supported, files=len(info.files),
+                       damaged_files=[str(file.path) for file in info.damaged])
         print(json.dumps(rows, indent=2))
     else:
         print(format_table(rows))
