@@ -22,6 +22,8 @@ MODULE_FILE = MODULE_DIR / "CervixAutoSeg.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "CervixAutoSeg.ui"
 ICON_FILE = MODULE_DIR / "Resources" / "Icons" / "CervixAutoSeg.png"
 MODULE_CMAKE = MODULE_DIR / "CMakeLists.txt"
+REVIEW_MODULE_FILE = MODULE_DIR / "CervixAutoSegReview.py"
+REVIEW_UI_FILE = MODULE_DIR / "Resources" / "UI" / "CervixAutoSegReview.ui"
 ICON_SIZE = (128, 128)
 
 
@@ -36,8 +38,8 @@ def expand(items: list[str], module_name: str = "CervixAutoSeg") -> list[str]:
     return [item.replace("${MODULE_NAME}", module_name) for item in items]
 
 
-def ui_widget_names() -> set[str]:
-    tree = ElementTree.parse(UI_FILE)
+def ui_widget_names(ui_file: Path = UI_FILE) -> set[str]:
+    tree = ElementTree.parse(ui_file)
     return {element.get("name") for element in tree.iter("widget")}
 
 
@@ -70,10 +72,39 @@ def test_ui_parameter_bindings_are_fields_of_the_parameter_node():
     assert bound and bound <= fields, f"bound {sorted(bound)} but the parameter node has {sorted(fields)}"
 
 
+def top_level_imports(module_file: Path) -> set[str]:
+    module = ast.parse(module_file.read_text(encoding="utf-8"))
+    top = set()
+    for node in module.body:
+        if isinstance(node, ast.Import):
+            top |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            top.add(node.module)
+    return top
+
+
+THIN_IMPORTS = {"__future__", "logging", "os", "sys", "tempfile", "qt", "ctk", "vtk", "slicer",
+                "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper", "slicer.util"}
+"""What a module file may import at its top: stdlib + Slicer, so the module appears instantly in Slicer."""
+
+
+def test_the_review_module_file_is_thin_and_binds_only_widgets_of_its_ui():
+    assert top_level_imports(REVIEW_MODULE_FILE) <= THIN_IMPORTS
+    module = ast.parse(REVIEW_MODULE_FILE.read_text(encoding="utf-8"))
+    classes = {node.name for node in module.body if isinstance(node, ast.ClassDef)}
+    assert {"CervixAutoSegReview", "CervixAutoSegReviewWidget", "CervixAutoSegReviewLogic",
+            "CervixAutoSegReviewTest"} <= classes
+    source = REVIEW_MODULE_FILE.read_text(encoding="utf-8")
+    used = set(re.findall(r"self\.ui\.(\w+)", source))
+    used |= {name for name in re.findall(r'\("(\w+Button)", "\w+"\)', source)}  # GRADE_BUTTONS, via getattr
+    missing = used - ui_widget_names(REVIEW_UI_FILE)
+    assert len(used) > 20 and not missing, f"CervixAutoSegReview.py uses widgets its .ui lacks: {sorted(missing)}"
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}Review.py)" in MODULE_CMAKE.read_text()
+
+
 def test_the_module_file_is_thin_and_loads_without_heavy_imports():
     """Top-level imports: stdlib + Slicer only, so the module appears instantly in Slicer."""
-    allowed = {"__future__", "logging", "os", "sys", "tempfile", "qt", "ctk", "vtk", "slicer",
-               "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper", "slicer.util"}
+    allowed = THIN_IMPORTS
     module = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
     top = set()
     for node in module.body:

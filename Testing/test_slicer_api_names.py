@@ -2,8 +2,8 @@
 
 No Slicer runs here, so a misspelled signal or property (``currentNodeChange(vtkMRMLNode*)``,
 ``noneEnable``) would only show inside Slicer, as a connection that silently never fires or
-a property that is silently not set.  This test reads ``CervixAutoSeg.ui`` and
-``CervixAutoSeg.py`` and checks every widget class, property, signal, slot and method name
+a property that is silently not set.  This test reads every module file of the extension and its
+.ui (``CervixAutoSeg.py``, ``CervixAutoSegReview.py``: :data:`MODULE_FILES`) and checks every widget class, property, signal, slot and method name
 they use against the tables below, taken from the headers of the versions Slicer 5.10.0 is
 built with (:data:`SOURCES`) by ``Testing/tools/extract_qt_api.py --python``.  When the
 supported Slicer changes, regenerate the tables from that version's headers.
@@ -22,10 +22,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MODULE_FILE = ROOT / "CervixAutoSeg" / "CervixAutoSeg.py"
 UI_FILE = ROOT / "CervixAutoSeg" / "Resources" / "UI" / "CervixAutoSeg.ui"
+REVIEW_MODULE_FILE = ROOT / "CervixAutoSeg" / "CervixAutoSegReview.py"
+REVIEW_UI_FILE = ROOT / "CervixAutoSeg" / "Resources" / "UI" / "CervixAutoSegReview.ui"
+MODULE_FILES = ((MODULE_FILE, UI_FILE), (REVIEW_MODULE_FILE, REVIEW_UI_FILE))
+"""Every scripted module of the extension with its .ui (test_every_module_file_is_checked keeps this whole)."""
 
 SOURCES = {
     "Slicer": "github.com/Slicer/Slicer tag v5.10.0 (a2b6d082be04274a849884fbb1e85634a9df90fb): "
-              "Libs/MRML/Widgets/qMRMLWidget.h, qMRMLNodeComboBox.h, Base/QTCore/qSlicerCoreApplication.h, "
+              "Libs/MRML/Widgets/qMRMLWidget.h, qMRMLNodeComboBox.h, qMRMLTableView.h, "
+              "Base/QTCore/qSlicerCoreApplication.h, "
               "qSlicerBaseQTCorePythonQtDecorators.h, Base/QTGUI/qSlicerApplication.h, Base/Python/slicer/util.py, "
               "Base/Python/slicer/parameterNodeWrapper/wrapper.py",
     "CTK": "github.com/commontk/CTK dd4caeae7e979cf441e44ee85d3b0780120d113d, the commit Slicer v5.10.0 pins "
@@ -35,7 +40,7 @@ SOURCES = {
           "CMakeLists.txt Slicer_REQUIRED_QT_VERSION): QtCore/qobject.h, qtimer.h, qcoreapplication.h, "
           "QtGui/qguiapplication.h, QtWidgets/qapplication.h, qwidget.h, qframe.h, qlabel.h, qabstractbutton.h, "
           "qpushbutton.h, qtoolbutton.h, qcheckbox.h, qcombobox.h, qprogressbar.h, qlayout.h, qboxlayout.h, "
-          "qformlayout.h",
+          "qformlayout.h, qlineedit.h, qshortcut.h, qabstractscrollarea.h, qabstractitemview.h, qtableview.h",
 }
 
 
@@ -388,6 +393,104 @@ QT_API = {
             "setHorizontalSpacing setItem setLabelAlignment setLayout setRowWrapPolicy setSpacing "
             "setVerticalSpacing setWidget sizeHint spacing takeAt takeRow verticalSpacing"),
     ),
+    # The review panel (CervixAutoSegReview.ui / .py): qlineedit.h, qshortcut.h, qabstractscrollarea.h,
+    # qabstractitemview.h, qtableview.h of the same qtbase.
+    "QAbstractScrollArea": ClassApi(
+        base="QFrame",
+        properties=(
+            "horizontalScrollBarPolicy sizeAdjustPolicy verticalScrollBarPolicy"),
+        signals=(
+            ""),
+        slots=(
+            ""),
+        methods=(
+            "addScrollBarWidget cornerWidget horizontalScrollBar horizontalScrollBarPolicy "
+            "maximumViewportSize minimumSizeHint scrollBarWidgets setCornerWidget setHorizontalScrollBar "
+            "setHorizontalScrollBarPolicy setSizeAdjustPolicy setVerticalScrollBar "
+            "setVerticalScrollBarPolicy setViewport setupViewport sizeAdjustPolicy sizeHint "
+            "verticalScrollBar verticalScrollBarPolicy viewport"),
+    ),
+    "QAbstractItemView": ClassApi(
+        base="QAbstractScrollArea",
+        properties=(
+            "alternatingRowColors autoScroll autoScrollMargin defaultDropAction dragDropMode "
+            "dragDropOverwriteMode dragEnabled editTriggers horizontalScrollMode iconSize "
+            "selectionBehavior selectionMode showDropIndicator tabKeyNavigation textElideMode "
+            "verticalScrollMode"),
+        signals=(
+            "activated(QModelIndex) clicked(QModelIndex) doubleClicked(QModelIndex) entered(QModelIndex) "
+            "iconSizeChanged(QSize) pressed(QModelIndex) viewportEntered()"),
+        slots=(
+            "clearSelection() doItemsLayout() edit(QModelIndex) reset() scrollToBottom() scrollToTop() "
+            "selectAll() setCurrentIndex(QModelIndex) setRootIndex(QModelIndex) update(QModelIndex)"),
+        methods=(
+            "alternatingRowColors autoScrollMargin closePersistentEditor currentIndex defaultDropAction "
+            "dragDropMode dragDropOverwriteMode dragEnabled editTriggers hasAutoScroll "
+            "horizontalScrollMode iconSize indexAt indexWidget inputMethodQuery isPersistentEditorOpen "
+            "itemDelegate itemDelegateForColumn itemDelegateForRow keyboardSearch model "
+            "openPersistentEditor resetHorizontalScrollMode resetVerticalScrollMode rootIndex scrollTo "
+            "selectionBehavior selectionMode selectionModel setAlternatingRowColors setAutoScroll "
+            "setAutoScrollMargin setDefaultDropAction setDragDropMode setDragDropOverwriteMode "
+            "setDragEnabled setDropIndicatorShown setEditTriggers setHorizontalScrollMode setIconSize "
+            "setIndexWidget setItemDelegate setItemDelegateForColumn setItemDelegateForRow setModel "
+            "setSelectionBehavior setSelectionMode setSelectionModel setTabKeyNavigation "
+            "setTextElideMode setVerticalScrollMode showDropIndicator sizeHintForColumn sizeHintForIndex "
+            "sizeHintForRow tabKeyNavigation textElideMode verticalScrollMode visualRect"),
+    ),
+    "QTableView": ClassApi(
+        base="QAbstractItemView",
+        properties=(
+            "cornerButtonEnabled gridStyle showGrid sortingEnabled wordWrap"),
+        signals=(
+            ""),
+        slots=(
+            "hideColumn(int) hideRow(int) resizeColumnToContents(int) resizeColumnsToContents() "
+            "resizeRowToContents(int) resizeRowsToContents() selectColumn(int) selectRow(int) "
+            "setShowGrid(bool) showColumn(int) showRow(int) sortByColumn(int) "
+            "sortByColumn(int,Qt::SortOrder)"),
+        methods=(
+            "clearSpans columnAt columnSpan columnViewportPosition columnWidth doItemsLayout gridStyle "
+            "horizontalHeader indexAt isColumnHidden isCornerButtonEnabled isRowHidden isSortingEnabled "
+            "rowAt rowHeight rowSpan rowViewportPosition scrollTo setColumnHidden setColumnWidth "
+            "setCornerButtonEnabled setGridStyle setHorizontalHeader setModel setRootIndex setRowHeight "
+            "setRowHidden setSelectionModel setSortingEnabled setSpan setVerticalHeader setWordWrap "
+            "showGrid verticalHeader visualRect wordWrap"),
+    ),
+    "QLineEdit": ClassApi(
+        base="QWidget",
+        properties=(
+            "acceptableInput alignment clearButtonEnabled cursorMoveStyle cursorPosition displayText "
+            "dragEnabled echoMode frame hasSelectedText inputMask maxLength modified placeholderText "
+            "readOnly redoAvailable selectedText text undoAvailable"),
+        signals=(
+            "cursorPositionChanged(int,int) editingFinished() inputRejected() returnPressed() "
+            "selectionChanged() textChanged(QString) textEdited(QString)"),
+        slots=(
+            "clear() copy() cut() paste() redo() selectAll() setText(QString) undo()"),
+        methods=(
+            "addAction alignment backspace completer createStandardContextMenu cursorBackward "
+            "cursorForward cursorMoveStyle cursorPosition cursorPositionAt cursorWordBackward "
+            "cursorWordForward del deselect displayText dragEnabled echoMode end event getTextMargins "
+            "hasAcceptableInput hasFrame hasSelectedText home inputMask inputMethodQuery insert "
+            "isClearButtonEnabled isModified isReadOnly isRedoAvailable isUndoAvailable maxLength "
+            "minimumSizeHint placeholderText selectedText selectionEnd selectionLength selectionStart "
+            "setAlignment setClearButtonEnabled setCompleter setCursorMoveStyle setCursorPosition "
+            "setDragEnabled setEchoMode setFrame setInputMask setMaxLength setModified "
+            "setPlaceholderText setReadOnly setSelection setTextMargins setValidator sizeHint text "
+            "textMargins validator"),
+    ),
+    "QShortcut": ClassApi(
+        base="QObject",
+        properties=(
+            "autoRepeat context enabled key whatsThis"),
+        signals=(
+            "activated() activatedAmbiguously()"),
+        slots=(
+            ""),
+        methods=(
+            "autoRepeat context id isEnabled key parentWidget setAutoRepeat setContext setEnabled setKey "
+            "setWhatsThis whatsThis"),
+    ),
 }
 
 # CTK (see SOURCES["CTK"]).
@@ -569,6 +672,23 @@ SLICER_API = {
             "pythonConsole pythonConsoleLogLevel pythonManager setLayoutManager setToolTipsEnabled "
             "settingsDialog testingUtility windowsActiveCodePage windowsOSBuildNumber"),
     ),
+    # Libs/MRML/Widgets/qMRMLTableView.h at v5.10.0 (the review panel's tables).
+    "qMRMLTableView": ClassApi(
+        base="QTableView",
+        properties=(
+            "firstColumnLocked firstRowLocked transposed"),
+        signals=(
+            "mrmlSceneChanged(vtkMRMLScene*) selectionChanged()"),
+        slots=(
+            "copySelection() deleteColumn() deleteRow() insertColumn() insertRow() pasteSelection() "
+            "plotSelection() setFirstColumnLocked(bool) setFirstRowLocked(bool) "
+            "setMRMLScene(vtkMRMLScene*) setMRMLTableNode(vtkMRMLNode*) "
+            "setMRMLTableNode(vtkMRMLTableNode*) setMRMLTableViewNode(vtkMRMLTableViewNode*) "
+            "setTransposed(bool)"),
+        methods=(
+            "firstColumnLocked firstRowLocked mrmlScene mrmlTableNode mrmlTableViewNode "
+            "selectedMRMLTableColumnIndices sortFilterProxyModel tableModel transposed"),
+    ),
 }
 
 API = {**QT_API, **CTK_API, **SLICER_API}
@@ -587,6 +707,7 @@ SLICER_UTIL = {
     "tryWithErrorDisplay": ("message", "show", "waitCursor"),
     "pip_install": ("requirements",),
     "getModuleLogic": ("module",),
+    "mainWindow": (),
     "getNode": ("pattern", "index", "scene"),
     "VTKObservationMixin": (),
 }
@@ -871,3 +992,35 @@ def test_a_misspelled_name_in_the_ui_file_is_found(right, wrong):
     assert right in text
     problems, _ = ui_problems(text.replace(right, wrong, 1))
     assert problems, f"{wrong} not reported"
+
+
+# ------------------------------------------------------------------ the review panel (issue 16)
+def test_every_module_file_is_checked():
+    assert sorted((ROOT / "CervixAutoSeg").glob("*.py")) == sorted(module for module, _ in MODULE_FILES)
+    assert all(ui.is_file() for _, ui in MODULE_FILES)
+
+
+def test_the_review_panel_uses_only_names_slicer_510_has():
+    ui_text = REVIEW_UI_FILE.read_text(encoding="utf-8")
+    problems, checked = ui_problems(ui_text)
+    assert problems == []
+    assert {("QLineEdit", "placeholderText"), ("qMRMLTableView", "toolTip"),
+            ("qMRMLTableView", "setMRMLScene(vtkMRMLScene*)")} <= checked
+    problems, checked = module_problems(REVIEW_MODULE_FILE.read_text(encoding="utf-8"), ui_text)
+    assert problems == []
+    assert {("QShortcut", "activated()"), ("qMRMLTableView", "clicked(QModelIndex)"), ("qMRMLTableView", "setMRMLTableNode"),
+            ("QLineEdit", "textChanged(QString)"), ("QLineEdit", "text"), ("QProgressBar", "maximum"),
+            ("slicer.util", "mainWindow"), ("QComboBox", "findData")} <= checked
+
+
+@pytest.mark.parametrize("right,wrong,name", [
+    ('"activated()"', '"activate()"', "activate()"),
+    ("flagsTableView.setMRMLTableNode(", "flagsTableView.setMRMLTable(", "setMRMLTable"),
+    ('"clicked(QModelIndex)"', '"clicked(QModelIndex*)"', "clicked(QModelIndex*)"),
+    ("slicer.util.mainWindow()", "slicer.util.mainwindow()", "mainwindow"),
+])
+def test_a_misspelled_name_in_the_review_panel_is_found(right, wrong, name):
+    source = REVIEW_MODULE_FILE.read_text(encoding="utf-8")
+    assert right in source
+    problems, _ = module_problems(source.replace(right, wrong, 1), REVIEW_UI_FILE.read_text(encoding="utf-8"))
+    assert problems and all(name in problem for problem in problems), problems
