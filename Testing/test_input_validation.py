@@ -77,7 +77,8 @@ def ct_image(dtype=np.float32, spacing=SPACING, direction=None) -> Volume:
     k, j, i = np.indices(SHAPE)
     body = ((i - 15.5) / 12) ** 2 + ((j - 15.5) / 9) ** 2 <= 1
     array = np.where(body, TISSUE_HU, AIR_HU).astype(dtype)
-    return Volume(array, spacing, (-12.0, -12.0, 40.0), np.eye(3) if direction is None else direction, modality="CT")
+    direction = np.eye(3) if direction is None else direction
+    return Volume(array, spacing, (-12.0, -12.0, 40.0), direction, modality="CT")
 
 
 def set_raw(keyword: str, text: str):
@@ -308,7 +309,8 @@ def test_available_memory_reads_meminfo_and_a_cgroup_limit(tmp_path, monkeypatch
         ("RescaleIntercept", "inf", "Rescale Intercept"),  # today an OverflowError traceback
     ],
 )
-def test_non_finite_geometry_and_rescale_tags_are_refused_naming_file_and_tag(ct_series, capsys, keyword, text, what):
+def test_non_finite_geometry_and_rescale_tags_are_refused_naming_file_and_tag(ct_series, capsys, keyword, text,
+                                                                               what):
     """Today ``series --check`` called an IPP of "nan" fine and the RTSTRUCT writer failed after the network."""
     edit_files(ct_series[3:4], set_raw(keyword, text))
     check_refuses(capsys, ct_series[3].parent, f"{ct_series[3].name} has an invalid {what} ({keyword})", "finite")
@@ -347,8 +349,8 @@ def test_eight_bit_mr_is_not_mistaken_for_a_label_map():
 # ------------------------------------------------------------------ 8. one-line grids
 def test_volume_repr_is_one_plain_line():
     volume = Volume(np.zeros(SHAPE, np.int16), (0.7, 1.1, 2.5), (-101.3, -57.25, 33.5), np.eye(3), modality="CT")
-    assert repr(volume) == ("Volume(32x32x6 int16 CT, spacing 0.7x1.1x2.5 mm, origin LPS (-101.3, -57.25, 33.5) mm, "
-                            "axes (1, 0, 0) (0, 1, 0) (0, 0, 1))")
+    assert repr(volume) == ("Volume(32x32x6 int16 CT, spacing 0.7x1.1x2.5 mm, "
+                            "origin LPS (-101.3, -57.25, 33.5) mm, axes (1, 0, 0) (0, 1, 0) (0, 0, 1))")
 
 
 def test_grid_mismatch_message_is_one_plain_line(tmp_path):
@@ -367,7 +369,8 @@ def test_grid_mismatch_message_is_one_plain_line(tmp_path):
 def test_invalid_direction_message_is_one_plain_line():
     with pytest.raises(InputError) as raised:
         Volume(np.zeros(SHAPE), SPACING, (0, 0, 0), np.full((3, 3), np.nan))
-    assert str(raised.value) == "direction must be a finite 3x3 matrix, got ((nan, nan, nan), (nan, nan, nan), (nan, nan, nan))"
+    nan_row = "(nan, nan, nan)"
+    assert str(raised.value) == f"direction must be a finite 3x3 matrix, got ({nan_row}, {nan_row}, {nan_row})"
 
 
 # ------------------------------------------------------------------ 9. series --check verdict
@@ -375,5 +378,5 @@ def test_check_prints_a_clear_verdict_for_a_good_series(ct_series, capsys):
     code, out, err = run(capsys, "series", str(ct_series[0].parent), "--check")
     assert code == 0 and err == ""
     verdict = out.strip().splitlines()[-1]
-    assert verdict.startswith("verdict: usable by segment (field of view 26 x 26 x 15 mm, orthonormal image axes, "
-                              "voxel values finite, needs ~")
+    assert verdict.startswith("verdict: usable by segment (field of view 26 x 26 x 15 mm, "
+                              "orthonormal image axes, voxel values finite, needs ~")
