@@ -283,11 +283,16 @@ class CervixAutoSegReviewLogic(ScriptedLoadableModuleLogic):
         self.flagsNode = None
 
     def open(self, folder, reviewer):
-        """Load the review's image and contours, turn the views to its slices; return its controller."""
+        """Load the review's image and contours, turn the views to its slices; return its controller.
+
+        ``folder`` may be a cohort (a folder of review folders): the reviewer's next case is opened.
+        """
         from CervixAutoSegLib.review import mrml_review
         from CervixAutoSegLib.review.controller import ReviewController
         from CervixAutoSegLib.review.session import read_manifest
+        from CervixAutoSegLib.review.worklist import resolve
 
+        folder = resolve(folder, reviewer)
         manifest = read_manifest(folder)
         volumeNode, segmentationNode = mrml_review.load_review(slicer.mrmlScene, folder, manifest)
         mrml_review.show_acquisition_plane(slicer.mrmlScene, volumeNode)

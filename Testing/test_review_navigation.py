@@ -76,3 +76,34 @@ def test_the_navigator_clamps_and_reports_all_graded():
     assert navigator.step(-5) == Stop("A", 0) and navigator.step(9) == Stop("A", 2)
     graded.update(navigator.stops)
     assert navigator.next_ungraded() is None and navigator.graded_count() == 3
+
+
+def test_a_cohort_opens_the_next_case_and_blinded_cases_come_in_each_reviewers_own_order(tmp_path):
+    import json
+
+    from CervixAutoSegLib.review.session import MANIFEST_FILE
+    from CervixAutoSegLib.review.worklist import case_order, next_case, review_folders
+
+    cohort = tmp_path / "cohort"
+    for name in ("case-a", "case-b", "open-1"):
+        tiny_review(cohort / name, items=(("Bladder", range(4, 6)),))
+    for name in [f"blind-{i:02d}" for i in range(8)]:
+        folder = tiny_review(cohort / name, items=(("Bladder/A", range(4, 6)),))
+        document = json.loads((folder / MANIFEST_FILE).read_text())
+        document["blinded"] = True
+        (folder / MANIFEST_FILE).write_text(json.dumps(document))
+    folders = review_folders(cohort)
+    first, second = case_order(folders, "Dr A"), case_order(folders, "Dr B")
+    assert [f.name for f in first[:3]] == ["case-a", "case-b", "open-1"] and sorted(first) == sorted(folders)
+    assert first[3:] != second[3:] and first == case_order(folders, "Dr A")  # own order, stable on reopening
+    controller = ReviewController()
+    controller.open(cohort, "Dr A")
+    assert controller.session.folder.name == "case-a"
+    controller.set_review_mode(True)
+    for key in "1111":  # slices 3, 4, 5, 6: case-a done
+        controller.key(key)
+    controller.close()
+    assert next_case(cohort, "Dr A").name == "case-b" and next_case(cohort, "Dr B").name == "case-a"
+    assert controller.open(cohort, "Dr A").title.startswith("Case case-test - Dr A")
+    assert controller.session.folder.name == "case-b"
+    controller.close()

@@ -13,10 +13,12 @@ Modules, by what they hold:
 * :mod:`.navigation` — which slices are visited, in which order; next ungraded;
 * :mod:`.storage` — the per-reviewer append-only log (fsync per grade), snapshots, replay;
 * :mod:`.session` — start a review folder, open it as one reviewer, grade, undo;
+* :mod:`.worklist` — a cohort of review folders as one reviewer's worklist (blinded cases shuffled);
 * :mod:`.grades_csv` — the long-format exchange CSV of ``../shared/DESIGN.md``;
 * :mod:`.summary` — the paper's Table 2 per structure, case and cohort; AI vs manual;
 * :mod:`.agreement` — Cohen's kappa, Krippendorff's alpha, bootstrap CIs, large disagreements;
 * :mod:`.plots` — the bar/box plot PNG beside the tables;
+* :mod:`.report_files` — reading grades from folders and CSVs, writing the summary/agreement files;
 * :mod:`.controller` — what the Slicer panel shows and does (no Qt);
 * :mod:`.mrml_review` — MRML glue (table nodes, segment statuses, slice jumps), slicer-core only;
 * :mod:`.benchmark` — timing of the grading path and of the summaries.

@@ -116,12 +116,18 @@ class ReviewController:
 
     # -------------------------------------------------------------- open / close
     def open(self, folder: str | Path, reviewer: str) -> ReviewView:
-        """Open ``folder`` as ``reviewer`` and go where they stopped (the next ungraded slice)."""
+        """Open ``folder`` as ``reviewer`` and go where they stopped (the next ungraded slice).
+
+        ``folder`` may also be a cohort (a folder of review folders): the reviewer's next case opens
+        (:func:`~CervixAutoSegLib.review.worklist.resolve`; blinded cases in a random order).
+        """
+        from .worklist import resolve
+
         self.close()
         if not str(reviewer).strip():
             return self._status("Enter your name as reviewer first: grades are kept per reviewer.")
         try:
-            self.session = ReviewSession(folder, reviewer)
+            self.session = ReviewSession(resolve(folder, reviewer), reviewer)
         except CervixAutoSegError as error:
             return self._status(str(error))
         manifest = self.session.manifest
