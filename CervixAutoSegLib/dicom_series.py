@@ -175,6 +175,7 @@ SCAN_DEFER_BYTES = 64 * 1024
 """While scanning, values larger than this (pixel data) are skipped, not read: their declared
 length is all the completeness check needs."""
 UNDEFINED_LENGTH = 0xFFFFFFFF
+BITS_PER_BYTE = 8
 PIXEL_DATA_TAG = 0x7FE00010
 
 
@@ -323,7 +324,7 @@ def _short_pixel_data(ds) -> str | None:
         frames = _frame_count(ds)
     except (AttributeError, TypeError, ValueError, OverflowError):
         return None  # the size tags themselves are broken: reading the pixels names that
-    needed = (rows * columns * samples * frames * bits + 7) // 8
+    needed = -(-rows * columns * samples * frames * bits // BITS_PER_BYTE)  # whole bytes (1-bit images round up)
     if length < needed:
         return (f"its pixel data holds {length} bytes, {rows}x{columns} pixels of {bits} bits "
                 f"({frames} frame(s)) need {needed}")

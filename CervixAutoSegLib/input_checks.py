@@ -74,7 +74,7 @@ class InputSummary:
     def verdict(self) -> str:
         """One line: the image passed every check, with the numbers checked."""
         fov = " x ".join(f"{v:.0f}" for v in self.field_of_view_mm)
-        tilt = f", gantry tilt {self.tilt_degrees:.1f}°" if self.tilt_degrees > 0.05 else ""
+        tilt = f", gantry tilt {self.tilt_degrees:.1f}°" if self.tilt_degrees else ""
         memory = f"needs ~{_bytes(self.memory_bytes)}"
         if self.available_bytes is not None:
             memory += f" of {_bytes(self.available_bytes)} available"
@@ -158,7 +158,7 @@ def check_direction(volume: Volume, name: str) -> float:
             f"{name} has its slice axis {tilt:.1f}° off the slice normal, more than any gantry tilts "
             f"(≤ {MAX_GANTRY_TILT_DEGREES:g}°): fix the header"
         )
-    return tilt if volume.shape[0] > 1 else 0.0
+    return tilt if volume.shape[0] > 1 and not volume.is_orthogonal else 0.0
 
 
 def check_extent(volume: Volume, name: str) -> np.ndarray:
