@@ -8,7 +8,6 @@ Review folders are made by ``cervixautoseg review start`` (or by the same call f
 
 # No "from __future__ import annotations": this file must stay Python 3.9 syntax until the
 # version check below has passed (Slicer 5.8 runs 3.9), like CervixAutoSeg.py.
-import logging
 import os
 import sys
 

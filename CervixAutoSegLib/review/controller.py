@@ -113,6 +113,8 @@ class ReviewController:
         self._flags: dict[Stop, SliceFlag] = {}
         self._stops: list[Stop] = []
         self._items: dict[str, ReviewItem] = {}
+        self._item_stops: dict[str, list[Stop]] = {}
+        self._flag_rows: list[FlagRow] = []
 
     # -------------------------------------------------------------- open / close
     def open(self, folder: str | Path, reviewer: str) -> ReviewView:
@@ -134,6 +136,8 @@ class ReviewController:
         self._items = {item.id: item for item in manifest.items}
         self._flags = flags_by_item(manifest.items, (SliceFlag.from_json(f) for f in manifest.flags))
         self._stops = item_stops(manifest.items, manifest.geometry.n_slices, self._flags)
+        self._item_stops = {item.id: [s for s in self._stops if s.item == item.id] for item in manifest.items}
+        self._flag_rows = self._sorted_flag_rows()
         self._navigator = Navigator(self._stops, self.session.is_graded)
         self.view = ReviewView(is_open=True, items=[Choice(ALL_ITEMS, "All structures")] +
                                [Choice(item.id, item.label) for item in manifest.items])
@@ -291,6 +295,9 @@ class ReviewController:
 
     def flag_rows(self) -> list[FlagRow]:
         """Flagged slices, highest score first (the table the reviewer can click through)."""
+        return list(self._flag_rows)
+
+    def _sorted_flag_rows(self) -> list[FlagRow]:
         manifest = self.session.manifest
         rows = [FlagRow(stop.item, self._items[stop.item].label, stop.slice_index, manifest.z_mm(stop.slice_index),
                         flag.score, flag.reason) for stop, flag in self._flags.items()]
@@ -301,7 +308,7 @@ class ReviewController:
         """Segment status from its grades: flagged (a major/unacceptable grade), completed, in progress."""
         if self.scene is None:
             return
-        grades = [self.session.grade_at(stop) for stop in self._stops if stop.item == item_id]
+        grades = [self.session.grade_at(stop) for stop in self._item_stops[item_id]]
         given = [g for g in grades if g is not None]
         if any(g.flags_segment for g in given):
             status = FLAGGED
@@ -327,7 +334,7 @@ class ReviewController:
         view.progress_text = f"{graded} / {len(self._navigator)} graded"
         view.grade_enabled = view.navigation_enabled = stop is not None
         view.undo_enabled = bool(self.session.state.history)
-        view.flag_rows = self.flag_rows()
+        view.flag_rows = self._flag_rows
         if stop is None:
             view.slice_text = view.grade_text = view.flag_text = ""
             return view

@@ -36,7 +36,7 @@ from ..errors import InputError, OutputError
 from ..structures import Structure
 from ..volume import Volume
 from .grades import Grade, parse_grade
-from .model import AI, KEY_FORMAT, SOURCES, GradeRecord, ImageGeometry, Manifest, ReviewItem
+from .model import KEY_FORMAT, SOURCES, GradeRecord, ImageGeometry, Manifest, ReviewItem
 from .navigation import Stop
 from .sources import ContourSet, load_sources
 from .storage import ReviewerLog, log_path, read_log, reviewer_logs
