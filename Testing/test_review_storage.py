@@ -257,3 +257,35 @@ def test_processes_killed_at_random_moments_while_grading_lose_no_confirmed_grad
             models[reviewer] = check_reopened(review, reviewer, models[reviewer], ops)
             kills, confirmed_total = kills + 1, confirmed_total + results[reviewer]
     assert kills >= 20 and confirmed_total > kills  # the kills landed while grading, not before it started
+
+
+def test_a_full_disk_saves_nothing_half_and_the_next_grade_is_whole(review, monkeypatch):
+    from CervixAutoSegLib.review.controller import ReviewController
+
+    controller = ReviewController()
+    controller.open(review, "Dr A")
+    real_write = os.write
+
+    def disk_full(fd, data):  # half the line lands, then ENOSPC
+        real_write(fd, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", disk_full)
+    view = controller.grade("minor")
+    assert view.status.startswith("NOT SAVED:") and controller.session.records() == []
+    monkeypatch.setattr(os, "write", real_write)
+    controller.grade("major")
+    controller.close()
+    records = folder_records(review)
+    assert [(r.slice_index, r.grade) for r in records] == [(3, Grade.MAJOR)]
+
+
+def test_an_entry_that_is_not_a_grade_is_skipped_with_a_warning(review, caplog):
+    with ReviewSession(review, "Dr A") as session:
+        session.grade("Bladder", 5, "minor")
+    with open(storage.log_path(review, "Dr A"), "ab") as stream:
+        stream.write(b'{"op":"grade","item":"Bladder"}\n')  # valid JSON, no slice
+    caplog.set_level(logging.WARNING)
+    with ReviewSession(review, "Dr A") as session:
+        assert len(session.records()) == 1 and "not a grade was skipped" in caplog.text
+

@@ -39,7 +39,7 @@ from .grades import Grade, parse_grade
 from .model import KEY_FORMAT, SOURCES, GradeRecord, ImageGeometry, Manifest, ReviewItem
 from .navigation import Stop
 from .sources import ContourSet, load_sources
-from .storage import ReviewerLog, log_path, read_log, reviewer_logs
+from .storage import Replay, ReviewerLog, log_path, read_log, reviewer_logs
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,11 @@ class GradeState:
 
     def apply(self, event: Mapping[str, Any]) -> None:
         op = event.get("op")
-        if op == "grade":
+        if op == "grade":  # read every field before changing anything: a bad entry changes nothing
             key = (str(event["item"]), int(event["slice"]))
+            entry = (Grade(event["grade"]).value, str(event.get("comment", "")), str(event["utc"]))
             self.history.append((key, self.grades.get(key)))
-            self.grades[key] = (str(event["grade"]), str(event.get("comment", "")), str(event["utc"]))
+            self.grades[key] = entry
             self.last = key
         elif op == "undo" and self.history:
             key, previous = self.history.pop()
@@ -102,10 +103,37 @@ class GradeState:
 def replay_state(path: Path) -> tuple[GradeState, dict | None]:
     """The state a reviewer log (+ snapshot) holds, and its header."""
     replay = read_log(path)
-    state = GradeState.from_json(replay.state) if replay.state else GradeState()
+    return replayed(replay, path), replay.header
+
+
+def replayed(replay: Replay, path: Path) -> GradeState:
+    """Snapshot state + events; an event that is not a valid grade or undo is skipped with a warning."""
+    try:
+        state = GradeState.from_json(replay.state) if replay.state else GradeState()
+    except (KeyError, ValueError, TypeError):
+        log.warning("%s: snapshot state unreadable; the whole log is replayed", path)
+        return replayed(dataclasses.replace(replay, state=None, events=read_all_events(path)), path)
     for event in replay.events:
-        state.apply(event)
-    return state, replay.header
+        try:
+            state.apply(event)
+        except (KeyError, ValueError, TypeError):
+            message = f"{path}: an entry that is not a grade was skipped: {str(event)[:80]}"
+            log.warning("%s", message)
+            replay.warnings.append(message)
+    return state
+
+
+def read_all_events(path: Path) -> list[dict]:
+    """Every event of a log, ignoring its snapshot."""
+    events = []
+    for line in path.read_bytes().split(b"\n") if path.exists() else []:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("op") != "open":
+            events.append(event)
+    return events
 
 
 # ------------------------------------------------------------------ one reviewer's open review
@@ -119,10 +147,8 @@ class ReviewSession:
         self._items = {item.id: item for item in self.manifest.items}
         self._log = ReviewerLog(log_path(self.folder, self.reviewer), self.reviewer, self.manifest.review_id)
         replay = self._log.open()
+        self.state = replayed(replay, self._log.path)
         self.warnings = list(replay.warnings)
-        self.state = GradeState.from_json(replay.state) if replay.state else GradeState()
-        for event in replay.events:
-            self.state.apply(event)
 
     def __enter__(self) -> ReviewSession:
         return self

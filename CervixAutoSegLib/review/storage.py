@@ -187,10 +187,20 @@ class ReviewerLog:
         if self._fd is None:
             raise RuntimeError("the log is not open")
         line = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
-        written = 0
-        while written < len(line):  # os.write may write less than asked (signals, pipes)
-            written += os.write(self._fd, line[written:])
-        os.fsync(self._fd)
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            written = 0
+            while written < len(line):  # os.write may write less than asked (signals, pipes)
+                written += os.write(self._fd, line[written:])
+            os.fsync(self._fd)
+        except OSError:
+            # Disk full, quota, I/O error: take back the part of the line that got written, or the
+            # next grade would be glued to it and both lost on replay.  The caller says NOT SAVED.
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError:
+                pass
+            raise
         self.events_since_snapshot += 1
 
     def snapshot_due(self) -> bool:
