@@ -129,3 +129,24 @@ def test_resume_where_the_reviewer_stopped_and_export(loaded, tmp_path):
     assert view.slice_text.startswith("Bladder: slice 5") and view.progress_text.startswith("3 / ")
     assert controller.export_csv(tmp_path / "mine.csv").status == f"Wrote 3 grade(s) to {tmp_path / 'mine.csv'}."
     assert controller.open(folder, " ").status.startswith("Enter your name")
+
+
+def test_blinded_reviews_show_only_the_contour_under_review(tmp_path):
+    from review_cases import manual_rtstruct
+
+    reference = ct_series(tmp_path / "dicom")
+    ai, manual = ai_output(tmp_path / "ai", reference), manual_rtstruct(tmp_path / "manual.dcm", reference)
+    folder = tmp_path / "blind"
+    start_review(StartRequest(image=tmp_path / "dicom", segmentations=(str(ai), str(manual)), out=folder,
+                              reviewer="Dr A", blinded=True, key=tmp_path / "key.json", seed=2))
+    scene = slicer.vtkMRMLScene()
+    manifest = read_manifest(folder)
+    _, segmentation = mrml_review.load_review(scene, folder, manifest)
+    controller = ReviewController(mrml_review.MrmlReviewScene(scene, manifest, segmentation))
+    view = controller.open(folder, "Dr A")
+    current = controller._navigator.current.item
+    display = segmentation.GetDisplayNode()
+    visible = [i.id for i in manifest.items if display.GetSegmentVisibility(i.id)]
+    assert visible == [current] and view.slice_text.startswith(f"{current.split('/')[0]} - contour ")
+    assert view.flag_rows == [] and "blinded" in view.title
+    controller.close()

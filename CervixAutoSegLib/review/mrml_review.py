@@ -103,6 +103,17 @@ def set_segment_status(segmentation_node, segment_id: str, status: str) -> None:
     logic.SetSegmentStatus(segment, logic.GetSegmentStatusFromMachineReadableString(status))
 
 
+def show_only(segmentation_node, segment_id: str) -> None:
+    """Make ``segment_id`` the one visible segment of the node (nothing when it has no display node)."""
+    display = segmentation_node.GetDisplayNode()
+    if display is None:
+        return
+    segmentation = segmentation_node.GetSegmentation()
+    for index in range(segmentation.GetNumberOfSegments()):
+        other = segmentation.GetNthSegmentID(index)
+        display.SetSegmentVisibility(other, other == segment_id)
+
+
 def _table_node(scene, review_id: str, kind: str, name: str):
     """The review's table node of ``kind`` (reused, emptied) or a new one."""
     for index in range(scene.GetNumberOfNodesByClass("vtkMRMLTableNode")):
@@ -166,10 +177,13 @@ class MrmlReviewScene:
         self.last_jump_ras: np.ndarray | None = None
 
     def show_slice(self, item: ReviewItem, slice_index: int, position_lps: np.ndarray) -> None:
-        """Centre every slice view on ``position_lps`` (the contour on that slice)."""
+        """Centre every slice view on ``position_lps`` (the contour on that slice); blinded, show only
+        the contour under review (AI and manual of a structure share one colour)."""
         ras = LPS_TO_RAS @ np.asarray(position_lps, dtype=float)
         slicer.vtkMRMLSliceNode.JumpAllSlices(self.scene, *(float(v) for v in ras))
         self.last_jump_ras = ras
+        if self.manifest.blinded and self.segmentation_node is not None:
+            show_only(self.segmentation_node, item.id)
 
     def set_segment_status(self, item: ReviewItem, status: str) -> None:
         if self.segmentation_node is not None:
