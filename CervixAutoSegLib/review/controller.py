@@ -193,7 +193,8 @@ class ReviewController:
         self._navigator.reorder(ordered_stops(stops, self._flags, FLAGGED_FIRST if self.view.flagged_first
                                               else NATURAL))
         if self.view.flagged_first and self._navigator.current is not None:
-            self._navigator.position = 0
+            self._navigator.position = 0  # the worst flagged slice not graded yet comes first
+            self._navigator.next_ungraded()
 
     # -------------------------------------------------------------- keys and buttons
     def key(self, name: str) -> ReviewView:
