@@ -7,8 +7,10 @@ Reading rules (the places where DICOM readers silently go wrong):
   name, directory order or Instance Number. Array index ``k`` grows along the normal.
 * All slices must share orientation, rows, columns and pixel spacing; positions must be
   distinct and evenly spaced (a gap above :data:`MISSING_SLICE_FACTOR` times the median
-  step means missing slices). Small jitter is tolerated and reported in
-  ``meta["slice_spacing_nonuniform"]`` (max deviation from the mean step, mm).
+  step means missing slices; a slice more than :data:`NONUNIFORM_LIMIT_FRACTION` of a step off
+  the grid of the others is refused, naming its file). Small jitter is tolerated and reported in
+  ``meta["slice_spacing_nonuniform"]`` (max deviation from the mean step, mm); above
+  :data:`NONUNIFORM_WARNING_MM` also in ``meta["input_warnings"]`` for the caller to show.
 * Rescale Slope/Intercept are applied: CT comes back in HU (int16 when exact, else
   float32).
 * **Gantry tilt** (the IPP step is not along the slice normal): the acquired grid is kept
@@ -76,8 +78,12 @@ slice normal by more than this fraction of a pixel over the whole stack: roundin
 Image Position (Patient) (some scanners write 0.1 mm) must not turn an ordinary series
 into a sheared grid (which, for one, NIfTI cannot store); any real tilt of a pelvic
 stack drifts by millimetres."""
-NONUNIFORM_WARNING_FRACTION = 0.05
-"""Warn when slice positions deviate from the uniform grid by more than this fraction of a step."""
+NONUNIFORM_WARNING_MM = 0.1
+"""Warn when a slice lies further than this off the uniform grid: Image Position (Patient) rounded
+to 0.1 mm (some scanners) moves a slice by at most 0.09 mm, anything more is the slice itself."""
+NONUNIFORM_LIMIT_FRACTION = 0.25
+"""Refuse a slice lying more than this fraction of a step off the uniform grid of the others: the
+volume would put its voxels a quarter slice or more from where they were imaged."""
 DEFAULT_SINGLE_SLICE_SPACING_MM = 1.0
 OBLIQUE_LIMIT_DEGREES = 10.0
 """Slices tilted more than this from the nearest anatomical plane are listed as oblique."""
@@ -707,6 +713,7 @@ def _stack_geometry(
             f"duplicate slice position {along[index]:.3f} mm along the slice normal ({names[index]} and "
             f"{names[index + 1]}): the series mixes several acquisitions (echoes, phases or repeats)"
         )
+    _check_evenly_spaced(positions, names)
     median = float(np.median(steps))
     for index in np.flatnonzero(steps > MISSING_SLICE_FACTOR * median):
         raise InputError(
@@ -729,6 +736,31 @@ def _stack_geometry(
         direction=np.column_stack([row, column, slice_direction]), positions=positions,
         nonuniform_mm=nonuniform, tilted=tilted,
     )
+
+
+def _check_evenly_spaced(positions: np.ndarray, names: Sequence[str]) -> None:
+    """InputError naming the slice furthest off the uniform grid of the others, when it is off by
+    more than :data:`NONUNIFORM_LIMIT_FRACTION` of a step.
+
+    The grid is fitted robustly (median step and offset), so one displaced file is the one named,
+    even the first or the last; a whole step missing is on the grid, and left to the gap check.
+    """
+    k = np.arange(len(positions))[:, np.newaxis]
+    step = np.median(np.diff(positions, axis=0), axis=0)
+    step_mm = float(np.linalg.norm(step))
+    residual = positions - (np.median(positions - k * step, axis=0) + k * step)
+    along = residual @ (step / step_mm)
+    off_grid = along - np.round(along / step_mm) * step_mm
+    sideways = residual - along[:, np.newaxis] * (step / step_mm)
+    deviations = np.hypot(off_grid, np.linalg.norm(sideways, axis=1))
+    worst = int(np.argmax(deviations))
+    limit = NONUNIFORM_LIMIT_FRACTION * step_mm
+    if deviations[worst] > limit:
+        raise InputError(
+            f"slices are not evenly spaced: {names[worst]} lies {deviations[worst]:.2f} mm off the "
+            f"{step_mm:.2f} mm grid of the others (more than {limit:.2f} mm); the series mixes slice "
+            "spacings or a position is wrong"
+        )
 
 
 # ----------------------------------------------------------------- pixels
@@ -874,8 +906,12 @@ def read_series_files(info: SeriesInfo, *, t2: bool | None = None) -> Volume:
         meta.update(echo_time=info.echo_time, repetition_time=info.repetition_time)
         if info.weighting is not None:  # the header's verdict, whatever ``t2`` forced into is_t2
             meta["mr_weighting"] = info.weighting._asdict()
-    if geometry.nonuniform_mm > NONUNIFORM_WARNING_FRACTION * geometry.spacing[2]:
-        log.warning("slice positions deviate up to %.3f mm from a uniform grid", geometry.nonuniform_mm)
+    if geometry.nonuniform_mm > NONUNIFORM_WARNING_MM:
+        # Not a log warning here: a later refusal of the same input must stay the only line on
+        # stderr.  Whoever accepts the volume shows it (load_input logs it, series --check prints it).
+        meta["input_warnings"] = [f"slice positions deviate up to {geometry.nonuniform_mm:.3f} mm from a "
+                                  "uniform grid"]
+        log.info("%s", meta["input_warnings"][0])
     return Volume(
         array=values, spacing=geometry.spacing, origin=geometry.origin, direction=geometry.direction,
         modality=info.modality, meta=meta,

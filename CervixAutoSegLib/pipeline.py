@@ -152,6 +152,8 @@ def load_input(source: str | Path | Volume, *, series_uid: str | None = None,
         volume = load_image(path, series_uid=series_uid, modality=modality if path.is_dir() else None)
         name = source_name(volume) if path.is_dir() else str(path)
     validate_input(volume, name, modality=modality or volume.modality, models_root=models_root)
+    for warning in volume.meta.get("input_warnings", ()):  # only now: a refusal is the one line on stderr
+        log.warning("%s: %s", name, warning)
     return volume, None if path is None else str(path)
 
 

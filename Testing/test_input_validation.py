@@ -264,6 +264,33 @@ def test_gantry_tilt_keeps_passing_with_its_angle_in_the_verdict(tmp_path, capsy
     assert "gantry tilt kept as a sheared grid" in out and "gantry tilt 15.0°" in out.splitlines()[-1]
 
 
+def _positions_with(volume: Volume, slice_index: int, shift_lps: tuple[float, float, float]) -> np.ndarray:
+    k = np.arange(volume.shape[0])
+    positions = volume.index_to_physical(np.column_stack([np.zeros_like(k), np.zeros_like(k), k]))
+    positions[slice_index] += shift_lps
+    return positions
+
+
+@pytest.mark.parametrize("slice_index", [0, 3])
+def test_a_slice_far_off_the_grid_is_refused_naming_its_file(tmp_path, capsys, slice_index):
+    """1.5 mm off a 2.5 mm grid: the volume would put it between two slices (it used to be a warning)."""
+    volume = make_volume(SHAPE, spacing_xyz=SPACING)
+    paths = write(volume, tmp_path / "ct", slice_positions=_positions_with(volume, slice_index, (0, 0, 1.5)))
+    check_refuses(capsys, tmp_path / "ct", "slices are not evenly spaced", paths[slice_index].name,
+                  "lies 1.00 mm off the 2.50 mm grid")  # 1.5 mm past its place, 1 mm short of the next
+
+
+def test_a_small_deviation_is_a_warning_after_validation_never_beside_a_refusal(tmp_path, capsys, caplog):
+    volume = make_volume(SHAPE, spacing_xyz=SPACING)
+    paths = write(volume, tmp_path / "ct", slice_positions=_positions_with(volume, 3, (0, 0, 0.3)))
+    with caplog.at_level("WARNING"):
+        load_input(tmp_path / "ct")
+    assert [record.getMessage() for record in caplog.records if record.levelname == "WARNING"] == [
+        f"the DICOM series in {tmp_path / 'ct'}: slice positions deviate up to 0.300 mm from a uniform grid"]
+    edit_files(paths, lambda ds: delattr(ds, "FrameOfReferenceUID"))
+    segment_refuses(capsys, tmp_path / "ct", tmp_path, "has no Frame of Reference UID")  # and no WARNING line
+
+
 # ------------------------------------------------------------------ 5. size and memory
 def test_pixel_spacing_500_mm_is_refused_before_any_allocation(ct_series, capsys, tmp_path):
     """Today: a 40 GiB allocation and a MemoryError traceback (CT in-plane resampling)."""
