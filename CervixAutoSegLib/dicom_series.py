@@ -210,7 +210,7 @@ def _looks_like_raw_dataset(path: Path) -> bool:
             and int.from_bytes(head[2:], "little") <= RAW_FIRST_ELEMENT_MAX)
 
 
-def _dcmread(path: Path, *, stop_before_pixels: bool = False, defer_size: int | None = None):
+def read_dataset(path: Path, *, stop_before_pixels: bool = False, defer_size: int | None = None):
     """Read a Part 10 file, or a raw dataset without preamble (only when it starts like one)."""
     import pydicom
 
@@ -243,7 +243,7 @@ def _read_header(path: Path) -> Any:
     if not (_has_part10_preamble(path) or _looks_like_raw_dataset(path)):
         return None
     try:
-        ds = _dcmread(path, defer_size=SCAN_DEFER_BYTES)
+        ds = read_dataset(path, defer_size=SCAN_DEFER_BYTES)
     except OSError as error:
         return DamagedFile(path, f"cannot be read ({_one_line(error)})")
     except Exception as error:  # noqa: BLE001 — malformed elements raise many types
@@ -261,7 +261,7 @@ def _empty_dataset(path: Path) -> DamagedFile:
     (encapsulated pixel data) without its end, for which pydicom drops the whole dataset."""
     size = path.stat().st_size
     try:
-        header = _dcmread(path, stop_before_pixels=True)
+        header = read_dataset(path, stop_before_pixels=True)
     except Exception:  # noqa: BLE001 — as unreadable as before
         header = None
     if header is not None and len(header):
@@ -767,7 +767,7 @@ def _check_evenly_spaced(positions: np.ndarray, names: Sequence[str]) -> None:
 def _pixels(path: Path) -> tuple[np.ndarray, Any]:
     """(rows, columns) stored pixel values and the full dataset of one file."""
     try:
-        ds = _dcmread(path)
+        ds = read_dataset(path)
     except Exception as error:
         raise InputError(f"cannot read DICOM file {path}: {_one_line(error)}") from error
     if "PixelData" not in ds:

@@ -258,7 +258,7 @@ def test_export_command_refuses_labels_off_the_grid_in_one_line(ct_series, tmp_p
     code = main(["export-rtstruct", "--dicom", str(folder), "--labels", str(labels_path), "--out", str(out)])
     error = capsys.readouterr().err
     assert code != 0 and not out.exists()
-    assert len(error.strip().splitlines()) == 1 and "not on the grid" in error
+    assert len(error.strip().splitlines()) == 1 and "not on the same voxel grid" in error and "Volume(" not in error
     code = main(["export-rtstruct", "--dicom", str(folder), "--labels", str(tmp_path / "missing.nii.gz"),
                  "--out", str(out)])
     assert code != 0 and "does not exist" in capsys.readouterr().err
@@ -340,3 +340,30 @@ def test_export_command_refuses_a_probability_map_as_labels(ct_series, tmp_path,
     out = tmp_path / "rs.dcm"
     code = main(["export-rtstruct", "--dicom", str(folder), "--labels", str(labels_path), "--out", str(out)])
     assert code != 0 and "non-integer" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_series_of_bare_datasets_without_part10_preamble_gets_its_rtstruct(ct_series, tmp_path):
+    """Older exports write the bare dataset (no preamble, no file meta): the series reader takes
+    them, so the writer, which copies patient and study data from the first file, must too."""
+    folder, _ = ct_series
+    for path in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(path)
+        del ds.file_meta
+        ds.preamble = None
+        pydicom.dcmwrite(path, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    reference = read_dicom_series(folder)
+    path = write_rtstruct(tmp_path / "rs.dcm", _ct_labels(reference), reference, CT_STRUCTURES,
+                          model_name="m", model_version="1")
+    written = pydicom.dcmread(path)
+    assert written.StudyInstanceUID == pydicom.dcmread(reference.meta["files"][0], force=True).StudyInstanceUID
+    assert_dciodvfy_clean(path)
+
+
+def test_a_grid_mismatch_is_one_line_naming_both_grids(ct_series, tmp_path):
+    _, reference = ct_series
+    labels = _ct_labels(reference)
+    shifted = dataclasses.replace(labels, origin=labels.origin + [5.0, 0, 0])
+    with pytest.raises(InputError) as caught:
+        write_rtstruct(tmp_path / "rs.dcm", shifted, reference, CT_STRUCTURES, model_name="m", model_version="1")
+    message = str(caught.value)
+    assert "\n" not in message and "labels: " in message and "image: " in message and "Volume(" not in message

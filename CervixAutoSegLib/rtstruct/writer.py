@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path
-from ..errors import InputError
+from ..errors import GridMismatchError, InputError
 from ..structures import GTV, ORGAN, Code, Structure
 from ..volume import Volume
 from . import uids
@@ -229,20 +229,20 @@ def _check_same_grid(labels: Volume, reference: Volume) -> None:
     offset = grid_offset_mm(labels, reference)
     if offset > GRID_TOLERANCE_MM:
         where = "has another shape" if not np.isfinite(offset) else f"is off by up to {offset:.3g} mm"
-        raise InputError(
-            f"the label map is not on the image grid: it {where} (labels {labels!r}, image {reference!r}); "
-            "resample it onto the images first"
-        )
+        raise GridMismatchError.between(f"the label map is not on the image grid: it {where}",
+                                        {"labels": labels, "image": reference}, "resample it onto the images first")
 
 
 def _read_image_header(reference: Volume):
     import pydicom
 
+    from ..dicom_series import read_dataset
+
     files = reference.meta.get("files") or []
     if not files:
         raise InputError("the image Volume does not list its DICOM files; cannot copy patient and study data")
-    try:
-        return pydicom.dcmread(str(files[0]), stop_before_pixels=True)
+    try:  # as the series reader does: a raw dataset without the Part 10 preamble is accepted there too
+        return read_dataset(Path(files[0]), stop_before_pixels=True)
     except (OSError, pydicom.errors.InvalidDicomError) as error:
         raise InputError(f"cannot read the source image {files[0]}: {error}") from None
 
