@@ -20,6 +20,7 @@ Never a bare traceback, whatever happens inside a command.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib
 import logging
@@ -34,7 +35,13 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .errors import INTERNAL_ERROR_EXIT_CODE, INTERRUPTED_EXIT_CODE, Cancelled, CervixAutoSegError, fixable_os_error
+from .errors import (
+    INTERNAL_ERROR_EXIT_CODE,
+    INTERRUPTED_EXIT_CODE,
+    Cancelled,
+    CervixAutoSegError,
+    fixable_os_error,
+)
 
 COMMANDS = (
     "phantom",
@@ -44,6 +51,8 @@ COMMANDS = (
     "export_rtstruct",
     "train",
     "benchmark",
+    "qa_calibrate",
+    "review",
 )
 """Sub-command module names; the command name is the module name with '-' for '_'."""
 
@@ -57,6 +66,8 @@ KEPT_LOGS = 50
 SUMMARY_CHARS = 200
 """The exception text in the one-line message is cut here; the log has all of it."""
 _PRIVATE_FOLDER_MODE = 0o700
+WARNINGS_LOGGER = "py.warnings"
+"""The logger :func:`logging.captureWarnings` sends Python warnings to."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,8 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)  # SystemExit(2) with argparse's usage line on bad options
         command, verbose = f"{PROGRAM} {args.command}", args.verbose
         writing = f"--out {args.out}" if getattr(args, "out", None) else ""
-        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
-        return int(args.handler(args) or 0)
+        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                            format="%(levelname)s: %(message)s")
+        with library_warnings_logged(verbose):
+            return int(args.handler(args) or 0)
     except Cancelled:
         print(f"{command}: cancelled", file=sys.stderr)
         return Cancelled.exit_code
@@ -99,6 +112,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report_unexpected(command, argv, error, verbose, writing)
 
 
+@contextlib.contextmanager
+def library_warnings_logged(verbose: bool) -> Iterator[None]:
+    """Python warnings (numpy overflow on absurd header numbers, pydicom value checks) become
+    records of the ``py.warnings`` logger, shown only with ``-v``: they are for developers, and
+    printed raw they would break the one-line contract (two lines each, source line included).
+    The package itself reports through logging, never ``warnings.warn``."""
+    logger = logging.getLogger(WARNINGS_LOGGER)
+    saved_level = logger.level
+    logging.captureWarnings(True)
+    logger.setLevel(logging.DEBUG if verbose else logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        logger.setLevel(saved_level)
+
+
 def _report_error(command: str, error: CervixAutoSegError) -> int:
     """One line for an error reported on purpose; returns its exit code."""
     message = " ".join(str(error).split())
@@ -106,7 +136,8 @@ def _report_error(command: str, error: CervixAutoSegError) -> int:
     return error.exit_code
 
 
-def _report_unexpected(command: str, argv: Sequence[str], error: Exception, verbose: bool, writing: str) -> int:
+def _report_unexpected(command: str, argv: Sequence[str], error: Exception, verbose: bool,
+                       writing: str) -> int:
     """A fixable OS error → one line naming the file (``writing``: the output option, for errors
     the OS gives without a file name); anything else → one line naming the log of the traceback."""
     if verbose:
@@ -167,7 +198,7 @@ def write_error_log(command: str, argv: Sequence[str], error: BaseException) -> 
         try:
             _make_log_folder(folder, private=folder == _temporary_log_folder())
             path = folder / name
-            # "x": never follow or clobber an existing file; mode 0o666 & ~umask, like any file the user makes.
+            # "x": never follow or clobber an existing file; mode 0o666 & ~umask like any file of the user's.
             with open(path, "x", encoding="utf-8") as stream:
                 stream.write(text)
         except OSError:
@@ -197,8 +228,9 @@ def _log_text(command: str, argv: Sequence[str], error: BaseException) -> str:
     """Command line, versions and the full traceback (with its causes)."""
     import platform
 
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     lines = [
-        f"{command}: internal error, {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
+        f"{command}: internal error, {now}",
         f"command line: {PROGRAM} {shlex.join(str(arg) for arg in argv)}",
         f"working folder: {os.getcwd()}",
         f"{PROGRAM} {__version__}; Python {sys.version.split()[0]}; {platform.platform()}",

@@ -144,7 +144,7 @@ class GridMismatchError(InputError):
     """Two volumes that must lie on one voxel grid do not (labels vs image, truth vs prediction)."""
 
     @classmethod
-    def between(cls, what: str, grids: Mapping[str, Any], hint: str = "") -> "GridMismatchError":
+    def between(cls, what: str, grids: Mapping[str, Any], hint: str = "") -> GridMismatchError:
         """The error ``"<what> (<name>: <grid>; <name>: <grid>); <hint>"``.
 
         ``what`` says which files disagree (e.g. ``"--labels l.nii.gz and the DICOM series are not on the

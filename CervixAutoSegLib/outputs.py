@@ -39,8 +39,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from .atomic import write_text_atomic
-# The exceptions live in .errors with the others (exit codes in one table); imported here so that
-# ``from CervixAutoSegLib.outputs import OutputError`` keeps working.
 from .errors import OutputConflictError, OutputError
 
 log = logging.getLogger(__name__)
@@ -51,6 +49,8 @@ STAGING_TAG = "cervixautoseg-staging"
 STAGING_MARKER = ".cervixautoseg-staging.json"
 _PROBE_PREFIX = ".cervixautoseg-probe-"
 
+# OutputError and OutputConflictError live in .errors with the other exceptions (one exit-code table);
+# they stay importable from here, where they were first defined.
 __all__ = [
     "MANIFEST_FILE", "STAGING_MARKER", "STAGING_TAG", "Manifest", "OutputConflictError", "OutputError",
     "check_output_file", "check_output_folder", "check_replaceable", "file_hashes", "foreign_outputs",

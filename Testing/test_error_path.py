@@ -69,7 +69,8 @@ def a_bug(monkeypatch, exception: BaseException) -> None:
 
 
 # ------------------------------------------------------------------ internal errors
-def test_an_internal_error_is_one_line_naming_a_log_with_the_full_traceback(tmp_path, monkeypatch, capsys, logs):
+def test_an_internal_error_is_one_line_naming_a_log_with_the_full_traceback(tmp_path, monkeypatch, capsys,
+                                                                             logs):
     a_bug(monkeypatch, ValueError("cannot reshape array of size 7\ninto shape (2, 3)"))
     out = tmp_path / "case"
     with umask(0o027):
@@ -136,8 +137,8 @@ def test_a_planted_temp_folder_of_another_kind_is_not_used(tmp_path, monkeypatch
     a_bug(monkeypatch, RuntimeError("boom"))
     assert cli.main(["phantom", "--modality", "ct", "--out", "unused"]) == INTERNAL_ERROR_EXIT_CODE
     lines = stderr_lines(capsys)
-    assert len(lines) == 1 and lines[0].endswith(
-        "internal error (RuntimeError: boom); the traceback could not be saved anywhere; run again with -v to see it")
+    assert len(lines) == 1 and lines[0].endswith("internal error (RuntimeError: boom); the traceback could "
+                                                 "not be saved anywhere; run again with -v to see it")
     assert list((tmp_path / "elsewhere").iterdir()) == []
 
 
@@ -192,7 +193,8 @@ def test_a_file_size_limit_hit_while_writing_is_one_line_with_its_own_exit_code(
         capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=300, check=False)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == FileSystemError.exit_code == 7, result.stderr
-    assert lines == [f"cervixautoseg export-rtstruct: error: File too large ({errors.FIXABLE_ERRNOS[errno.EFBIG]}) "
+    hint = errors.FIXABLE_ERRNOS[errno.EFBIG]
+    assert lines == [f"cervixautoseg export-rtstruct: error: File too large ({hint}) "
                      f"while writing to --out {out}"]
     assert not out.exists() and not logs.exists()  # a fixable error is not a bug: no log
 
@@ -208,7 +210,7 @@ def immutable(folder: Path):
                                                    check=False).returncode == 0:
         undo = ["chattr", "-i", str(folder)]
     else:  # pragma: no cover - root on a file system without the immutable flag
-        pytest.skip("running as root on a file system without the immutable flag: no folder can be unwritable")
+        pytest.skip("root on a file system without the immutable flag: no folder can be unwritable")
     try:
         yield folder
     finally:
@@ -231,8 +233,8 @@ def test_a_permission_error_deep_in_a_command_names_the_file(tmp_path, monkeypat
     lines = stderr_lines(capsys)
     assert code == FileSystemError.exit_code and len(lines) == 1
     assert re.fullmatch(rf"cervixautoseg phantom: error: {re.escape(str(locked / 'scratch.bin'))}: "
-                        r"(Permission denied|Operation not permitted) \(check the permissions or choose another "
-                        r"location\)", lines[0]), lines[0]
+                        r"(Permission denied|Operation not permitted) "
+                        r"\(check the permissions or choose another location\)", lines[0]), lines[0]
     assert not logs.exists()
 
 
@@ -249,7 +251,8 @@ def test_fixable_os_errors_are_recognised_through_their_causes(tmp_path):
         assert fixable_os_error(unrelated) is None
     assert fixable_os_error(FileNotFoundError(errno.ENOENT, "No such file or directory", "x")) is None
     full = fixable_os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "--out results")
-    assert str(full) == "No space left on device (free some disk space and run again) while writing to --out results"
+    assert str(full) == ("No space left on device (free some disk space and run again) "
+                         "while writing to --out results")
 
 
 # ------------------------------------------------------------------ exceptions and exit codes
@@ -279,16 +282,16 @@ def test_export_rtstruct_labels_on_another_grid_summarise_both_grids(tmp_path, s
 
     labels = load_image(series["labels"])
     write_image(shifted(labels, 7.25), tmp_path / "off.nii.gz")
-    code = cli.main(["export-rtstruct", "--dicom", str(series["dicom"]), "--labels", str(tmp_path / "off.nii.gz"),
-                     "--out", str(tmp_path / "rt.dcm"), "--model", "ct"])
+    code = cli.main(["export-rtstruct", "--dicom", str(series["dicom"]), "--labels",
+                     str(tmp_path / "off.nii.gz"), "--out", str(tmp_path / "rt.dcm"), "--model", "ct"])
     lines = stderr_lines(capsys)
     assert code == GridMismatchError.exit_code == InputError.exit_code and len(lines) == 1
-    origin = labels.origin
-    expected_series = f"series: 24x24x5 voxels of 0.8x0.8x2.5 mm, origin ({origin[0]:g}, {origin[1]:g}, {origin[2]:g}) mm"
-    assert lines[0].startswith(f"cervixautoseg export-rtstruct: error: --labels {tmp_path / 'off.nii.gz'} and the "
-                               "DICOM series are not on the same voxel grid, off by up to 7.25 mm (labels: 24x24x5 "
-                               "voxels of ")
-    assert f"origin ({origin[0]:g}, {origin[1] + 7.25:g}, {origin[2]:g}) mm; {expected_series}); " in lines[0]
+    x, y, z = labels.origin
+    assert lines[0].startswith(
+        f"cervixautoseg export-rtstruct: error: --labels {tmp_path / 'off.nii.gz'} and the DICOM series are "
+        "not on the same voxel grid, off by up to 7.25 mm (labels: 24x24x5 voxels of ")
+    assert (f"origin ({x:g}, {y + 7.25:g}, {z:g}) mm; series: 24x24x5 voxels of 0.8x0.8x2.5 mm, "
+            f"origin ({x:g}, {y:g}, {z:g}) mm); ") in lines[0]
     assert "Volume(" not in lines[0] and "np." not in lines[0]
     assert not (tmp_path / "rt.dcm").exists()
 
@@ -304,19 +307,57 @@ def test_evaluate_prediction_on_another_grid_summarises_both_grids(tmp_path, ser
                      "--pred", str(tmp_path / "pred" / "case1.nii.gz")])
     lines = stderr_lines(capsys)
     assert code == InputError.exit_code and len(lines) == 1
+    pred, truth = tmp_path / "pred" / "case1.nii.gz", tmp_path / "truth" / "case1.nii.gz"
     assert lines[0].startswith(
-        f"cervixautoseg evaluate: error: case case1: the prediction {tmp_path / 'pred' / 'case1.nii.gz'} and the "
-        f"truth {tmp_path / 'truth' / 'case1.nii.gz'} are not on the same voxel grid (prediction: 12x12x5 voxels of "
-        "1.6x1.6x2.5 mm")
+        f"cervixautoseg evaluate: error: case case1: the prediction {pred} and the truth {truth} are not on "
+        "the same voxel grid (prediction: 12x12x5 voxels of 1.6x1.6x2.5 mm")
     assert "; truth: 24x24x5 voxels of 0.8x0.8x2.5 mm, origin (" in lines[0]
-    assert lines[0].endswith("); pass --resample-pred to resample the prediction onto the truth grid (nearest neighbour)")
+    assert lines[0].endswith("); pass --resample-pred to resample the prediction onto the truth grid "
+                             "(nearest neighbour)")
     assert "np.float64" not in lines[0]
 
 
 def test_a_grid_summary_says_when_only_the_directions_differ():
     grid = make_volume((2, 3, 4), spacing_xyz=(1.0, 1.0, 2.0), origin=(0.0, -0.0004, 1e7))
     flipped = Volume(grid.array, grid.spacing, grid.origin, np.diag([-1.0, 1.0, 1.0]) @ grid.direction)
-    message = str(GridMismatchError.between("a and b are not on the same voxel grid", {"a": flipped, "b": grid},
-                                            "do this"))
-    assert message == ("a and b are not on the same voxel grid (a: 4x3x2 voxels of 1x1x2 mm, origin (0, 0, 1e+07) mm; "
-                       "b: 4x3x2 voxels of 1x1x2 mm, origin (0, 0, 1e+07) mm; axis directions differ); do this")
+    message = str(GridMismatchError.between("a and b are not on the same voxel grid",
+                                            {"a": flipped, "b": grid}, "do this"))
+    grid_text = "4x3x2 voxels of 1x1x2 mm, origin (0, 0, 1e+07) mm"
+    assert message == (f"a and b are not on the same voxel grid (a: {grid_text}; b: {grid_text}; "
+                       "axis directions differ); do this")
+
+
+# ------------------------------------------------------------------ library warnings
+WARNING_RUN = textwrap.dedent("""
+    import sys, warnings
+    import numpy as np
+    import CervixAutoSegLib.phantom as phantom
+    from CervixAutoSegLib.cli import main
+    from CervixAutoSegLib.errors import InputError
+
+    def absurd_header(*args, **kwargs):
+        np.array([1e308]) * 10  # numpy's real "overflow encountered in multiply" RuntimeWarning
+        warnings.warn("Invalid value for VR UI: 'x'", UserWarning)  # what pydicom says about a bad UID
+        raise InputError("the header is absurd")
+
+    phantom.make_ct_phantom = absurd_header
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_library_warnings_do_not_break_the_one_line_unless_verbose(tmp_path, verbose):
+    """A real process, so that Python prints warnings the way a user's terminal shows them."""
+    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
+    environment.pop("PYTHONWARNINGS", None)
+    argv = [*(["-v"] if verbose else []), "phantom", "--modality", "ct", "--out", str(tmp_path / "case")]
+    result = subprocess.run([sys.executable, "-c", WARNING_RUN, *argv], capture_output=True, text=True,
+                            env=environment, cwd=tmp_path, timeout=300, check=False)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == InputError.exit_code
+    assert lines[-1] == "cervixautoseg phantom: error: the header is absurd"
+    if verbose:  # -v: the developer's detail, through logging
+        assert any("RuntimeWarning: overflow encountered in multiply" in line for line in lines)
+        assert any("UserWarning: Invalid value for VR UI" in line for line in lines)
+    else:
+        assert lines == ["cervixautoseg phantom: error: the header is absurd"]

@@ -209,7 +209,7 @@ def test_bundled_models_if_any_verify_and_load():
             classes = 1 + len(card.structures) if len(card.networks) == 1 else 2  # a stage: its structure or not
             assert out.shape[1] == classes
 
-# ---------------------------------------------------------------- broken cards are named (issue 14, misleading messages)
+# ---------------------------------------------------------------- broken cards are named (issue 14)
 def test_a_broken_card_is_named_instead_of_no_model_directories(tmp_path):
     (tmp_path / "ct-clinic").mkdir()
     (tmp_path / "ct-clinic" / "model.json").write_text('{"id": "ct-clinic", "family": "ct",,}')
@@ -217,12 +217,13 @@ def test_a_broken_card_is_named_instead_of_no_model_directories(tmp_path):
         models.choose_model("CT", "auto", tmp_path)
     message = str(raised.value)
     assert "no model directories" not in message
-    assert message.startswith(f"no CT model is usable in {tmp_path}; skipped 1 broken model card(s): model card "
-                              f"{tmp_path / 'ct-clinic' / 'model.json'} is unreadable: Expecting property name")
+    card = tmp_path / "ct-clinic" / "model.json"
+    assert message.startswith(f"no CT model is usable in {tmp_path}; skipped 1 broken model card(s): "
+                              f"model card {card} is unreadable: Expecting property name")
     with pytest.raises(ModelError) as by_id:
         models.find_model("ct-clinic", tmp_path)
-    assert str(by_id.value).startswith(f"no model 'ct-clinic' in {tmp_path} (installed: none); skipped 1 broken "
-                                       f"model card(s): model card {tmp_path / 'ct-clinic' / 'model.json'} is unreadable")
+    assert str(by_id.value).startswith(f"no model 'ct-clinic' in {tmp_path} (installed: none); skipped 1 "
+                                       f"broken model card(s): model card {card} is unreadable")
 
 
 def test_segment_with_only_a_broken_card_says_which_card_and_why(tmp_path, capsys):
@@ -240,8 +241,8 @@ def test_segment_with_only_a_broken_card_says_which_card_and_why(tmp_path, capsy
                  "--models", str(tmp_path / "models"), "--device", "cpu"])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == InputError.exit_code and len(lines) == 1
-    assert lines[0] == (f"cervixautoseg segment: error: no CT model is usable in {tmp_path / 'models'}; skipped 1 "
-                        f"broken model card(s): model card {card} is invalid: 'labels' is missing")
+    assert lines[0] == (f"cervixautoseg segment: error: no CT model is usable in {tmp_path / 'models'}; "
+                        f"skipped 1 broken model card(s): model card {card} is invalid: 'labels' is missing")
     assert not (tmp_path / "out").exists()
 
 

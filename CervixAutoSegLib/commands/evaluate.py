@@ -73,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def compare_cases(args: argparse.Namespace) -> tuple[list[StructureResult], list[CasePair], dict[str, list[str]],
-                                                      tuple[Structure, ...]]:
+def compare_cases(
+    args: argparse.Namespace,
+) -> tuple[list[StructureResult], list[CasePair], dict[str, list[str]], tuple[Structure, ...]]:
     """:func:`CervixAutoSegLib.evaluation.evaluate`, case by case, with the grid check made here:
     a prediction off the truth grid (and no ``--resample-pred``) stops with one line summarising
     both grids and naming both files.
@@ -97,7 +98,8 @@ def compare_cases(args: argparse.Namespace) -> tuple[list[StructureResult], list
         truth = load_truth(pair.truth, pred, structures, args.dicom)
         if not args.resample_pred:
             _check_same_grid(pair, truth, pred)
-        results.extend(evaluate_volumes(pair.case_id, truth, pred, structures, args.tolerance, args.resample_pred))
+        results.extend(evaluate_volumes(pair.case_id, truth, pred, structures, args.tolerance,
+                                        args.resample_pred))
         catalogue = catalogue or structures
     return results, pairs, unmatched, catalogue
 
@@ -114,4 +116,5 @@ def _check_same_grid(pair: CasePair, truth: Volume, pred: Volume) -> None:
             f"case {pair.case_id}: the prediction {pair.pred} and the truth {pair.truth} are not on the same "
             "voxel grid",
             {"prediction": pred, "truth": truth},
-            "pass --resample-pred to resample the prediction onto the truth grid (nearest neighbour)") from None
+            "pass --resample-pred to resample the prediction onto the truth grid (nearest neighbour)",
+        ) from None

@@ -70,8 +70,9 @@ def _check_same_grid(path: Path, labels, reference) -> None:
         # ITK coerces a NIfTI direction to orthogonal, so a tilted grid cannot survive it.
         hint = "this series has gantry tilt, which NIfTI cannot store: save the labels as .nrrd"
     where = "" if offset == float("inf") else f", off by up to {offset:.3g} mm"
-    raise GridMismatchError.between(f"--labels {path} and the DICOM series are not on the same voxel grid{where}",
-                                    {"labels": labels, "series": reference}, hint)
+    raise GridMismatchError.between(
+        f"--labels {path} and the DICOM series are not on the same voxel grid{where}",
+        {"labels": labels, "series": reference}, hint)
 
 
 def load_label_map(path: Path, modality: str = ""):
