@@ -361,3 +361,35 @@ def test_library_warnings_do_not_break_the_one_line_unless_verbose(tmp_path, ver
         assert any("UserWarning: Invalid value for VR UI" in line for line in lines)
     else:
         assert lines == ["cervixautoseg phantom: error: the header is absurd"]
+
+
+# ------------------------------------------------------------------ segment in-process
+def test_segment_gives_the_callers_sigterm_handler_back(tmp_path, capsys):
+    """In-process callers (tests, a host application) keep their own SIGTERM handler after a run."""
+    import signal
+
+    def own_handler(signum, frame):  # pragma: no cover - never called
+        raise AssertionError("not expected")
+
+    previous = signal.signal(signal.SIGTERM, own_handler)
+    try:
+        code = cli.main(["segment", str(tmp_path / "missing"), "--out", str(tmp_path / "out"), "--progress-json"])
+        assert signal.getsignal(signal.SIGTERM) is own_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == InputError.exit_code and "does not exist" in stderr_lines(capsys)[-1]
+
+
+def test_segment_runs_outside_the_main_thread(tmp_path, capsys):
+    """Python allows signal handlers only in the main thread: elsewhere segment runs without one
+    instead of dying with 'signal only works in main thread'."""
+    import threading
+
+    codes = []
+    worker = threading.Thread(target=lambda: codes.append(cli.main(
+        ["segment", str(tmp_path / "missing"), "--out", str(tmp_path / "out"), "--progress-json"])))
+    worker.start()
+    worker.join(timeout=120)
+    lines = stderr_lines(capsys)
+    assert codes == [InputError.exit_code], lines
+    assert len(lines) == 1 and "does not exist" in lines[0]

@@ -12,7 +12,9 @@ A plain-text progress bar goes to stderr; ``--progress-json`` prints the machine
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 
 HELP = "auto-contour a CT or T2w MR image (DICOM folder, NIfTI or NRRD) and write all outputs"
 
@@ -50,33 +52,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of model directories (default: the bundled Resources/Models)")
 
 
-def _cancel_on_sigterm() -> None:
-    """SIGTERM (how the Slicer module cancels a background job) becomes :class:`Cancelled`.
+@contextlib.contextmanager
+def _cancel_on_sigterm() -> Iterator[None]:
+    """SIGTERM (how the Slicer module cancels a background job) becomes :class:`Cancelled` while the
+    command runs.
 
     Python would otherwise die without running ``finally`` blocks and leave the staging
     folder behind; raised as an exception, the pipeline cleans up and the CLI exits 130.
+    The previous handler comes back afterwards (an in-process caller keeps its own), and outside
+    the main thread, where Python allows no handler, the default stays.
     """
     import signal
+    import threading
 
     from ..errors import Cancelled
 
     def handler(signum, frame):
         raise Cancelled("terminated")
 
-    signal.signal(signal.SIGTERM, handler)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..pipeline import segment
     from ..progress import JsonLinesReporter, TextProgressBar
 
-    _cancel_on_sigterm()
     options = {"batch_size": args.batch_size or None, "precision": args.precision, "flip_tta": args.flip_tta}
     reporter = JsonLinesReporter(sys.stdout) if args.progress_json else TextProgressBar(sys.stderr)
     try:
-        result = segment(args.input, args.out, model=args.model, device=args.device, series_uid=args.series,
-                         progress=reporter, options=options, models_root=args.models,
-                         allow_non_t2=args.allow_non_t2, overwrite=args.overwrite)
+        with _cancel_on_sigterm():
+            result = segment(args.input, args.out, model=args.model, device=args.device, series_uid=args.series,
+                             progress=reporter, options=options, models_root=args.models,
+                             allow_non_t2=args.allow_non_t2, overwrite=args.overwrite)
     finally:
         if isinstance(reporter, TextProgressBar):
             reporter.close()
