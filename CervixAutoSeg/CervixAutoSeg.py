@@ -39,6 +39,8 @@ MINIMUM_PYTHON_VERSION = (3, 10)
 """The package needs Python 3.10+ (Slicer 5.8 runs 3.9; Slicer 5.10 runs 3.12)."""
 PARAMETER_NAME_PROPERTY = "SlicerParameterName"
 """Dynamic property naming the parameter-node field a .ui widget shows."""
+QA_VERDICT_STYLES = {"check": "font-weight: bold; color: #b36b00", "implausible": "font-weight: bold; color: #d50000"}
+"""Style of the QA warning line per verdict (amber: check, red: implausible)."""
 
 # This file is read by whatever Python the running Slicer has, so until the check below has
 # passed it must stay Python 3.9 syntax and import nothing from CervixAutoSegLib.
@@ -185,6 +187,7 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._runVolume = None
+        self._qaRows = None
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self.onPoll)
@@ -198,7 +201,7 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             label.wordWrap = True
             self.layout.addWidget(label)
             return
-        from CervixAutoSegLib.controller import AutoContourController
+        from CervixAutoSegLib.controller import QA_COLUMNS, AutoContourController
 
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/CervixAutoSeg.ui"))
         self.layout.addWidget(uiWidget)
@@ -218,6 +221,8 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.refreshModelsButton.connect("clicked(bool)", self.onRefreshModels)
         self.ui.flipTTACheckBox.connect("toggled(bool)", self.onFlipTTAToggled)
         self.ui.allowNonT2CheckBox.connect("toggled(bool)", self.onAllowNonT2Toggled)
+        self.ui.qaTable.setHorizontalHeaderLabels(list(QA_COLUMNS))
+        self.ui.qaTable.connect("cellClicked(int,int)", self.onQARowClicked)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -316,6 +321,12 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onPoll(self):
         self.render(self.controller.poll())
 
+    def onQARowClicked(self, row, column):
+        """Show the flagged slice: every slice view jumps to the structure's centre on it."""
+        position = self.controller.qa_row_position(row)
+        if position is not None:
+            slicer.vtkMRMLSliceNode.JumpAllSlices(slicer.mrmlScene, *position)
+
     def onExportClicked(self):
         from CervixAutoSegLib import mrml
 
@@ -369,6 +380,12 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             wasBlocked = self.ui.allowNonT2CheckBox.blockSignals(True)
             self.ui.allowNonT2CheckBox.checked = view.allow_non_t2
             self.ui.allowNonT2CheckBox.blockSignals(wasBlocked)
+        self.ui.qaWarningLabel.text = view.qa_warning
+        self.ui.qaWarningLabel.visible = bool(view.qa_warning)
+        self.ui.qaWarningLabel.styleSheet = QA_VERDICT_STYLES.get(view.qa_verdict, "")
+        if view.qa_summary:
+            self.ui.qaSummaryLabel.text = view.qa_summary
+        self._fillQATable(view.qa_rows)
         for widget in (self.ui.inputVolumeSelector, self.ui.modelComboBox, self.ui.deviceComboBox,
                        self.ui.flipTTACheckBox, self.ui.allowNonT2CheckBox):
             widget.enabled = not view.polling
@@ -376,6 +393,20 @@ class CervixAutoSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._timer.start()
         elif not view.polling and self._timer.isActive():
             self._timer.stop()
+
+    def _fillQATable(self, rows):
+        """One table row per flagged slice (refilled only when the rows change)."""
+        if rows == self._qaRows:
+            return
+        self._qaRows = list(rows)
+        table = self.ui.qaTable
+        table.setRowCount(len(rows))
+        for index, row in enumerate(rows):
+            for column, text in enumerate(row.cells()):
+                item = qt.QTableWidgetItem(text)
+                item.setToolTip(row.reasons)
+                table.setItem(index, column, item)
+        table.resizeColumnsToContents()
 
     @staticmethod
     def _fillCombo(combo, choices, current):

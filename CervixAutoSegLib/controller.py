@@ -45,6 +45,9 @@ STAGE_LABELS = {
 }
 """Stage names of :data:`CervixAutoSegLib.progress.STAGES` as the panel shows them."""
 REPORT_FILE = "report.json"
+QA_TABLE_ROWS = 100
+"""Flagged slices listed in the panel's table, worst first (all of them are in report.json)."""
+QA_COLUMNS = ("Structure", "Slice", "Score", "Why")
 DETECTING_NOTE = "Detecting GPUs..."
 ALLOW_NON_T2_TEXT = "Allow MR series that are not T2-weighted"
 """The check box's text in the .ui, quoted by the status line that refuses a series."""
@@ -128,6 +131,40 @@ class Choice:
     label: str
 
 
+@dataclasses.dataclass(frozen=True)
+class FlaggedSlice:
+    """One row of the panel's QA table: a slice a reviewer should look at, and where it is.
+
+    ``slice`` is the input array's axis-0 index (report.json / review ``slice_index``);
+    ``position_ras`` the structure's centre on that slice in Slicer's RAS mm (None if unknown).
+    """
+
+    structure: str
+    slice: int
+    score: float
+    reasons: str
+    position_ras: tuple[float, float, float] | None = None
+
+    def cells(self) -> tuple[str, str, str, str]:
+        """The row's text in :data:`QA_COLUMNS` order."""
+        return self.structure, str(self.slice), f"{self.score:.2f}", self.reasons
+
+
+def flagged_slices(report: dict, limit: int = QA_TABLE_ROWS) -> list[FlaggedSlice]:
+    """The flagged slices of report.json's ``qa.slices``, in the review order (worst first)."""
+    from .qa import review_order
+
+    entries = {(e["structure"], int(e["slice"])): e for e in (report.get("qa") or {}).get("slices", [])
+               if e.get("flagged")}
+    rows = []
+    for key in review_order(list(entries.values()))[:limit]:
+        entry = entries[key]
+        lps = entry.get("position_lps_mm")
+        ras = (-float(lps[0]), -float(lps[1]), float(lps[2])) if lps else None
+        rows.append(FlaggedSlice(key[0], key[1], float(entry["score"]), "; ".join(entry.get("reasons", [])), ras))
+    return rows
+
+
 @dataclasses.dataclass
 class ViewState:
     """Everything the panel shows; the widget copies it into its Qt widgets."""
@@ -149,6 +186,14 @@ class ViewState:
     """Run mirrored too (test-time augmentation): the user's choice, else the chosen family's default."""
     allow_non_t2: bool = False
     """The user's explicit override of the T2-weighting check (``segment --allow-non-t2``)."""
+    qa_warning: str = ""
+    """One line when the last result is not plausible (:func:`CervixAutoSegLib.report.qa_warning`), else ''."""
+    qa_verdict: str = ""
+    """``plausible`` / ``check`` / ``implausible`` of the last result ('' before any)."""
+    qa_rows: list[FlaggedSlice] = dataclasses.field(default_factory=list)
+    """The last result's flagged slices, worst first (the QA table)."""
+    qa_summary: str = ""
+    """Above the table: how many slices are flagged, or that none is."""
     polling: bool = False
 
 
@@ -365,6 +410,7 @@ class AutoContourController:
         self.view.progress, self.view.progress_visible = 0, True
         self.view.progress_text = "Starting..."
         self.view.status = f"Contouring {self._input.name} with {card.id} ({self._device_label()})..."  # type: ignore[union-attr]
+        self._show_quality({})
         self.view.export_enabled = False
         self.view.polling = True
         return self.view
@@ -414,6 +460,7 @@ class AutoContourController:
             if job.state is JobState.SUCCEEDED:
                 summary = self._apply(out_dir)
                 self.view.status = self._done_status(out_dir, job, summary)
+                self._show_quality(_read_report(out_dir))
                 self.view.progress, self.view.progress_text = PERCENT, STAGE_LABELS["done"]
             elif job.state is JobState.CANCELLED:
                 self.view.status = "Cancelled; the scene was not changed."
@@ -452,6 +499,30 @@ class AutoContourController:
         for warning in (report.get("warnings") or []) if report else []:
             text += f" Warning: {warning}."
         return text
+
+    def _show_quality(self, report: dict) -> None:
+        """The QA warning line and table of ``report`` ({} clears them)."""
+        from .report import qa_warning
+
+        qa = report.get("qa") or {}
+        self.view.qa_verdict = qa.get("verdict", "")
+        self.view.qa_warning = qa_warning(report) if report else ""
+        self.view.qa_rows = flagged_slices(report) if report else []
+        count = int(qa.get("flagged_slices", len(self.view.qa_rows)))
+        if not report or "slices" not in qa:
+            self.view.qa_summary = ""
+        elif count:
+            shown = len(self.view.qa_rows)
+            self.view.qa_summary = (f"{count} slice(s) flagged for review, worst first"
+                                    + (f" (first {shown} shown)" if shown < count else "")
+                                    + ". Click a row to go to the slice.")
+        else:
+            self.view.qa_summary = "No slice flagged."
+
+    def qa_row_position(self, row: int) -> tuple[float, float, float] | None:
+        """RAS position to jump the slice views to for table row ``row`` (None: nothing to jump to)."""
+        rows = self.view.qa_rows
+        return rows[row].position_ras if 0 <= row < len(rows) else None
 
     def _device_label(self) -> str:
         return next((choice.label for choice in self.view.devices if choice.value == self.view.device), self.view.device)

@@ -65,6 +65,10 @@ class NetworkOutput:
             weights), "network" (forward passes only), "restore").
         warnings: one line each for the user (report.json ``warnings``, the command summary),
             e.g. "no organ was found" when a family's later stages could not run.
+        evidence: the network's own evidence on the input grid for the per-slice QA
+            (:class:`~CervixAutoSegLib.qa.maps.EvidenceMaps`: softmax uncertainty, plain-vs-mirrored
+            disagreement), one entry per set of structures it speaks for; empty when the runner
+            gives none (the QA then judges the label map alone).
     """
 
     labels: np.ndarray
@@ -73,6 +77,7 @@ class NetworkOutput:
     preprocessing: dict
     timings: dict
     warnings: list[str] = dataclasses.field(default_factory=list)
+    evidence: list[Any] = dataclasses.field(default_factory=list)
 
 
 class NetworkRunner(Protocol):

@@ -78,6 +78,9 @@ class SegmentationResult:
     report: dict
     out_dir: Path | None
     files: dict[str, Path]
+    evidence: list = dataclasses.field(default_factory=list)
+    """The network's evidence maps on the input grid (:class:`~.qa.maps.EvidenceMaps`), only when
+    ``segment(..., keep_evidence=True)``: for measuring the QA (``qa-calibrate --corruptions``)."""
 
 
 @dataclasses.dataclass
@@ -95,14 +98,29 @@ class Outcome:
     timings: dict
     warnings: list[str] = dataclasses.field(default_factory=list)
     """Input warnings for the user (e.g. T2 weighting not verifiable), one line each."""
+    quality: dict | None = None
+    """:func:`.qa.assess` of the result (report.json ``qa``); computed by :meth:`assess_quality`."""
+
+    def assess_quality(self, evidence: list | None = None) -> dict:
+        """Per-slice flags and per-case plausibility (:mod:`.qa`), timed as ``timings["qa"]``."""
+        from .qa import QAConfig, assess
+
+        started = time.perf_counter()
+        self.quality = assess(self.volume, self.labels, self.card.structures, QAConfig.from_card(self.card),
+                              evidence=evidence, field_of_view_border=self.field_of_view_border)
+        self.timings["qa"] = time.perf_counter() - started
+        return self.quality
 
     def report(self, outputs: tuple[str, ...] = ()) -> dict:
         from .report import build_report
 
+        if self.quality is None:
+            self.assess_quality()
         return build_report(volume=self.volume, input_path=self.input_path, card=self.card, device=self.device,
                             timings=self.timings, labels=self.labels, structures=self.card.structures,
                             cleanup=self.cleanup, field_of_view_border=self.field_of_view_border,
-                            preprocessing=self.preprocessing, outputs=outputs, warnings=self.warnings)
+                            preprocessing=self.preprocessing, outputs=outputs, warnings=self.warnings,
+                            quality=self.quality)
 
 
 # ---------------------------------------------------------------- model choice
@@ -180,6 +198,7 @@ def segment(
     models_root: str | Path | None = None,
     allow_non_t2: bool = False,
     overwrite: bool = False,
+    keep_evidence: bool = False,
 ) -> SegmentationResult:
     """Segment one image and write every output into ``out_dir`` (None: compute only).
 
@@ -200,6 +219,7 @@ def segment(
             (recorded as a warning); without it such a series is refused. Choosing an MR
             model does not imply it.
         overwrite: also replace files with our output names that this tool did not write (module docstring).
+        keep_evidence: also return the network's evidence maps (a few bytes per voxel) in the result.
 
     Raises:
         InputError: unreadable input, modality without a model, a non-T2w MR series, bad device, ...
@@ -236,16 +256,19 @@ def segment(
 
     outcome = Outcome(volume, input_path, card, _device_entry(device, torch_device, output), labels, cleanup,
                       output.field_of_view_border, output.preprocessing, timings, warnings)
+    outcome.assess_quality(output.evidence)
+    evidence = output.evidence if keep_evidence else []
+    del output  # the evidence maps (a few bytes per voxel) are not needed any more
     if out_dir is None:
         timings["total"] = time.perf_counter() - job_started
         tracker.finish()
-        return SegmentationResult(labels, card.structures, card, outcome.report(), None, {})
+        return SegmentationResult(labels, card.structures, card, outcome.report(), None, {}, evidence)
 
     tracker.start("write", "writing outputs")
     files, report = write_outputs(out_dir, outcome, job_started=job_started, cancel=cancel, step=tracker.update,
                                   overwrite=overwrite)
     tracker.finish(f"done: {out_dir}")
-    return SegmentationResult(labels, card.structures, card, report, out_dir, files)
+    return SegmentationResult(labels, card.structures, card, report, out_dir, files, evidence)
 
 
 def _run_network(volume: Volume, card: Any, device: Any, options: Any, tracker: StagedProgress,
@@ -368,7 +391,8 @@ def _write_all(staging: Path, outcome: Outcome, job_started: float,
     names["preview"], names["report"] = PREVIEW_FILE, REPORT_FILE
     report = outcome.report(outputs=tuple(names.values()))
     volumes = {entry["value"]: entry["volume_ml"] for entry in report["structures"]}
-    write_preview(staging / PREVIEW_FILE, outcome.volume, labels, structures, volumes, title=_preview_title(card))
+    write_preview(staging / PREVIEW_FILE, outcome.volume, labels, structures, volumes, title=_preview_title(card),
+                  quality=report["qa"])
 
     step(WRITE_STEPS["report"], "report")
     outcome.timings["write"] = time.perf_counter() - started

@@ -15,11 +15,23 @@ array axis 0 of the *input* grid, i.e. the acquired image planes)::
       "timings_s": {"load", "preprocess", "network", "postprocess", "write", "total"},
       "structures": [{"value", "name", "paper_name", "voxels", "volume_ml", "slices": [k_first, k_last],
                       "centroid_lps_mm", "postprocess": {...}}],
-      "qa": {"absent": [names], "flags": [{"structure", "kind", "slices", "message"}]},
+      "qa": {
+        "verdict": "plausible|check|implausible", "reasons": ["one line each"],
+        "plausibility": {"structures": {name: {"verdict", "reasons", "features"}}, "input": {...}, ...},
+        "slices": [{"structure", "slice", "z_mm", "score", "flagged", "reasons", "position_lps_mm",
+                    "signals"}],          # every slice of every structure's extent (CervixAutoSegLib.qa)
+        "flagged_slices": n, "thresholds": {"calibrated", "flag_score"}, "evidence": bool,
+        "absent": [names], "flags": [{"structure", "kind", "slices", "message"}], "kinds": {...}
+      },
       "warnings": ["one line each, about the input (e.g. T2 weighting not verifiable)"]
     }
 
-QA flag kinds (:data:`QA_KINDS`) are hints for the reviewing physician, not errors.
+``qa.verdict`` and ``qa.slices`` come from :mod:`CervixAutoSegLib.qa` (per-case plausibility against
+ranges learned from training data; a flag score per slice and structure from the label map and the
+network's own uncertainty).  The structure-level ``qa.flags`` (kinds :data:`QA_KINDS`) are the older
+shape hints, kept for readers of format 1.  All of them are hints for the reviewing physician, not
+errors.  :func:`qa_summary_lines` and :func:`qa_warning` word them for the command line and the
+Slicer panel.
 """
 
 from __future__ import annotations
@@ -217,10 +229,18 @@ def build_report(*, volume: Volume, input_path: str | None, card: Any, device: M
                  timings: Mapping[str, float], labels: Volume, structures: Sequence[Structure],
                  cleanup: Mapping[int, Any] | None = None, field_of_view_border: np.ndarray | None = None,
                  preprocessing: Mapping[str, Any] | None = None, outputs: Sequence[str] = (),
-                 warnings: Sequence[str] = ()) -> dict:
-    """Assemble the whole report document (layout in the module docstring)."""
+                 warnings: Sequence[str] = (), quality: Mapping[str, Any] | None = None) -> dict:
+    """Assemble the whole report document (layout in the module docstring).
+
+    ``quality``: :func:`CervixAutoSegLib.qa.assess` of this result (computed here when None).
+    """
     from . import __version__
 
+    if quality is None:
+        from .qa import QAConfig, assess
+
+        quality = assess(volume, labels, structures, QAConfig.from_card(card),
+                         field_of_view_border=field_of_view_border)
     flags = slice_qa_flags(labels, structures, field_of_view_border)
     return {
         "format_version": REPORT_FORMAT_VERSION,
@@ -233,6 +253,7 @@ def build_report(*, volume: Volume, input_path: str | None, card: Any, device: M
         "timings_s": {name: round(float(seconds), 3) for name, seconds in timings.items()},
         "structures": structure_statistics(labels, structures, cleanup),
         "qa": {
+            **quality,
             "absent": [flag["structure"] for flag in flags if flag["kind"] == "absent"],
             "flags": flags,
             "kinds": QA_KINDS,
@@ -240,6 +261,58 @@ def build_report(*, volume: Volume, input_path: str | None, card: Any, device: M
         "outputs": list(outputs),
         "warnings": list(warnings),
     }
+
+
+VERDICT_HEADLINES = {
+    "plausible": "plausible (within what the model was trained on)",
+    "check": "CHECK: parts of the result lie outside what the model was trained on",
+    "implausible": "IMPLAUSIBLE: do not use this result without a thorough review",
+}
+SUMMARY_REASONS = 8
+"""Reasons printed on the command line (all of them are in report.json)."""
+SUMMARY_SLICES = 6
+
+
+def qa_summary_lines(report: Mapping[str, Any]) -> list[str]:
+    """The QA verdict, its reasons and the worst flagged slices, one line each (for ``segment``'s summary)."""
+    qa = report.get("qa") or {}
+    verdict = qa.get("verdict")
+    if verdict is None:
+        return []
+    lines = [f"QA: {VERDICT_HEADLINES.get(verdict, verdict)}"]
+    structures = (qa.get("plausibility") or {}).get("structures", {})
+    for name, entry in structures.items():
+        if entry.get("verdict") != "plausible":
+            lines.append(f"  {name}: {entry['verdict']}")
+    reasons = qa.get("reasons") or []
+    lines += [f"    - {reason}" for reason in reasons[:SUMMARY_REASONS]]
+    if len(reasons) > SUMMARY_REASONS:
+        lines.append(f"    - ... {len(reasons) - SUMMARY_REASONS} more in report.json")
+    if (qa.get("thresholds") or {}).get("stale"):
+        lines.append("  note: the model's slice-flag thresholds were calibrated for other weights "
+                     "(run cervixautoseg qa-calibrate)")
+    flagged = sorted((e for e in qa.get("slices", []) if e.get("flagged")), key=lambda e: -e["score"])
+    if flagged:
+        worst_first = ", ".join(f"{e['structure']} slice {e['slice']}" for e in flagged[:SUMMARY_SLICES])
+        lines.append(f"  {len(flagged)} slice(s) flagged for review, worst first: {worst_first}"
+                     + (" ..." if len(flagged) > SUMMARY_SLICES else ""))
+    return lines
+
+
+def qa_warning(report: Mapping[str, Any]) -> str:
+    """One line for the Slicer panel: '' when plausible, else the verdict per structure and the first reason."""
+    qa = report.get("qa") or {}
+    verdict = qa.get("verdict")
+    if verdict in (None, "plausible"):
+        return ""
+    structures = (qa.get("plausibility") or {}).get("structures", {})
+    named = [f"{name} {entry['verdict']}" for name, entry in structures.items() if entry.get("verdict") != "plausible"]
+    input_verdict = ((qa.get("plausibility") or {}).get("input") or {}).get("verdict", "plausible")
+    if input_verdict != "plausible":
+        named.append(f"image {input_verdict}")
+    first = (qa.get("reasons") or [""])[0]
+    head = "Result implausible" if verdict == "implausible" else "Check the result"
+    return f"{head}: {', '.join(named)}" + (f" ({first})" if first else "") + "."
 
 
 def write_report(path: str | Path, report: Mapping[str, Any]) -> None:

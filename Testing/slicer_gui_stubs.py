@@ -155,7 +155,48 @@ class Timer(Widget):
         return self._active
 
 
-WIDGET_CLASSES = {"QComboBox": ComboBox, "qMRMLNodeComboBox": NodeComboBox, "qMRMLWidget": MRMLWidget}
+class TableWidgetItem:
+    """QTableWidgetItem: a cell's text and tool tip."""
+
+    def __init__(self, text=""):
+        self._text, self._toolTip = text, ""
+
+    def text(self):
+        return self._text
+
+    def setToolTip(self, text):
+        self._toolTip = text
+
+    def toolTip(self):
+        return self._toolTip
+
+
+class TableWidget(Widget):
+    """QTableWidget: rows x columns of items; ``setRowCount`` drops items beyond the new count (as Qt does)."""
+
+    def __init__(self, class_name, name=""):
+        super().__init__(class_name, name)
+        self.headerLabels, self.items, self.rowCount = [], {}, 0
+
+    def setHorizontalHeaderLabels(self, labels):
+        self.headerLabels = list(labels)
+
+    def setRowCount(self, count):
+        self.rowCount = count
+        self.items = {key: item for key, item in self.items.items() if key[0] < count}
+
+    def setItem(self, row, column, item):
+        self.items[(row, column)] = item
+
+    def item(self, row, column):
+        return self.items.get((row, column))
+
+    def resizeColumnsToContents(self):
+        pass
+
+
+WIDGET_CLASSES = {"QComboBox": ComboBox, "qMRMLNodeComboBox": NodeComboBox, "qMRMLWidget": MRMLWidget,
+                  "QTableWidget": TableWidget}
 
 
 def _property_value(element):
@@ -368,6 +409,7 @@ class SlicerGui:
         qt = types.ModuleType("qt")
         qt.QTimer = Timer
         qt.QLabel = lambda text="": self._label(text)
+        qt.QTableWidgetItem = TableWidgetItem
         qt.Qt = types.SimpleNamespace(WaitCursor=3)
         patch.setitem(sys.modules, "qt", qt)
         patch.setitem(sys.modules, "slicer.ScriptedLoadableModule",

@@ -40,7 +40,8 @@ SOURCES = {
           "CMakeLists.txt Slicer_REQUIRED_QT_VERSION): QtCore/qobject.h, qtimer.h, qcoreapplication.h, "
           "QtGui/qguiapplication.h, QtWidgets/qapplication.h, qwidget.h, qframe.h, qlabel.h, qabstractbutton.h, "
           "qpushbutton.h, qtoolbutton.h, qcheckbox.h, qcombobox.h, qprogressbar.h, qlayout.h, qboxlayout.h, "
-          "qformlayout.h, qlineedit.h, qshortcut.h, qabstractscrollarea.h, qabstractitemview.h, qtableview.h",
+          "qformlayout.h, qlineedit.h, qshortcut.h, qabstractscrollarea.h, qabstractitemview.h, qtableview.h, "
+          "qtablewidget.h (QTableWidget, QTableWidgetItem)",
 }
 
 
@@ -490,6 +491,46 @@ QT_API = {
         methods=(
             "autoRepeat context id isEnabled key parentWidget setAutoRepeat setContext setEnabled setKey "
             "setWhatsThis whatsThis"),
+    ),
+    "QTableWidget": ClassApi(
+        base="QTableView",
+        properties=(
+            "columnCount rowCount"),
+        signals=(
+            "cellActivated(int,int) cellChanged(int,int) cellClicked(int,int) cellDoubleClicked(int,int) "
+            "cellEntered(int,int) cellPressed(int,int) currentCellChanged(int,int,int,int) "
+            "currentItemChanged(QTableWidgetItem*,QTableWidgetItem*) itemActivated(QTableWidgetItem*) "
+            "itemChanged(QTableWidgetItem*) itemClicked(QTableWidgetItem*) "
+            "itemDoubleClicked(QTableWidgetItem*) itemEntered(QTableWidgetItem*) "
+            "itemPressed(QTableWidgetItem*) itemSelectionChanged()"),
+        slots=(
+            "clear() clearContents() insertColumn(int) insertRow(int) removeColumn(int) removeRow(int) "
+            "scrollToItem(const QTableWidgetItem*) "
+            "scrollToItem(const QTableWidgetItem*,QAbstractItemView::ScrollHint)"),
+        methods=(
+            "cellWidget closePersistentEditor column columnCount currentColumn currentItem currentRow "
+            "editItem findItems horizontalHeaderItem isItemSelected isPersistentEditorOpen "
+            "isSortingEnabled item itemAt itemPrototype openPersistentEditor removeCellWidget row "
+            "rowCount selectedItems selectedRanges setCellWidget setColumnCount setCurrentCell "
+            "setCurrentItem setHorizontalHeaderItem setHorizontalHeaderLabels setItem setItemPrototype "
+            "setItemSelected setRangeSelected setRowCount setSortingEnabled setVerticalHeaderItem "
+            "setVerticalHeaderLabels sortItems takeHorizontalHeaderItem takeItem takeVerticalHeaderItem "
+            "verticalHeaderItem visualColumn visualItemRect visualRow"),
+    ),
+    "QTableWidgetItem": ClassApi(
+        base="",
+        properties=(
+            ""),
+        signals=(
+            ""),
+        slots=(
+            ""),
+        methods=(
+            "background backgroundColor checkState clone column data flags font foreground icon "
+            "isSelected read row setBackground setBackgroundColor setCheckState setData setFlags setFont "
+            "setForeground setIcon setSelected setSizeHint setStatusTip setText setTextAlignment "
+            "setTextColor setToolTip setWhatsThis sizeHint statusTip tableWidget text textAlignment "
+            "textColor toolTip type whatsThis write"),
     ),
 }
 
@@ -942,7 +983,8 @@ def test_the_ui_file_uses_only_names_slicer_510_has():
     assert {("qMRMLNodeComboBox", "noneEnabled"), ("qMRMLNodeComboBox", "showChildNodeTypes"),
             ("QProgressBar", "visible"), ("QLabel", "textInteractionFlags"),
             ("qMRMLWidget", "mrmlSceneChanged(vtkMRMLScene*)"),
-            ("qMRMLNodeComboBox", "setMRMLScene(vtkMRMLScene*)")} <= checked
+            ("qMRMLNodeComboBox", "setMRMLScene(vtkMRMLScene*)"), ("QTableWidget", "selectionBehavior"),
+            ("QTableWidget", "editTriggers"), ("QTableWidget", "columnCount")} <= checked
 
 
 def test_the_module_uses_only_names_slicer_510_has():
@@ -958,7 +1000,9 @@ def test_the_module_uses_only_names_slicer_510_has():
             ("ctkDICOMIndexer", "addFile"), ("ctkDICOMIndexer", "waitForImportFinished"),
             ("ctkDICOMDatabase", "fileForInstance"), ("ctkDICOMDatabase", "isOpen"), ("QLabel", "wordWrap"),
             ("slicer.util", "tryWithErrorDisplay"), ("slicer.util", "confirmOkCancelDisplay"),
-            ("slicer.util", "VTKObservationMixin"), ("QVBoxLayout", "addWidget")} <= checked
+            ("slicer.util", "VTKObservationMixin"), ("QVBoxLayout", "addWidget"),
+            ("QTableWidget", "cellClicked(int,int)"), ("QTableWidget", "setItem"), ("QTableWidgetItem", "setToolTip"),
+            ("QTableWidget", "resizeColumnsToContents"), ("QLabel", "styleSheet")} <= checked
 
 
 @pytest.mark.parametrize("right,wrong,name", [
