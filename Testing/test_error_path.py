@@ -373,7 +373,8 @@ def test_segment_gives_the_callers_sigterm_handler_back(tmp_path, capsys):
 
     previous = signal.signal(signal.SIGTERM, own_handler)
     try:
-        code = cli.main(["segment", str(tmp_path / "missing"), "--out", str(tmp_path / "out"), "--progress-json"])
+        code = cli.main(["segment", str(tmp_path / "missing"), "--out", str(tmp_path / "out"),
+                         "--progress-json"])
         assert signal.getsignal(signal.SIGTERM) is own_handler
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -393,3 +394,25 @@ def test_segment_runs_outside_the_main_thread(tmp_path, capsys):
     lines = stderr_lines(capsys)
     assert codes == [InputError.exit_code], lines
     assert len(lines) == 1 and "does not exist" in lines[0]
+
+
+# ------------------------------------------------------------------ export-rtstruct references only real UIDs
+def test_export_rtstruct_refuses_a_series_without_series_uid(tmp_path, series, capsys):
+    """Found by the fuzz test: the reader labels such a series with a placeholder naming its folder,
+    which the RTSTRUCT used to carry as the UID of the series it refers to."""
+    import pydicom
+
+    shutil.copytree(series["dicom"], tmp_path / "dicom")
+    for path in sorted((tmp_path / "dicom").iterdir()):
+        dataset = pydicom.dcmread(path)
+        del dataset.SeriesInstanceUID
+        dataset.save_as(path)
+    out = tmp_path / "rtstruct.dcm"
+    code = cli.main(["export-rtstruct", "--dicom", str(tmp_path / "dicom"), "--labels", str(series["labels"]),
+                     "--out", str(out), "--model", "ct"])
+    lines = stderr_lines(capsys)
+    assert code == InputError.exit_code and len(lines) == 1
+    assert lines[0] == (f"cervixautoseg export-rtstruct: error: --dicom {tmp_path / 'dicom'}: the images "
+                        "carry no valid Series Instance UID, which an RTSTRUCT must refer to; "
+                        "export the series again")
+    assert not out.exists()

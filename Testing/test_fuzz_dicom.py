@@ -65,10 +65,18 @@ SEGMENT = ["--device", "cpu", "--model", "ct", "--progress-json"]
 GEOMETRY_TOLERANCE_MM = 0.1
 """How far a file's slice may lie from the result's grid without a warning on stderr."""
 
+SPECIAL_INTEGERS = (0, 1, 2, 7, 8, 12, 15, 16, 23, 25, 32, 64, 65535)
+"""Values put into the US elements of :data:`INTEGER_TAGS` (the pristine ones: 24 rows and columns, 16 bits)."""
+DICOM_PREAMBLE_BYTES = 132
+"""Part 10 preamble (128 bytes) and the "DICM" magic: a shorter file is not recognisably DICOM."""
+TRUNCATE_KEEP = (0, 64, 131, 132, 300, 700, 1400, 2000, 2400, 2470)
+"""Bytes a truncated file keeps (the pristine files have about 2476: header, then 1152 pixel bytes).
+Absolute, not fractions, so that cutting a file twice leaves one of these sizes again."""
+
 KNOWN_FINDINGS: tuple[tuple[str, object], ...] = (
     # dicom_series: the first or last file of a series emptied, or cut below the 132-byte DICOM
     # preamble, is skipped as "not DICOM" without a word; the result has one slice fewer.
-    ("truncate_file", 0.0), ("truncate_file", 0.02), ("file", "empty"),
+    *(("truncate_file", keep) for keep in TRUNCATE_KEEP if keep < DICOM_PREAMBLE_BYTES), ("file", "empty"),
     # dicom_series: the first or last file without Rows or Columns is skipped without a word.
     ("delete_tag", "Rows"), ("delete_tag", "Columns"),
     # dicom_series: native pixel data longer than Rows x Columns x Bits Allocated / 8 (beyond the one
@@ -80,8 +88,9 @@ KNOWN_FINDINGS: tuple[tuple[str, object], ...] = (
     ("delete_tag", "RescaleIntercept"), ("delete_tag", "RescaleSlope"),
     ("decimal", ("RescaleIntercept", None, "")), ("decimal", ("RescaleSlope", None, "")),
     # dicom_series: Bits Stored smaller than the stored values need is accepted; pydicom masks the
-    # high bits, so the slice's HU change without a word.
-    *(("integer", ("BitsStored", bits)) for bits in (1, 2, 7, 8)),
+    # high bits, so the slice's HU change without a word (here from 8 bits down; 12 and 15 bits when
+    # another mutation made the values larger).
+    *(("integer", ("BitsStored", bits)) for bits in SPECIAL_INTEGERS if bits < 16),
     # dicom_series / rtstruct: a series without Series Instance UID is accepted, and the RTSTRUCT refers
     # to the invalid UID "(no series UID: <folder path>)" (pydicom warns "Invalid value for VR UI").
     ("delete_tag", "SeriesInstanceUID"), ("text", ("SeriesInstanceUID", "")),
@@ -181,7 +190,6 @@ DECIMAL_TAGS = {"PixelSpacing": 2, "ImagePositionPatient": 3, "ImageOrientationP
 """Decimal-string elements to put special numbers into, with their value multiplicity."""
 INTEGER_TAGS = ("Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
                 "SamplesPerPixel", "NumberOfFrames", "PlanarConfiguration")
-SPECIAL_INTEGERS = (0, 1, 2, 7, 8, 12, 15, 16, 23, 25, 32, 64, 65535)
 DELETABLE = ("PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient", "SliceThickness",
              "RescaleSlope", "RescaleIntercept", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
              "PixelRepresentation", "SamplesPerPixel", "PhotometricInterpretation", "Modality",
@@ -205,7 +213,6 @@ ORIENTATIONS = (
     "0\\1\\0\\0\\0\\-1", "1\\0\\0\\0\\1\\0\\0\\0\\1",
 )
 FILE_EVENTS = ("delete", "duplicate", "duplicate_new_uid", "empty", "junk_beside", "rtstruct_beside")
-TRUNCATE_FRACTIONS = (0.0, 0.02, 0.1, 0.3, 0.5, 0.8, 0.95, 0.999)
 PIXEL_EDITS = ("truncate_1", "truncate_half", "drop_all", "extend_2", "extend_slice", "zeros", "random")
 SYNTAXES = ("implicit", "big_endian", "deflated", "rle", "claim_jpeg", "claim_jpeg2000", "meta_missing")
 HARMLESS_EDITS = ("drop_slice_location", "implicit_syntax", "rename_files", "private_tag", "drop_window")
@@ -228,7 +235,7 @@ def mutations() -> st.SearchStrategy[Mutation]:
         "integer": [(keyword, number) for keyword in INTEGER_TAGS for number in SPECIAL_INTEGERS],
         "text": [(keyword, value) for keyword, values in TEXTS.items() for value in values],
         "orientation": ORIENTATIONS, "pixels": PIXEL_EDITS, "syntax": SYNTAXES, "harmless": HARMLESS_EDITS,
-        "position": SHIFTS, "truncate_file": TRUNCATE_FRACTIONS, "file": FILE_EVENTS,
+        "position": SHIFTS, "truncate_file": TRUNCATE_KEEP, "file": FILE_EVENTS,
     }
     one_file_only = {"position", "truncate_file", "file"}  # targets a single file by construction
     strategies = []
@@ -488,10 +495,10 @@ def _apply(folder: Path, mutation: Mutation) -> set[str]:
             new_uid = pydicom.uid.generate_uid()
             edit(series_files(folder)[index:], lambda ds: setattr(ds, "SeriesInstanceUID", new_uid))
         elif kind == "truncate_file":
-            for path in chosen:
-                data = path.read_bytes()
-                path.write_bytes(data[: int(len(data) * value)])
-            return {path.name for path in chosen}
+            shorter = [path for path in chosen if value < path.stat().st_size]
+            for path in shorter:
+                path.write_bytes(path.read_bytes()[:value])
+            return {path.name for path in shorter}
         else:
             {"decimal": mutate_decimal, "pixels": mutate_pixels, "syntax": mutate_syntax,
              "harmless": mutate_harmless}[kind](chosen, value)

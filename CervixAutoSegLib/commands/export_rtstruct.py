@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 from pathlib import Path
 
 HELP = "write a DICOM RTSTRUCT from a label map (NIfTI/NRRD) on a DICOM image series"
@@ -40,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.dicom.is_dir():
         raise InputError(f"--dicom {args.dicom} is not a folder")
     reference = read_dicom_series(args.dicom, series_uid=args.series)
+    _check_referable(args.dicom, reference)
     labels = load_label_map(args.labels, reference.modality)
     _check_same_grid(args.labels, labels, reference)
     model, structures = structures_for_labels(args.labels, args.model, reference.modality)
@@ -54,6 +56,29 @@ def run(args: argparse.Namespace) -> int:
                    containment=containment, keyhole=args.keyhole)
     print(f"wrote {args.out} ({len(structures)} ROIs) referencing series {reference.meta.get('series_instance_uid')}")
     return 0
+
+
+REFERENCED_UIDS = {"series_instance_uid": "Series Instance UID", "study_instance_uid": "Study Instance UID",
+                   "frame_of_reference_uid": "Frame of Reference UID"}
+"""UIDs of the image series an RTSTRUCT refers to (``Volume.meta`` key → DICOM name)."""
+
+
+UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
+"""A UID as scanners write them: digits and dots.  Deliberately laxer than the standard (which forbids
+leading zeros in a component): some scanners write those, and planning systems accept them."""
+UID_MAX_CHARS = 64
+
+
+def _check_referable(folder: Path, reference) -> None:
+    """InputError unless the series' own UIDs look like UIDs: the reader labels a series without
+    Series Instance UID with a placeholder, which must not end up in an RTSTRUCT as its reference."""
+    from ..errors import InputError
+
+    for key, name in REFERENCED_UIDS.items():
+        value = str(reference.meta.get(key) or "")
+        if len(value) > UID_MAX_CHARS or not UID_PATTERN.fullmatch(value):
+            raise InputError(f"--dicom {folder}: the images carry no valid {name}, which an RTSTRUCT must "
+                             "refer to; export the series again")
 
 
 def _check_same_grid(path: Path, labels, reference) -> None:

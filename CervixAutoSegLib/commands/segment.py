@@ -88,9 +88,9 @@ def run(args: argparse.Namespace) -> int:
     reporter = JsonLinesReporter(sys.stdout) if args.progress_json else TextProgressBar(sys.stderr)
     try:
         with _cancel_on_sigterm():
-            result = segment(args.input, args.out, model=args.model, device=args.device, series_uid=args.series,
-                             progress=reporter, options=options, models_root=args.models,
-                             allow_non_t2=args.allow_non_t2, overwrite=args.overwrite)
+            result = segment(args.input, args.out, model=args.model, device=args.device,
+                             series_uid=args.series, progress=reporter, options=options,
+                             models_root=args.models, allow_non_t2=args.allow_non_t2, overwrite=args.overwrite)
     finally:
         if isinstance(reporter, TextProgressBar):
             reporter.close()
