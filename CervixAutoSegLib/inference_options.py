@@ -32,9 +32,12 @@ class InferenceOptions:
         channels_last: channels-last memory format for inputs and weights (faster oneDNN /
             cuDNN convolutions).
         fuse_batchnorm: fold eval-mode BatchNorm into the preceding convolution.
-        flip_tta: test-time augmentation: also run every item mirrored left-right (along
-            the patient's x axis) and average the two softmax maps. Doubles the network time;
-            on held-out CT phantoms CTV-N DSC gains 0.01-0.02.
+        flip_tta: test-time augmentation: also run items mirrored left-right (along the
+            patient's x axis) and average the two softmax maps. On every item it doubles the
+            network time; on held-out CT phantoms CTV-N DSC gains 0.01-0.02.
+        selective_tta: with ``flip_tta``, mirror only the items (CT slices, MR windows) whose plain
+            pass was uncertain, as the model card's ``qa.selective_tta`` says (a card without it:
+            every item).  False mirrors every item whatever the card says.
         overlap: sliding-window overlap between neighbouring 3D windows, in [0, 1).
     """
 
@@ -43,6 +46,7 @@ class InferenceOptions:
     channels_last: bool = True
     fuse_batchnorm: bool = True
     flip_tta: bool = True
+    selective_tta: bool = True
     overlap: float = 0.5
 
     def __post_init__(self) -> None:
@@ -64,6 +68,9 @@ class InferenceInfo:
     Attributes:
         passes: forward-pass items computed, mirrored ones included (slices or windows).
         item_shape: input shape of one item, ``(C, H, W)`` or ``(C, D, H, W)`` (for FLOP counts).
+        items: items (slices or windows) of the plain pass.
+        mirrored_items: items that also got the mirrored pass (all of them without selective TTA).
+        selective_tta: the gate that chose them (``qa.selective_tta`` of the card), or None.
     """
 
     device: str
@@ -74,6 +81,9 @@ class InferenceInfo:
     flip_tta: bool = False
     passes: int = 0
     item_shape: tuple[int, ...] = ()
+    items: int = 0
+    mirrored_items: int = 0
+    selective_tta: dict | None = None
 
     def to_json(self) -> dict:
         document = dataclasses.asdict(self)

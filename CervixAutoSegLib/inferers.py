@@ -6,9 +6,15 @@ Both inferers (MONAI's ``Inferer`` idea, with the policies a clinical tool needs
   the image;
 * use mixed precision where it pays (:mod:`.precision`);
 * optionally add the left-right mirrored pass (flip test-time augmentation): the softmax of
-  the mirrored input is mirrored back and added, so the result is exactly equivariant under
-  mirroring along the array's last axis (x, the patient's left-right in the LPS layout the
-  families feed);
+  the mirrored input is mirrored back and averaged with the plain one, so on a mirrored item the
+  result is exactly equivariant under mirroring along the array's last axis (x, the patient's
+  left-right in the LPS layout the families feed);
+* selective flip TTA (a :class:`~CervixAutoSegLib.qa.config.SelectiveFlip` gate from the model
+  card): the mirrored pass only for items (slices, windows) whose plain pass was unsure — more than
+  ``min_uncertain_fraction`` of their pixels with a top-2 softmax margin below
+  ``uncertain_below_margin`` — and at most ``max_mirrored_fraction`` of them, the most unsure;
+* hand the QA the network's own evidence next to the labels (:class:`Evidence`): top-2 softmax
+  uncertainty, plain-vs-mirrored disagreement, and where the mirrored pass ran;
 * on an accelerator out-of-memory error halve the batch and retry; when even one item does
   not fit, move the network to the CPU, log a warning and carry on (same result, slower);
 * report progress after every batch and poll ``cancel()`` before every batch
@@ -17,12 +23,14 @@ Both inferers (MONAI's ``Inferer`` idea, with the policies a clinical tool needs
 :class:`SliceInferer` takes ``(n_slices, C, H, W)`` and returns arg-max labels ``(n_slices, H, W)``;
 :class:`SlidingWindowInferer` takes ``(C, Z, Y, X)`` and returns ``(Z, Y, X)``, blending
 overlapping windows with a Gaussian importance map (MONAI ``sliding_window_inference``).
+Calling an inferer gives ``(labels, info)``; :meth:`Inferer.infer` also gives the :class:`Evidence`.
 :func:`prepare_network` folds BatchNorm into convolutions and sets the memory format.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -35,6 +43,8 @@ from .devices import is_out_of_memory, release_cached_memory
 from .errors import Cancelled, InputError
 from .inference_options import InferenceInfo, InferenceOptions
 from .precision import autocast, choose_precision
+from .qa.config import SelectiveFlip
+from .qa.maps import UNIT
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +152,52 @@ def _check_cancel(cancel: CancelCheck | None) -> None:
         raise Cancelled("cancelled by the user")
 
 
+def softmax_pair(network: nn.Module, inputs: torch.Tensor, layout: torch.memory_format = torch.contiguous_format
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 softmax (class axis 1) of ``network(inputs)`` and of the x-mirrored input mirrored back."""
+    plain = network(inputs).float().softmax(dim=1)
+    mirrored = network(inputs.flip(-1).contiguous(memory_format=layout)).float().softmax(dim=1).flip(-1)
+    return plain, mirrored
+
+
 def mirrored_softmax(network: nn.Module, inputs: torch.Tensor, flip: bool,
                      layout: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """Softmax of ``network(inputs)`` (class axis 1), plus that of the x-mirrored input mirrored back."""
-    scores = network(inputs).float().softmax(dim=1)
-    if flip:
-        mirrored = network(inputs.flip(-1).contiguous(memory_format=layout))
-        scores += mirrored.float().softmax(dim=1).flip(-1)
-    return scores
+    if not flip:
+        return network(inputs).float().softmax(dim=1)
+    plain, mirrored = softmax_pair(network, inputs, layout)
+    return plain + mirrored
+
+
+def top2_uncertainty(probabilities: torch.Tensor) -> torch.Tensor:
+    """1 − (largest − second-largest probability) over class axis 1: (N, C, ...) → (N, ...) in [0, 1]."""
+    top = probabilities.topk(2, dim=1).values
+    return 1.0 - (top[:, 0] - top[:, 1])
+
+
+def uncertain_fraction(uncertainty: torch.Tensor, gate: SelectiveFlip) -> torch.Tensor:
+    """Per item (axis 0), the share of pixels whose top-2 margin is below the gate's margin."""
+    return (uncertainty > 1.0 - gate.uncertain_below_margin).flatten(1).float().mean(dim=1)
+
+
+def _to_unit8(values: torch.Tensor) -> np.ndarray:
+    return (values.clamp(0.0, 1.0) * UNIT).round_().to(torch.uint8).cpu().numpy()
+
+
+@dataclasses.dataclass
+class Evidence:
+    """What an inferer saw besides the labels; every array has the labels' shape.
+
+    Attributes:
+        uncertainty: uint8 ``UNIT`` × (1 − top-2 margin) of the final (averaged) softmax.
+        disagreement: uint8 ``UNIT`` where the plain and mirrored arg-max differ (blended over
+            windows), None when nothing was mirrored.
+        mirrored: bool, where a mirrored pass ran.
+    """
+
+    uncertainty: np.ndarray
+    disagreement: np.ndarray | None
+    mirrored: np.ndarray
 
 
 class Inferer(abc.ABC):
@@ -157,59 +205,157 @@ class Inferer(abc.ABC):
 
     Args:
         options: batch size, precision, flip TTA (and overlap for windows).
+        gate: when to mirror an item (selective flip TTA, from the model card's ``qa.selective_tta``);
+            None, or ``options.selective_tta`` False, mirrors every item when ``options.flip_tta``.
     """
 
     default_batch: dict[str, int] = {"cpu": 1, "cuda": 1, "mps": 1}
 
-    def __init__(self, options: InferenceOptions = InferenceOptions()):
+    def __init__(self, options: InferenceOptions = InferenceOptions(), gate: SelectiveFlip | None = None):
         self.options = options
+        self.gate = gate if options.flip_tta and options.selective_tta else None
 
-    @abc.abstractmethod
     def __call__(self, network: nn.Module, inputs: np.ndarray, *, device: torch.device | str = "cpu",
                  progress: Progress | None = None, cancel: CancelCheck | None = None
                  ) -> tuple[np.ndarray, InferenceInfo]:
         """Labels uint8 for ``inputs`` and what ran; see the subclass for the shapes."""
+        labels, _, info = self.infer(network, inputs, device=device, progress=progress, cancel=cancel)
+        return labels, info
+
+    @abc.abstractmethod
+    def infer(self, network: nn.Module, inputs: np.ndarray, *, device: torch.device | str = "cpu",
+              progress: Progress | None = None, cancel: CancelCheck | None = None
+              ) -> tuple[np.ndarray, Evidence, InferenceInfo]:
+        """Labels, the :class:`Evidence` beside them, and what ran."""
+
+    def _attempt(self, device: torch.device | str) -> _Attempt:
+        attempt = _Attempt(self.options, torch.device(device), self.default_batch)
+        attempt.info.selective_tta = self.gate.to_json() if self.gate is not None else None
+        return attempt
 
 
 class SliceInferer(Inferer):
-    """A 2D network over a stack of slices: ``(n, C, H, W)`` float32 → labels ``(n, H, W)`` uint8."""
+    """A 2D network over a stack of slices: ``(n, C, H, W)`` float32 → labels ``(n, H, W)`` uint8.
+
+    Selective flip TTA runs in two rounds: the plain pass over every slice, keeping the softmax
+    (float16) of the slices the gate finds uncertain — at most ``max_mirrored_fraction`` of them, the
+    most uncertain — then the mirrored pass over those alone.
+    """
 
     default_batch = {"cpu": 4, "cuda": 16, "mps": 8}
     """Slices per forward pass.  CPU: large enough to keep both cores' GEMMs busy, small enough
     that the 64-channel full-resolution activations of a batch stay in the last-level cache's
     neighbourhood (measured with ``cervixautoseg benchmark ct``)."""
 
-    def __call__(self, network, inputs, *, device="cpu", progress=None, cancel=None):
-        attempt = _Attempt(self.options, torch.device(device), self.default_batch)
-        total = int(inputs.shape[0])
-        attempt.info.item_shape = tuple(int(s) for s in inputs.shape[1:])
-        labels = np.zeros((total,) + tuple(inputs.shape[2:]), dtype=np.uint8)
-        start = 0
+    def infer(self, network, inputs, *, device="cpu", progress=None, cancel=None):
+        run = _SliceRun(self, network, inputs, self._attempt(device), progress, cancel)
         with torch.inference_mode():
-            while start < total:
-                _check_cancel(cancel)
-                stop = min(start + attempt.batch_size, total)
-                try:
-                    labels[start:stop] = self.forward_argmax(network, inputs[start:stop], attempt)
-                except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, anything else re-raised
-                    network = attempt.shrink(error, network)
-                    continue
-                attempt.info.passes += (stop - start) * (2 if self.options.flip_tta else 1)
-                start = stop
-                if progress is not None:
-                    progress(start, total)
-        return labels, attempt.info
+            run.first_pass()
+            if self.gate is not None:
+                run.mirror(run.chosen())
+        return run.labels, run.evidence(), run.attempt.info
 
-    def forward_argmax(self, network: nn.Module, slices: np.ndarray, attempt: _Attempt) -> np.ndarray:
-        """(n, C, H, W) float32 → arg-max (n, H, W) uint8, computed on the attempt's device."""
-        layout = memory_format(2, self.options.channels_last)
-        inputs = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32)).to(attempt.device, non_blocking=True)
-        inputs = inputs.contiguous(memory_format=layout)
-        with autocast(attempt.device, attempt.precision):
-            if not self.options.flip_tta:
-                return network(inputs).argmax(dim=1).to(torch.uint8).cpu().numpy()
-            scores = mirrored_softmax(network, inputs, flip=True, layout=layout)
-        return scores.argmax(dim=1).to(torch.uint8).cpu().numpy()
+
+class _SliceRun:
+    """State of one :class:`SliceInferer` call (labels and evidence filled batch by batch)."""
+
+    def __init__(self, inferer: SliceInferer, network: nn.Module, inputs: np.ndarray, attempt: _Attempt,
+                 progress: Progress | None, cancel: CancelCheck | None):
+        self.inferer, self.network, self.inputs, self.attempt = inferer, network, inputs, attempt
+        self.progress, self.cancel, self.gate = progress, cancel, inferer.gate
+        self.flip_all = inferer.options.flip_tta and self.gate is None
+        n = int(inputs.shape[0])
+        shape = (n,) + tuple(inputs.shape[2:])
+        self.labels, self.uncertainty = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
+        self.disagreement = np.zeros(shape, np.uint8) if inferer.options.flip_tta else None
+        self.mirrored = np.zeros(n, bool)
+        self.fraction = np.zeros(n)
+        self.kept: dict[int, torch.Tensor] = {}
+        cap = self.gate.max_mirrored_fraction if self.gate is not None else None
+        self.budget = n if cap is None else int(math.ceil(cap * n))
+        self.total = n + (self.budget if self.gate is not None else 0)
+        self.layout = memory_format(2, inferer.options.channels_last)
+        attempt.info.item_shape = tuple(int(s) for s in inputs.shape[1:])
+        attempt.info.items = n
+
+    def _tensor(self, chunk: np.ndarray) -> torch.Tensor:
+        inputs = torch.from_numpy(np.ascontiguousarray(self.inputs[chunk], dtype=np.float32))
+        return inputs.to(self.attempt.device, non_blocking=True).contiguous(memory_format=self.layout)
+
+    def _batches(self, indices: np.ndarray, step: Callable[[np.ndarray], None], done: int) -> None:
+        """``step(chunk)`` over ``indices`` in batches, with the out-of-memory policy, cancel and progress."""
+        start = 0
+        while start < len(indices):
+            _check_cancel(self.cancel)
+            chunk = indices[start:start + self.attempt.batch_size]
+            try:
+                step(chunk)
+            except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, anything else re-raised
+                self.network = self.attempt.shrink(error, self.network)
+                continue
+            start += len(chunk)
+            if self.progress is not None:
+                self.progress(done + start, self.total)
+
+    def first_pass(self) -> None:
+        self._batches(np.arange(len(self.labels)), self._plain_step, 0)
+
+    def _plain_step(self, chunk: np.ndarray) -> None:
+        inputs = self._tensor(chunk)
+        with autocast(self.attempt.device, self.attempt.precision):
+            if self.flip_all:
+                plain, mirrored = softmax_pair(self.network, inputs, self.layout)
+            else:
+                plain, mirrored = self.network(inputs).float().softmax(dim=1), None
+        self._store(chunk, plain, mirrored)
+        self.attempt.info.passes += len(chunk) * (2 if self.flip_all else 1)
+        if self.gate is not None:
+            self._keep_uncertain(chunk, plain)
+
+    def _store(self, chunk: np.ndarray, plain: torch.Tensor, mirrored: torch.Tensor | None) -> None:
+        """Labels and evidence of ``chunk`` from its plain (and mirrored) softmax."""
+        if mirrored is None:
+            scores, mean = plain, plain
+        else:
+            scores = plain + mirrored  # the sum, as full flip TTA always did: bit-identical labels
+            mean = scores / 2
+            self.disagreement[chunk] = _to_unit8((plain.argmax(dim=1) != mirrored.argmax(dim=1)).float())
+            self.mirrored[chunk] = True
+            self.attempt.info.mirrored_items += len(chunk)
+        self.labels[chunk] = scores.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        self.uncertainty[chunk] = _to_unit8(top2_uncertainty(mean))
+
+    def _keep_uncertain(self, chunk: np.ndarray, plain: torch.Tensor) -> None:
+        """Remember the softmax of the items above the gate; only the ``budget`` most uncertain ones."""
+        fraction = uncertain_fraction(top2_uncertainty(plain), self.gate).cpu().numpy()
+        self.fraction[chunk] = fraction
+        for position, index in enumerate(chunk.tolist()):
+            if fraction[position] > self.gate.min_uncertain_fraction:
+                self.kept[index] = plain[position].to("cpu", torch.float16)
+        if len(self.kept) > self.budget:
+            for index in sorted(self.kept, key=lambda i: self.fraction[i])[:len(self.kept) - self.budget]:
+                del self.kept[index]
+
+    def chosen(self) -> np.ndarray:
+        chosen = np.array(sorted(self.kept), dtype=np.intp)
+        self.total = len(self.labels) + len(chosen)
+        return chosen
+
+    def mirror(self, chosen: np.ndarray) -> None:
+        self._batches(chosen, self._mirror_step, len(self.labels))
+        self.kept.clear()
+
+    def _mirror_step(self, chunk: np.ndarray) -> None:
+        inputs = self._tensor(chunk)
+        with autocast(self.attempt.device, self.attempt.precision):
+            mirrored = self.network(inputs.flip(-1).contiguous(memory_format=self.layout)).float().softmax(dim=1)
+        plain = torch.stack([self.kept[i] for i in chunk.tolist()]).to(mirrored.device, torch.float32)
+        self._store(chunk, plain, mirrored.flip(-1))
+        self.attempt.info.passes += len(chunk)
+
+    def evidence(self) -> Evidence:
+        mirrored = np.broadcast_to(self.mirrored[:, None, None], self.labels.shape)
+        return Evidence(self.uncertainty, self.disagreement if self.mirrored.any() else None, mirrored)
 
 
 class SlidingWindowInferer(Inferer):
@@ -219,12 +365,19 @@ class SlidingWindowInferer(Inferer):
         roi_size: window ``(z, y, x)`` in voxels; each must suit the network's strides.  An
             image smaller than the window is padded by MONAI (and cropped back).
         options: as :class:`Inferer`; ``options.overlap`` between windows, Gaussian blending.
+        gate: as :class:`Inferer`.  Windows are decided one batch at a time (MONAI visits them in
+            order), so ``max_mirrored_fraction`` is a running budget: once spent, no more windows
+            are mirrored.
+
+    Each window's softmax is the average of its plain and mirrored pass when it was mirrored, so
+    mirrored and plain windows blend on the same scale.
     """
 
     default_batch = {"cpu": 1, "cuda": 2, "mps": 1}
 
-    def __init__(self, roi_size: Sequence[int], options: InferenceOptions = InferenceOptions()):
-        super().__init__(options)
+    def __init__(self, roi_size: Sequence[int], options: InferenceOptions = InferenceOptions(),
+                 gate: SelectiveFlip | None = None):
+        super().__init__(options, gate)
         self.roi_size = tuple(int(s) for s in roi_size)
 
     def window_count(self, shape: Sequence[int]) -> int:
@@ -235,16 +388,29 @@ class SlidingWindowInferer(Inferer):
             count *= 1 if size <= roi else math.ceil((size - roi) / step) + 1
         return count
 
-    def __call__(self, network, inputs, *, device="cpu", progress=None, cancel=None):
-        scores, info = self.scores(network, inputs, device=device, progress=progress, cancel=cancel)
-        return scores.argmax(dim=0).to(torch.uint8).numpy(), info
+    def infer(self, network, inputs, *, device="cpu", progress=None, cancel=None):
+        blended, info = self._blended(network, inputs, device, progress, cancel)
+        classes = blended.shape[0] - (2 if self.options.flip_tta else 0)
+        probabilities = blended[:classes]
+        labels = probabilities.argmax(dim=0).to(torch.uint8).numpy()
+        uncertainty = _to_unit8(top2_uncertainty(probabilities[None])[0])
+        if not self.options.flip_tta:
+            return labels, Evidence(uncertainty, None, np.zeros(labels.shape, bool)), info
+        mirrored = blended[classes + 1] >= 0.5
+        disagreement = _to_unit8(blended[classes]) if info.mirrored_items else None
+        return labels, Evidence(uncertainty, disagreement, mirrored.numpy()), info
 
     def scores(self, network: nn.Module, inputs: np.ndarray, *, device: torch.device | str = "cpu",
                progress: Progress | None = None, cancel: CancelCheck | None = None
                ) -> tuple[torch.Tensor, InferenceInfo]:
-        """Blended softmax ``(classes, Z, Y, X)`` float32 on the CPU (summed over the mirrored
-        pass when flip TTA is on), and what ran."""
-        attempt = _Attempt(self.options, torch.device(device), self.default_batch)
+        """Blended softmax ``(classes, Z, Y, X)`` float32 on the CPU (each mirrored window's the average
+        of its two passes), and what ran."""
+        blended, info = self._blended(network, inputs, device, progress, cancel)
+        return blended[:blended.shape[0] - (2 if self.options.flip_tta else 0)], info
+
+    def _blended(self, network: nn.Module, inputs: np.ndarray, device: torch.device | str,
+                 progress: Progress | None, cancel: CancelCheck | None) -> tuple[torch.Tensor, InferenceInfo]:
+        attempt = self._attempt(device)
         attempt.info.item_shape = (int(inputs.shape[0]),) + self.roi_size
         while True:
             try:
@@ -256,29 +422,67 @@ class SlidingWindowInferer(Inferer):
 
     def _blend(self, network: nn.Module, inputs: np.ndarray, attempt: _Attempt, progress: Progress | None,
                cancel: CancelCheck | None) -> torch.Tensor:
-        """Gaussian-blended softmax ``(classes, Z, Y, X)`` float32 on the CPU."""
+        """Gaussian-blended ``(classes [+ disagreement + mirrored], Z, Y, X)`` float32 on the CPU."""
         from monai.inferers import sliding_window_inference
 
         total = self.window_count(inputs.shape[1:])
-        done = [0]
-        attempt.info.passes = 0  # a retry after an out-of-memory starts the count again
-        layout = memory_format(3, self.options.channels_last)
-
-        def predict(windows: torch.Tensor) -> torch.Tensor:
-            _check_cancel(cancel)
-            windows = windows.to(attempt.device).contiguous(memory_format=layout)
-            with autocast(attempt.device, attempt.precision):
-                scores = mirrored_softmax(network, windows, flip=self.options.flip_tta, layout=layout)
-            done[0] += int(windows.shape[0])
-            attempt.info.passes += int(windows.shape[0]) * (2 if self.options.flip_tta else 1)
-            if progress is not None:
-                progress(min(done[0], total), total)
-            return scores.float()
-
+        attempt.info.passes = attempt.info.mirrored_items = 0  # a retry after an out-of-memory starts again
+        attempt.info.items = total
+        window = _WindowPredictor(self, network, attempt, total, progress, cancel)
         image = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))[None]
         with torch.inference_mode():
             blended = sliding_window_inference(
-                image, roi_size=self.roi_size, sw_batch_size=attempt.batch_size, predictor=predict,
+                image, roi_size=self.roi_size, sw_batch_size=attempt.batch_size, predictor=window,
                 overlap=self.options.overlap, mode="gaussian", sw_device=attempt.device, device=torch.device("cpu"),
             )
         return blended[0]
+
+
+class _WindowPredictor:
+    """MONAI's predictor: plain softmax of each window, averaged with the mirrored one where it pays;
+    with flip TTA two extra channels say where the passes disagreed and where a mirrored pass ran."""
+
+    def __init__(self, inferer: SlidingWindowInferer, network: nn.Module, attempt: _Attempt, total: int,
+                 progress: Progress | None, cancel: CancelCheck | None):
+        self.inferer, self.network, self.attempt, self.total = inferer, network, attempt, total
+        self.progress, self.cancel, self.gate = progress, cancel, inferer.gate
+        cap = self.gate.max_mirrored_fraction if self.gate is not None else None
+        self.budget = total if cap is None else int(math.ceil(cap * total))
+        self.done = 0
+        self.layout = memory_format(3, inferer.options.channels_last)
+
+    def __call__(self, windows: torch.Tensor) -> torch.Tensor:
+        _check_cancel(self.cancel)
+        windows = windows.to(self.attempt.device).contiguous(memory_format=self.layout)
+        with autocast(self.attempt.device, self.attempt.precision):
+            plain = self.network(windows).float().softmax(dim=1)
+            out = self._with_mirrored(windows, plain) if self.inferer.options.flip_tta else plain
+        count = int(windows.shape[0])
+        self.done += count
+        self.attempt.info.passes += count
+        if self.progress is not None:
+            self.progress(min(self.done, self.total), self.total)
+        return out.float()
+
+    def _which(self, plain: torch.Tensor) -> torch.Tensor:
+        """Indices of the windows of this batch to mirror (all of them without a gate)."""
+        if self.gate is None:
+            return torch.arange(plain.shape[0], device=plain.device)
+        fraction = uncertain_fraction(top2_uncertainty(plain), self.gate)
+        order = torch.argsort(fraction, descending=True)
+        wanted = order[fraction[order] > self.gate.min_uncertain_fraction]
+        return wanted[:max(self.budget - self.attempt.info.mirrored_items, 0)]
+
+    def _with_mirrored(self, windows: torch.Tensor, plain: torch.Tensor) -> torch.Tensor:
+        chosen = self._which(plain)
+        extra = torch.zeros((plain.shape[0], 2) + tuple(plain.shape[2:]), device=plain.device)
+        if len(chosen):
+            subset = windows[chosen].flip(-1).contiguous(memory_format=self.layout)
+            mirrored = self.network(subset).float().softmax(dim=1).flip(-1)
+            extra[chosen, 0] = (plain[chosen].argmax(dim=1) != mirrored.argmax(dim=1)).float()
+            extra[chosen, 1] = 1.0
+            plain = plain.clone()
+            plain[chosen] = (plain[chosen] + mirrored) / 2
+            self.attempt.info.passes += len(chosen)
+            self.attempt.info.mirrored_items += len(chosen)
+        return torch.cat([plain, extra], dim=1)

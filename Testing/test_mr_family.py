@@ -64,7 +64,7 @@ def test_stage_two_sees_a_box_around_the_largest_organ_and_the_tumour_is_kept_in
         else:  # inside the box: a tumour spilling out of the organ, and a tiny island
             labels[:, y - 5:y + 40, x - 5:x + 5] = 1
             labels[z, 2, 2] = 1
-        return labels, {"passes": 1}
+        return labels, {"passes": 1}, None  # (labels, inference facts, evidence)
 
     monkeypatch.setattr(mr_runner.PocketNetRunner, "_stage", planted)
     output = get_family("mr").runner(phantom.image, card, torch.device("cpu"), get_family("mr").inference_defaults,

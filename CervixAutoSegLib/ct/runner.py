@@ -1,4 +1,11 @@
-"""The CT family's network stage: HU volume → ResAU-Net on every body slice → labels on the input grid."""
+"""The CT family's network stage: HU volume → ResAU-Net on every body slice → labels on the input grid.
+
+Besides the labels it hands the per-slice QA the network's evidence on the input grid
+(:class:`~CervixAutoSegLib.qa.maps.EvidenceMaps`: top-2 softmax uncertainty, plain-vs-mirrored
+disagreement and where the mirrored pass ran), mapped back exactly as the labels are: crops pasted
+into the working grid, nearest-neighbour in-plane resampling when the labels were resampled,
+reorientation undone.  Selective flip TTA follows the card's ``qa.selective_tta``.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ class ResAUNetRunner:
                  progress: FractionProgress, cancel: CancelCheck | None) -> NetworkOutput:
         from ..inferers import SliceInferer, prepare_network
         from ..models import load_network
+        from ..qa.config import QAConfig
         from .preprocess import preprocess_ct, restore_labels
 
         timings: dict[str, float] = {}
@@ -35,7 +43,8 @@ class ResAUNetRunner:
         network = prepare_network(load_network(card), device, options, spatial_dims=2)
         timings["model_load"] = time.perf_counter() - started
         started = time.perf_counter()
-        crop_labels, info = SliceInferer(options)(
+        inferer = SliceInferer(options, QAConfig.from_card(card).selective_flip)
+        crop_labels, evidence, info = inferer.infer(
             network, batch, device=device, cancel=cancel,
             progress=lambda done, count: progress(done / max(count, 1), f"slices {done}/{count}"),
         )
@@ -45,10 +54,38 @@ class ResAUNetRunner:
         started = time.perf_counter()
         labels = restore_labels(crop_labels, context)
         border = restore_labels(crop_ring(crop_labels.shape, ring_width(context)), context).astype(bool)
+        maps = restore_evidence(evidence, context)
         timings["restore"] = time.perf_counter() - started
-        log.info("network: %d slices in %.1f s", len(context.slice_indices), timings["network"])
+        log.info("network: %d slices (%d mirrored) in %.1f s", len(context.slice_indices), info.mirrored_items,
+                 timings["network"])
         return NetworkOutput(labels=labels, field_of_view_border=border, inference=info.to_json(),
-                             preprocessing=context.to_dict(), timings=timings)
+                             preprocessing=context.to_dict(), timings=timings, evidence=[maps])
+
+
+def restore_map(crops: np.ndarray, context: Any) -> np.ndarray:
+    """A per-pixel map of the network's crops ``(n, crop, crop)`` → ``(z, y, x)`` on the input grid, same
+    dtype, 0 off the crops and on slices the network did not see (nearest neighbour: no new values)."""
+    from ..orientation import unreorient
+    from ..qa.maps import nearest_in_plane
+    from .preprocess import paste_crops
+
+    pasted = paste_crops(crops, context.crop_start, context.working_shape[1:])
+    if context.resampled:
+        pasted = nearest_in_plane(pasted, tuple(context.oriented_shape[1:]))
+    oriented = np.zeros(context.oriented_shape, dtype=crops.dtype)
+    oriented[list(context.slice_indices)] = pasted
+    return np.ascontiguousarray(unreorient(oriented, context.axes, context.flips))
+
+
+def restore_evidence(evidence: Any, context: Any) -> Any:
+    """:class:`~CervixAutoSegLib.inferers.Evidence` on the crops → :class:`~CervixAutoSegLib.qa.maps.EvidenceMaps`."""
+    from ..qa.maps import EvidenceMaps
+
+    mirrored = evidence.mirrored.any()
+    return EvidenceMaps(
+        uncertainty=restore_map(evidence.uncertainty, context),
+        disagreement=restore_map(evidence.disagreement, context) if evidence.disagreement is not None else None,
+        mirrored=restore_map(np.ascontiguousarray(evidence.mirrored), context) if mirrored else None)
 
 
 def ring_width(context: Any) -> int:

@@ -10,6 +10,11 @@ Label map on the working grid: 1 organ, 2 tumour painted over it; restored onto 
 input grid.  A card with only an ``organ`` network gives the organ alone.  Each stage's seconds,
 forward passes and window shape go into the inference facts as ``stages`` (report.json
 ``device.stages``; ``cervixautoseg benchmark mr`` prints them).
+
+Each stage's evidence (softmax uncertainty, plain-vs-mirrored disagreement and where the mirrored
+pass ran, :class:`~CervixAutoSegLib.qa.maps.EvidenceMaps`) is restored onto the input grid for the
+per-slice QA: the organ stage's speaks for the organ, the tumour stage's for the tumour.
+Selective flip TTA follows the card's ``qa.selective_tta`` in both stages.
 """
 
 from __future__ import annotations
@@ -67,53 +72,84 @@ class PocketNetRunner:
         check_cancelled(cancel)
         two_stages = TUMOR_ROLE in card.roles
         stages = _StageClock(timings)
-        organ, info = self._stage(card, ORGAN_ROLE, image[None], device, options, timings, cancel,
-                                  lambda f, m: progress(f / (2 if two_stages else 1), f"organ: {m}"))
+        organ, info, organ_evidence = self._stage(card, ORGAN_ROLE, image[None], device, options, timings, cancel,
+                                                  lambda f, m: progress(f / (2 if two_stages else 1), f"organ: {m}"))
         organ = _largest_component(organ == 1)
         stages.lap(ORGAN_ROLE, info)
         working = organ.astype(np.uint8) * ORGAN_LABEL
+        evidence = [(organ_evidence, None, (ORGAN_LABEL,))]
         if two_stages and organ.any():
-            tumour, tumour_info = self._tumour(card, image, organ, context, device, options, timings, cancel,
-                                               lambda f, m: progress(0.5 + f / 2, f"tumour: {m}"))
+            tumour, tumour_info, tumour_evidence, start = self._tumour(
+                card, image, organ, context, device, options, timings, cancel,
+                lambda f, m: progress(0.5 + f / 2, f"tumour: {m}"))
             stages.lap(TUMOR_ROLE, tumour_info)
             working[tumour] = TUMOR_LABEL
-            info["passes"] += tumour_info["passes"]
+            evidence.append((tumour_evidence, start, (TUMOR_LABEL,)))
+            for key in ("passes", "items", "mirrored_items"):
+                info[key] = info.get(key, 0) + tumour_info.get(key, 0)
         info["stages"] = stages.laps
         started = time.perf_counter()
         labels = restore_labels(working, context)
+        maps = [restore_evidence(e, context, start, values) for e, start, values in evidence if e is not None]
         timings["restore"] = time.perf_counter() - started
         return NetworkOutput(labels=labels, field_of_view_border=None, inference=info,
                              preprocessing=context.to_dict(), timings=timings,
-                             warnings=[] if organ.any() else [NO_ORGAN_WARNING])
+                             warnings=[] if organ.any() else [NO_ORGAN_WARNING], evidence=maps)
 
     def _stage(self, card: Any, role: str, inputs: np.ndarray, device: Any, options: InferenceOptions,
-               timings: dict, cancel: CancelCheck | None, progress: FractionProgress) -> tuple[np.ndarray, dict]:
-        """One network over ``inputs`` (C, z, y, x) → arg-max (z, y, x) and the inference facts."""
+               timings: dict, cancel: CancelCheck | None, progress: FractionProgress
+               ) -> tuple[np.ndarray, dict, Any]:
+        """One network over ``inputs`` (C, z, y, x) → arg-max (z, y, x), the inference facts and the
+        :class:`~CervixAutoSegLib.inferers.Evidence` on the same grid."""
         from ..inferers import SlidingWindowInferer, prepare_network
         from ..models import load_network
+        from ..qa.config import QAConfig
 
         started = time.perf_counter()
         network = prepare_network(load_network(card, role), device, options, spatial_dims=3)
         timings["model_load"] += time.perf_counter() - started
         started = time.perf_counter()
-        inferer = SlidingWindowInferer(roi_for(card, role, inputs.shape[1:]), options)
-        labels, info = inferer(network, inputs, device=device, cancel=cancel,
-                               progress=lambda done, total: progress(done / max(total, 1), f"windows {done}/{total}"))
+        inferer = SlidingWindowInferer(roi_for(card, role, inputs.shape[1:]), options,
+                                       QAConfig.from_card(card).selective_flip)
+        labels, evidence, info = inferer.infer(
+            network, inputs, device=device, cancel=cancel,
+            progress=lambda done, total: progress(done / max(total, 1), f"windows {done}/{total}"))
         timings["network"] += time.perf_counter() - started
-        return labels, info.to_json()
+        return labels, info.to_json(), evidence
 
     def _tumour(self, card: Any, image: np.ndarray, organ: np.ndarray, context: Any, device: Any,
                 options: InferenceOptions, timings: dict, cancel: CancelCheck | None,
-                progress: FractionProgress) -> tuple[np.ndarray, dict]:
-        """Stage 2 in a box around the organ; tumour ∩ organ, small islands dropped."""
+                progress: FractionProgress) -> tuple[np.ndarray, dict, Any, tuple[int, ...]]:
+        """Stage 2 in a box around the organ; tumour ∩ organ, small islands dropped.  Also the stage's
+        evidence on the box and where the box starts in the working grid."""
         spacing_zyx = np.asarray(context.working_spacing[::-1], dtype=float)
         margin = tuple(int(np.ceil(m / s)) for m, s in zip(ORGAN_BOX_MARGIN_MM[::-1], spacing_zyx))
         start, size = bounding_box(organ, margin)
         inputs = np.stack([extract_box(image, start, size), extract_box(organ.astype(np.float32), start, size)])
-        box_labels, info = self._stage(card, TUMOR_ROLE, inputs, device, options, timings, cancel, progress)
+        box_labels, info, evidence = self._stage(card, TUMOR_ROLE, inputs, device, options, timings, cancel, progress)
         tumour = paste_box(box_labels == 1, start, organ.shape, False) & organ
         min_ml = float(card.qa.get("min_tumour_ml", card.preprocessing.get("min_tumour_ml", DEFAULT_MIN_TUMOUR_ML)))
-        return _drop_small_islands(tumour, min_ml / (float(np.prod(spacing_zyx)) / 1000.0)), info
+        return _drop_small_islands(tumour, min_ml / (float(np.prod(spacing_zyx)) / 1000.0)), info, evidence, start
+
+
+def restore_evidence(evidence: Any, context: Any, start: tuple[int, ...] | None, values: tuple[int, ...]) -> Any:
+    """A stage's :class:`~CervixAutoSegLib.inferers.Evidence` on the working grid (or on a box of it
+    starting at ``start``) → :class:`~CervixAutoSegLib.qa.maps.EvidenceMaps` on the input grid, linear
+    interpolation (as MR probabilities are restored)."""
+    from ..qa.maps import UNIT, EvidenceMaps, to_unit8
+    from .preprocess import restore_probabilities
+
+    channels = np.stack([evidence.uncertainty.astype(np.float32) / UNIT,
+                         (evidence.disagreement.astype(np.float32) / UNIT if evidence.disagreement is not None
+                          else np.zeros(evidence.uncertainty.shape, np.float32)),
+                         evidence.mirrored.astype(np.float32)])
+    if start is not None:
+        channels = paste_box(channels, start, context.working_shape, 0.0)
+    restored = restore_probabilities(channels, context, background_channel=None)
+    mirrored = restored[2] >= 0.5
+    return EvidenceMaps(uncertainty=to_unit8(restored[0]),
+                        disagreement=to_unit8(restored[1]) if evidence.disagreement is not None else None,
+                        mirrored=mirrored if evidence.disagreement is not None else None, values=values)
 
 
 class _StageClock:
