@@ -207,7 +207,7 @@ def train_fold(args: argparse.Namespace, family, config, sources, data_summary: 
         write_json(work / RUN_FILE, run_document)
     train_network(task, config, work, resume=args.resume)
     return export_model(family, work, out, args.model_id, args.model_version, args.eval_phantom_seeds,
-                        test_sources=test_src)
+                        test_sources=test_src, learned_from=[*train_src, *val_src])
 
 
 CROSS_VALIDATION_FILE = "cross_validation.json"
@@ -228,9 +228,15 @@ def write_cross_validation_summary(path: Path, cards: dict) -> dict:
 
 
 def export_model(family, work: Path, out: Path, model_id: str, version: str, eval_phantom_seeds: str | None,
-                 test_sources=None):
+                 test_sources=None, learned_from=None):
     """Write ``out`` from ``work/best.pt``; the card's test and held-out numbers are measured on the
-    written model through ``segment``'s own path (flip TTA and post-processing as a user gets them)."""
+    written model through ``segment``'s own path (flip TTA and post-processing as a user gets them).
+
+    The card's ``qa.plausibility`` ranges are learned from the label maps of ``learned_from`` (the
+    training and validation cases; with ``--export-only`` the cases ``run.json`` names), so a retrained
+    model judges results by its own training data; the rest of an earlier card's ``qa`` (calibrated
+    thresholds, selective flip TTA) is kept, and all of it when nothing could be learned.
+    """
     import torch
 
     from ..cases import parse_seed_range, phantom_cases
@@ -269,6 +275,7 @@ def export_model(family, work: Path, out: Path, model_id: str, version: str, eva
     }
 
     earlier_stages = _earlier_stages(earlier, getattr(config, "stage", None))
+    qa = learned_qa(family, work, run_document, earlier, learned_from)
 
     def write(validation_document: dict):
         if earlier_stages is not None:  # a staged family: keep what the other stages' runs recorded
@@ -277,7 +284,8 @@ def export_model(family, work: Path, out: Path, model_id: str, version: str, eva
             validation_document["stages"] = {**earlier_stages[1],
                                              stage: {k: v for k, v in validation_document.items() if k != "stages"}}
         return write_model_dir(out, networks, model_id=model_id, family=family.name, version=version,
-                               preprocessing=preprocessing, training=training, validation=validation_document)
+                               preprocessing=preprocessing, training=training, validation=validation_document,
+                               qa=qa)
 
     card = write(validation)
     if test_sources:
@@ -290,6 +298,64 @@ def export_model(family, work: Path, out: Path, model_id: str, version: str, eva
         card = write(validation)
     print(f"model {card.id} written to {out} (validation mean DSC {validation['mean_dsc']})")
     return card
+
+
+QA_FEATURES_DIR = "qa-features"
+"""Per-case features for the plausibility ranges, cached in the work folder by case fingerprint."""
+
+
+def learned_qa(family, work: Path, run_document: dict, earlier, sources=None) -> dict:
+    """The card's ``qa``: the earlier card's, with ``plausibility`` learned anew from ``sources`` (or the
+    training + validation cases ``run.json`` names) when they can be read."""
+    from ..errors import CervixAutoSegError
+    from ..qa.config import merged_qa
+    from ..qa.plausibility import ranges_from_features
+
+    data = run_document.get("data", {})
+    try:
+        sources = sources if sources is not None else _recorded_cases(data, family.modality)
+        features = [_case_features(source, family.structures, work / QA_FEATURES_DIR) for source in sources]
+    except (CervixAutoSegError, OSError) as error:
+        log.warning("plausibility ranges not learned (%s); the earlier card's are kept", error)
+        features = []
+    ranges = None
+    if features:
+        ranges = ranges_from_features(features, [s.name for s in family.structures],
+                                      source=_described(data, len(features)))
+    return merged_qa(earlier.qa if earlier is not None else None, plausibility=ranges)
+
+
+def _recorded_cases(data: dict, modality: str) -> list:
+    """The training + validation cases a run recorded, found again (folder or phantom seeds)."""
+    from ..cases import discover_cases, parse_seed_range, phantom_cases
+
+    names = set(data.get("train", [])) | set(data.get("validation", []))
+    if data.get("kind") == "folder":
+        found = discover_cases(data["path"], modality)
+    elif data.get("seeds"):
+        found = phantom_cases(parse_seed_range(str(data["seeds"])), modality)
+    else:
+        return []
+    return [source for source in found if source.name in names]
+
+
+def _case_features(source, structures, cache: Path) -> dict:
+    from ..atomic import write_text_atomic
+    from ..qa.case_features import case_features
+
+    path = cache / f"{source.fingerprint}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    image, labels = source.load()
+    features = case_features(image, labels, structures)
+    cache.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(features))
+    return features
+
+
+def _described(data: dict, count: int) -> str:
+    where = f"phantom seeds {data['seeds']}" if data.get("seeds") else f"cases in {data.get('path', '?')}"
+    return f"truth label maps of the {count} training and validation cases ({where})"
 
 
 def _earlier_card(out: Path, family: str):
