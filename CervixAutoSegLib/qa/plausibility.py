@@ -6,8 +6,12 @@ for the record).  The ranges go into the model card's ``qa.plausibility`` (train
 a clinic that retrains gets its own).  :func:`judge_case` measures a result the same way and gives each
 structure, the input and the case a verdict:
 
-* ``plausible`` — every feature within the training range;
-* ``check`` — some feature outside it, but within the tolerance around it (:data:`DEFAULT_TOLERANCE`:
+* ``plausible`` — every feature within the training range, widened by :data:`SPREAD_MARGIN` of the
+  training cases' own 5-95 % spread (the extremes of a few dozen cases are not the extremes of the
+  population: a new case falls outside [min, max] of n cases with probability 2/(n+1) per feature,
+  far too often for twenty features; the margin takes a normal feature to about ±2.8 SD for 22
+  cases, ±3.4 SD for 136) and by the measuring :data:`RESOLUTION`;
+* ``check`` — some feature outside that, but within the tolerance beyond it (:data:`DEFAULT_TOLERANCE`:
   volumes within a factor, lengths and positions within some mm, piece counts within a few);
 * ``implausible`` — some feature beyond the tolerance, a structure every training case had is
   missing, or the scan is too short to hold the anatomy the training cases needed.
@@ -51,6 +55,10 @@ DEFAULT_TOLERANCE: dict[str, tuple[str, float]] = {
 }
 """How far beyond the training range a feature may go and still only call for a check:
 ("factor", f): [min/f, max·f]; ("mm" | "plus" | "count", d): [min − d, max + d]."""
+
+SPREAD_MARGIN = 0.25
+"""The plausible range reaches this share of the training p05-p95 spread beyond the training extremes
+(on the log scale for factor-type features)."""
 
 RESOLUTION: dict[str, float] = {
     "volume_ml": 0.05, "body_width_mm": 0.05, "body_depth_mm": 0.05, "contrast_low": 0.05, "contrast_high": 0.05,
@@ -130,9 +138,24 @@ def learn_ranges(cases: Iterable[tuple[Any, np.ndarray]], structures: Sequence[A
 
 
 # ---------------------------------------------------------------- judging
-def _limits(name: str, learned: Mapping[str, float], tolerance: Mapping[str, Any]) -> tuple[float, float]:
-    kind, amount = tolerance.get(name, DEFAULT_TOLERANCE.get(name, ("plus", 0.0)))
+def plausible_band(name: str, learned: Mapping[str, float], tolerance: Mapping[str, Any]) -> tuple[float, float]:
+    """The range within which ``name`` is plausible: the training extremes widened by the spread margin
+    and the resolution (see the module docstring)."""
+    kind = tolerance.get(name, DEFAULT_TOLERANCE.get(name, ("plus", 0.0)))[0]
     low, high = float(learned["min"]), float(learned["max"])
+    p05, p95 = float(learned.get("p05", low)), float(learned.get("p95", high))
+    noise = RESOLUTION.get(name, 0.0)
+    if kind == "factor" and low > 0 and p05 > 0:
+        widen = np.exp(SPREAD_MARGIN * np.log(p95 / p05)) * (1.0 + noise)
+        return low / widen, high * widen
+    margin = SPREAD_MARGIN * (p95 - p05) + noise
+    return low - margin, high + margin
+
+
+def _limits(name: str, band: tuple[float, float], tolerance: Mapping[str, Any]) -> tuple[float, float]:
+    """Beyond these the feature is implausible: the plausible band widened by the tolerance."""
+    kind, amount = tolerance.get(name, DEFAULT_TOLERANCE.get(name, ("plus", 0.0)))
+    low, high = band
     if kind == "factor":
         return low / float(amount), high * float(amount)
     return low - float(amount), high + float(amount)
@@ -143,17 +166,15 @@ def judge_value(name: str, value: float, learned: Mapping[str, float] | None, to
     """(verdict, reason or None) of one feature against its learned range."""
     if learned is None or not math.isfinite(value):
         return PLAUSIBLE, None
-    low, high = float(learned["min"]), float(learned["max"])
-    kind = tolerance.get(name, DEFAULT_TOLERANCE.get(name, ("plus", 0.0)))[0]
-    noise = RESOLUTION.get(name, 0.0)
-    inner_low, inner_high = (low / (1 + noise), high * (1 + noise)) if kind == "factor" else (low - noise, high + noise)
-    if inner_low <= value <= inner_high:
+    band = plausible_band(name, learned, tolerance)
+    if band[0] <= value <= band[1]:
         return PLAUSIBLE, None
-    far_low, far_high = _limits(name, learned, tolerance)
+    far_low, far_high = _limits(name, band, tolerance)
     verdict = CHECK if far_low <= value <= far_high else IMPLAUSIBLE
     what, style = FEATURE_TEXT.get(name, (name, "{:g}"))
-    side = "above" if value > high else "below"
+    side = "above" if value > band[1] else "below"
     degree = "far " if verdict == IMPLAUSIBLE else ""
+    low, high = float(learned["min"]), float(learned["max"])
     return verdict, (f"{subject} {what} {style.format(value)} is {degree}{side} the training range "
                      f"{style.format(low)} to {style.format(high)}")
 
