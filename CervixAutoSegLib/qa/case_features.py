@@ -79,9 +79,24 @@ def body_of(image: Any) -> Body:
         sizes = np.bincount(pieces.ravel())
         sizes[0] = 0
         mask = pieces == int(np.argmax(sizes))
-    for k in range(mask.shape[0]):
-        mask[k] = ndimage.binary_fill_holes(mask[k])
-    return Body(mask, stride, _slice_boxes(image, mask, stride))  # type: ignore[arg-type]
+    return Body(_holes_filled(mask), stride, _slice_boxes(image, mask, stride))  # type: ignore[arg-type]
+
+
+def _holes_filled(mask: np.ndarray) -> np.ndarray:
+    """Each slice of ``mask`` with its holes filled: background pieces (4-connected in-plane) that do
+    not reach the slice's edge.  One labelling of the whole stack instead of a fill per slice."""
+    from scipy import ndimage
+
+    from .slice_signals import IN_PLANE
+
+    background, count = ndimage.label(~mask, structure=IN_PLANE)
+    if count == 0:
+        return mask
+    edge = np.zeros(count + 1, bool)
+    for border in (background[:, 0, :], background[:, -1, :], background[:, :, 0], background[:, :, -1]):
+        edge[border.ravel()] = True
+    edge[0] = True
+    return mask | ~edge[background]
 
 
 def _slice_boxes(image: Any, mask: np.ndarray, stride: tuple[int, int]) -> np.ndarray:

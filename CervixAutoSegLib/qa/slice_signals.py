@@ -151,7 +151,11 @@ def _pieces(mask: np.ndarray, pixel_mm2: float) -> tuple[np.ndarray, np.ndarray]
     if count == 0:
         return np.zeros(n, np.int64), np.zeros(n)
     sizes = np.bincount(pieces.ravel(), minlength=count + 1)[1:]
-    slice_of = np.array([found[0].start for found in ndimage.find_objects(pieces)], dtype=np.intp)
+    # A piece lies on one slice (no connectivity across slices): any of its voxels gives the slice.
+    # O(voxels), unlike find_objects, which is slow on a speckled mask of 10^5 pieces.
+    slice_of = np.zeros(count + 1, dtype=np.intp)
+    slice_of[pieces] = np.arange(n, dtype=np.intp)[:, None, None]
+    slice_of = slice_of[1:]
     beside = np.zeros_like(mask)
     beside[1:] |= mask[:-1]
     beside[:-1] |= mask[1:]
@@ -239,42 +243,60 @@ def _touching(mask: np.ndarray, border: np.ndarray | None, box: tuple) -> np.nda
     return (mask & border[box]).any(axis=(1, 2)).astype(float)
 
 
-def _outline(mask: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
+def grown(mask: np.ndarray) -> np.ndarray:
+    """In-plane 4-neighbour dilation of a (z, y, x) bool array (array shifts: several times faster than
+    ``ndimage.binary_dilation`` with a structure that has no z neighbours)."""
+    out = mask.copy()
+    out[:, 1:] |= mask[:, :-1]
+    out[:, :-1] |= mask[:, 1:]
+    out[:, :, 1:] |= mask[:, :, :-1]
+    out[:, :, :-1] |= mask[:, :, 1:]
+    return out
 
-    return mask & ~ndimage.binary_erosion(mask, IN_PLANE, border_value=0)
+
+def shrunk(mask: np.ndarray) -> np.ndarray:
+    """In-plane 4-neighbour erosion; pixels on the array's edge count as having background beside them."""
+    return ~grown(~mask) & np.pad(np.ones(np.subtract(mask.shape, (0, 2, 2)), bool), ((0, 0), (1, 1), (1, 1)))
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    return mask & ~shrunk(mask)
 
 
 def _border_contact(mask: np.ndarray, labels_box: np.ndarray, container: Sequence[int]) -> np.ndarray:
     """Share of the outline of ``mask`` on each slice that touches pixels outside the container."""
-    from scipy import ndimage
-
     outside = ~np.isin(labels_box, container)
     outline = _outline(mask)
-    touching = outline & ndimage.binary_dilation(outside, IN_PLANE)
+    touching = outline & grown(outside)
     with np.errstate(invalid="ignore", divide="ignore"):
         share = touching.sum(axis=(1, 2)) / outline.sum(axis=(1, 2))
     return np.where(mask.any(axis=(1, 2)), share, np.nan)
 
 
+def _masked_sum(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per slice, the sum of uint8 ``values`` where ``mask`` (int64, exact)."""
+    return np.where(mask, values, 0).sum(axis=(1, 2), dtype=np.int64).astype(float)
+
+
 def _evidence_signals(mask: np.ndarray, area_px: np.ndarray, evidence: EvidenceMaps | None, box: tuple
                       ) -> dict[str, np.ndarray]:
     """uncertainty_inside, uncertainty_contour and flip_disagreement per slice (NaN without evidence)."""
-    from scipy import ndimage
-
     n = mask.shape[0]
     empty = {name: _nan(n) for name in EVIDENCE_SIGNALS}
     if evidence is None:
         return empty
-    band = ndimage.binary_dilation(mask, IN_PLANE) & ~ndimage.binary_erosion(mask, IN_PLANE, border_value=0)
-    uncertainty = evidence.uncertainty[box].astype(np.float32) / UNIT
+    band = grown(mask) & ~shrunk(mask)
     band_px = band.sum(axis=(1, 2))
+    uncertainty = evidence.uncertainty[box]
+    # Integer sums of the uint8 maps (no float copy of the box): value · UNIT per pixel.
+    inside = _masked_sum(uncertainty, mask) / UNIT
+    along = _masked_sum(uncertainty, band) / UNIT
     with np.errstate(invalid="ignore", divide="ignore"):
-        empty["uncertainty_inside"] = np.where(area_px > 0, (uncertainty * mask).sum(axis=(1, 2)) / area_px, np.nan)
-        empty["uncertainty_contour"] = np.where(band_px > 0, (uncertainty * band).sum(axis=(1, 2)) / band_px, np.nan)
+        empty["uncertainty_inside"] = np.where(area_px > 0, inside / area_px, np.nan)
+        empty["uncertainty_contour"] = np.where(band_px > 0, along / band_px, np.nan)
         if evidence.disagreement is not None and evidence.mirrored is not None:
             region = (mask | band) & evidence.mirrored[box]
             covered = region.sum(axis=(1, 2)) >= MIRRORED_COVERAGE * (mask | band).sum(axis=(1, 2))
-            disagreeing = (evidence.disagreement[box].astype(np.float32) / UNIT * region).sum(axis=(1, 2))
+            disagreeing = _masked_sum(evidence.disagreement[box], region) / UNIT
             empty["flip_disagreement"] = np.where(covered & (area_px > 0), disagreeing / area_px, np.nan)
     return empty
