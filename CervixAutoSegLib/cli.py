@@ -96,8 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)  # SystemExit(2) with argparse's usage line on bad options
         command, verbose = f"{PROGRAM} {args.command}", args.verbose
         writing = f"--out {args.out}" if getattr(args, "out", None) else ""
-        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                            format="%(levelname)s: %(message)s")
+        configure_logging(verbose)
         with library_warnings_logged(verbose):
             return int(args.handler(args) or 0)
     except Cancelled:
@@ -110,6 +109,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return INTERRUPTED_EXIT_CODE
     except Exception as error:  # noqa: BLE001 - the one place where every unexpected exception ends
         return _report_unexpected(command, argv, error, verbose, writing)
+
+
+class PackageRecordsOnly(logging.Filter):
+    """Passes the package's own records, and other libraries' only from ERROR up: pydicom's value
+    checks ("Invalid value for VR IS") and the like are for developers; on a user's terminal they
+    would break the one-line contract."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.split(".")[0] == __package__ or record.levelno >= logging.ERROR
+
+
+def configure_logging(verbose: bool) -> None:
+    """Log records to stderr as ``LEVEL: message``: INFO up with ``-v``, else WARNING up and only the
+    package's own (:class:`PackageRecordsOnly`).  A logging set-up already in place (a host
+    application, pytest) is left as it is."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s: %(message)s")
+    if not verbose:
+        for handler in root.handlers:
+            handler.addFilter(PackageRecordsOnly())
 
 
 @contextlib.contextmanager

@@ -329,15 +329,16 @@ def test_a_grid_summary_says_when_only_the_directions_differ():
 
 # ------------------------------------------------------------------ library warnings
 WARNING_RUN = textwrap.dedent("""
-    import sys, warnings
+    import sys
     import numpy as np
+    import pydicom
     import CervixAutoSegLib.phantom as phantom
     from CervixAutoSegLib.cli import main
     from CervixAutoSegLib.errors import InputError
 
     def absurd_header(*args, **kwargs):
         np.array([1e308]) * 10  # numpy's real "overflow encountered in multiply" RuntimeWarning
-        warnings.warn("Invalid value for VR UI: 'x'", UserWarning)  # what pydicom says about a bad UID
+        pydicom.valuerep.validate_value("UI", "(no UID)", pydicom.config.WARN)  # pydicom warns *and* logs
         raise InputError("the header is absurd")
 
     phantom.make_ct_phantom = absurd_header
@@ -358,7 +359,8 @@ def test_library_warnings_do_not_break_the_one_line_unless_verbose(tmp_path, ver
     assert lines[-1] == "cervixautoseg phantom: error: the header is absurd"
     if verbose:  # -v: the developer's detail, through logging
         assert any("RuntimeWarning: overflow encountered in multiply" in line for line in lines)
-        assert any("UserWarning: Invalid value for VR UI" in line for line in lines)
+        assert any(line.startswith("WARNING: Invalid value for VR UI") for line in lines)  # pydicom's log
+        assert any("UserWarning: Invalid value for VR UI" in line for line in lines)  # pydicom's warning
     else:
         assert lines == ["cervixautoseg phantom: error: the header is absurd"]
 
