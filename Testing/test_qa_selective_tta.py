@@ -123,3 +123,22 @@ def test_ct_evidence_goes_back_onto_the_input_grid_like_the_labels():
     assert context.resampled
     crops = (batch[:, 0] > 0.5).astype(np.uint8)
     np.testing.assert_array_equal(restore_map(crops * UNIT, context) > 0, restore_labels(crops, context) > 0)
+
+
+def test_mr_evidence_goes_back_onto_a_sagittal_input_grid_where_the_labels_go():
+    from CervixAutoSegLib.inferers import Evidence
+    from CervixAutoSegLib.mr.preprocess import preprocess_mr, restore_labels
+    from CervixAutoSegLib.mr.runner import restore_evidence
+    from CervixAutoSegLib.phantom import make_mr_phantom
+
+    phantom = make_mr_phantom(3, plane="sagittal", matrix=64, pixel_spacing_mm=2.5, slice_thickness_mm=5.0)
+    image, context = preprocess_mr(phantom.image, {"spacing_mm": [2.5, 2.5, 5.0]})
+    bright = image > 0.5
+    evidence = Evidence(bright.astype(np.uint8) * UNIT, np.zeros(image.shape, np.uint8), np.ones(image.shape, bool))
+    maps = restore_evidence(evidence, context, None, (1,))
+    labels = restore_labels(bright.astype(np.uint8), context)
+    assert maps.uncertainty.shape == phantom.image.shape and maps.values == (1,)
+    assert np.mean((maps.uncertainty > 0) == (labels > 0)) > 0.97
+    box = restore_evidence(Evidence(evidence.uncertainty[2:5], None, np.zeros((3,) + image.shape[1:], bool)),
+                           context, (2, 0, 0), (2,))
+    assert box.disagreement is None and box.mirrored is None and box.uncertainty.any()

@@ -134,22 +134,29 @@ class PocketNetRunner:
 
 def restore_evidence(evidence: Any, context: Any, start: tuple[int, ...] | None, values: tuple[int, ...]) -> Any:
     """A stage's :class:`~CervixAutoSegLib.inferers.Evidence` on the working grid (or on a box of it
-    starting at ``start``) → :class:`~CervixAutoSegLib.qa.maps.EvidenceMaps` on the input grid, linear
-    interpolation (as MR probabilities are restored)."""
-    from ..qa.maps import UNIT, EvidenceMaps, to_unit8
-    from .preprocess import restore_probabilities
+    starting at ``start``) → :class:`~CervixAutoSegLib.qa.maps.EvidenceMaps` on the input grid.
 
-    channels = np.stack([evidence.uncertainty.astype(np.float32) / UNIT,
-                         (evidence.disagreement.astype(np.float32) / UNIT if evidence.disagreement is not None
-                          else np.zeros(evidence.uncertainty.shape, np.float32)),
-                         evidence.mirrored.astype(np.float32)])
+    Nearest neighbour: each input voxel takes the working voxel whose centre is closest, one uint8
+    gather per map (linear interpolation, as probabilities are restored, cost seconds per stage on a
+    512x512 MR for maps the QA only averages over each slice's contour).
+    """
+    from ..orientation import unreorient
+    from ..qa.maps import EvidenceMaps
+
+    maps = [evidence.uncertainty, evidence.mirrored.astype(np.uint8)]
+    if evidence.disagreement is not None:
+        maps.append(evidence.disagreement)
+    stacked = np.stack(maps)
     if start is not None:
-        channels = paste_box(channels, start, context.working_shape, 0.0)
-    restored = restore_probabilities(channels, context, background_channel=None)
-    mirrored = restored[2] >= 0.5
-    return EvidenceMaps(uncertainty=to_unit8(restored[0]),
-                        disagreement=to_unit8(restored[1]) if evidence.disagreement is not None else None,
-                        mirrored=mirrored if evidence.disagreement is not None else None, values=values)
+        stacked = paste_box(stacked, start, context.working_shape, 0)
+    nearest = [np.clip(np.floor(np.arange(n) * (step_in / step_out) + 0.5).astype(np.intp), 0, size - 1)
+               for n, step_in, step_out, size in zip(context.crop_size, context.oriented_spacing[::-1],
+                                                       context.working_spacing[::-1], context.working_shape)]
+    crop = stacked[(slice(None), *np.ix_(*nearest))]
+    full = paste_box(crop, context.crop_start, context.oriented_shape, 0)
+    restored = [np.ascontiguousarray(unreorient(channel, context.axes, context.flips)) for channel in full]
+    return EvidenceMaps(uncertainty=restored[0], mirrored=restored[1].astype(bool) if len(restored) > 2 else None,
+                        disagreement=restored[2] if len(restored) > 2 else None, values=values)
 
 
 class _StageClock:
