@@ -75,7 +75,7 @@ def test_runner_reports_each_stage_it_ran(tmp_path, monkeypatch):
     def planted(self, card, role, inputs, device, options, timings, cancel, progress):
         labels = np.zeros(inputs.shape[1:], np.uint8)
         labels[:, 5:15, 5:15] = organ_found["value"]
-        return labels, {"passes": 3 if role == "organ" else 1, "item_shape": [inputs.shape[0], 8, 32, 32]}
+        return labels, {"passes": 3 if role == "organ" else 1, "item_shape": [inputs.shape[0], 8, 32, 32]}, None  # no evidence maps
 
     monkeypatch.setattr(mr_runner.PocketNetRunner, "_stage", planted)
     run = lambda: get_family("mr").runner(image, card, torch.device("cpu"),  # noqa: E731
