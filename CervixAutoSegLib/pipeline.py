@@ -236,11 +236,7 @@ def segment(
     torch_device = resolve_device(device)  # before reading: a bad --device fails fast
     tracker.start("load", "reading image")
     started = time.perf_counter()
-    volume, input_path = load_input(source, series_uid=series_uid, modality=_requested_modality(model, models_root))
-    card = choose_model(volume, model, models_root)
-    warnings = list(check_input_weighting(volume.meta, volume.modality, allow_non_t2=allow_non_t2))
-    for warning in warnings:  # info, not warning: the command's summary prints them already
-        log.info("%s", warning)
+    volume, input_path, card, warnings = _load(source, series_uid, model, models_root, allow_non_t2)
     timings["load"] = time.perf_counter() - started
 
     tracker.start("preprocess", f"model {card.id} on {describe_device(torch_device)}")
@@ -269,6 +265,18 @@ def segment(
                                   overwrite=overwrite)
     tracker.finish(f"done: {out_dir}")
     return SegmentationResult(labels, card.structures, card, report, out_dir, files, evidence)
+
+
+def _load(source: str | Path | Volume, series_uid: str | None, model: str | Any, models_root: str | Path | None,
+          allow_non_t2: bool) -> tuple[Volume, str | None, Any, list[str]]:
+    """(validated Volume, its path, the model card, input warnings): everything decided before the network."""
+    volume, input_path = load_input(source, series_uid=series_uid, modality=_requested_modality(model, models_root),
+                                    models_root=models_root)  # the memory estimate uses these models' grids
+    card = choose_model(volume, model, models_root)
+    warnings = list(check_input_weighting(volume.meta, volume.modality, allow_non_t2=allow_non_t2))
+    for warning in warnings:  # info, not warning: the command's summary prints them already
+        log.info("%s", warning)
+    return volume, input_path, card, warnings
 
 
 def _run_network(volume: Volume, card: Any, device: Any, options: Any, tracker: StagedProgress,
