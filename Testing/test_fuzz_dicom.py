@@ -81,7 +81,8 @@ KNOWN_FINDINGS: tuple[tuple[str, object], ...] = (
     ("delete_tag", "Rows"), ("delete_tag", "Columns"),
     # dicom_series: native pixel data longer than Rows x Columns x Bits Allocated / 8 (beyond the one
     # padding byte) is accepted; with Rows or Columns too small the image is silently re-wrapped.
-    ("pixels", "extend_2"),
+    # (Twice the bytes alone is refused as "2 frames", but after a cut it is just excess.)
+    ("pixels", "extend_2"), ("pixels", "extend_slice"),
     *(("integer", (keyword, size)) for keyword in ("Rows", "Columns") for size in (15, 16, 23)),
     # dicom_series: a CT slice without Rescale Intercept or Slope (type 1) is read with 0 and 1: here
     # every voxel of that slice 1024 HU too bright, without a word.
@@ -91,6 +92,10 @@ KNOWN_FINDINGS: tuple[tuple[str, object], ...] = (
     # high bits, so the slice's HU change without a word (here from 8 bits down; 12 and 15 bits when
     # another mutation made the values larger).
     *(("integer", ("BitsStored", bits)) for bits in SPECIAL_INTEGERS if bits < 16),
+    # input_checks / image_io: Image Position (Patient) 1e308 mm on every slice passes the checks (only the
+    # extent is bounded); labels.nii.gz is written with origin 0 instead (float32 overflow in ITK, which
+    # also prints VNL "suspicious return value" matrices on stderr).
+    *(("decimal", ("ImagePositionPatient", component, "1e308")) for component in (None, 0, 1, 2)),
     # dicom_series / rtstruct: a series without Series Instance UID is accepted, and the RTSTRUCT refers
     # to the invalid UID "(no series UID: <folder path>)" (pydicom warns "Invalid value for VR UI").
     ("delete_tag", "SeriesInstanceUID"), ("text", ("SeriesInstanceUID", "")),
@@ -468,10 +473,6 @@ def mutate_harmless(paths: list[Path], how: str) -> None:
         edit(paths, lambda ds: [ds.__delattr__(k) for k in ("WindowCenter", "WindowWidth") if k in ds])
 
 
-CUT_PIXELS = ("truncate_1", "truncate_half", "drop_all")
-"""Pixel edits that leave a file with fewer pixel bytes than its header needs."""
-
-
 def cuts_bytes(mutation: Mutation) -> bool:
     """True for a mutation that cuts a file on disk.  Such cuts are applied after the header edits
     of the same example, as a copy cut short would be: editing a cut file with pydicom rewrites it
@@ -481,7 +482,8 @@ def cuts_bytes(mutation: Mutation) -> bool:
 
 
 def apply(folder: Path, mutation: Mutation) -> set[str]:
-    """Apply one mutation to the series in ``folder``; returns the names of the files it cut short.
+    """Apply one mutation to the series in ``folder``; returns the names of the files it cut short
+    (on disk: truncated or emptied).
 
     A mutation pydicom cannot make on these files (an earlier one truncated them, say) leaves the
     folder as it was: the harness failing is not a finding.
@@ -516,10 +518,10 @@ def _apply(folder: Path, mutation: Mutation) -> set[str]:
                 path.write_bytes(path.read_bytes()[:value])
             return {path.name for path in shorter}
         else:
+            # pixel bytes cut short need no record: the header stays readable, so the file checks
+            # (pixel data length, one file per slice) see them
             {"decimal": mutate_decimal, "pixels": mutate_pixels, "syntax": mutate_syntax,
              "harmless": mutate_harmless}[kind](chosen, value)
-            if kind == "pixels" and value in CUT_PIXELS:
-                return {path.name for path in chosen}
     return set()
 
 
