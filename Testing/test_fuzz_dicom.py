@@ -71,6 +71,7 @@ GEOMETRY_TOLERANCE_MM = 0.1
 
 SPECIAL_INTEGERS = (0, 1, 2, 7, 8, 12, 15, 16, 23, 25, 32, 64, 65535)
 """Values put into :data:`INTEGER_TAGS` (the pristine series: 24 rows and columns, 16 bits)."""
+PREAMBLE_BYTES = 128
 DICOM_PREAMBLE_BYTES = 132
 """Part 10 preamble (128 bytes) and the "DICM" magic: a shorter file is not recognisably DICOM."""
 TRUNCATE_KEEP = (0, 64, 131, 132, 300, 700, 1400, 2000, 2400, 2470)
@@ -90,6 +91,9 @@ KNOWN_FINDINGS: dict[str, str] = {
                          "masks the high bits and the slice's HU change without a word",
     "no_series_uid": "dicom_series / rtstruct: a series without Series Instance UID is accepted, and "
                      "segment's RTSTRUCT refers to the invalid UID '(no series UID: <folder>)'",
+    "meta_without_preamble": "dicom_series: a file that starts with its file meta group (0002,xxxx), "
+                             "without the 128-byte preamble and 'DICM', is not recognised as DICOM and "
+                             "skipped without a word (pydicom reads it): the first or last slice is lost",
     "origin_beyond_float32": "input_checks / image_io: Image Position (Patient) 1e308 mm passes the checks; "
                              "labels.nii.gz gets origin 0 (float32 overflow in ITK, which also prints VNL "
                              "'suspicious return value' matrices on stderr)",
@@ -214,7 +218,8 @@ ORIENTATIONS = (
 )
 FILE_EVENTS = ("delete", "duplicate", "duplicate_new_uid", "empty", "junk_beside", "rtstruct_beside")
 PIXEL_EDITS = ("truncate_1", "truncate_half", "drop_all", "extend_2", "extend_slice", "zeros", "random")
-SYNTAXES = ("implicit", "big_endian", "deflated", "rle", "claim_jpeg", "claim_jpeg2000", "meta_missing")
+SYNTAXES = ("implicit", "big_endian", "deflated", "rle", "claim_jpeg", "claim_jpeg2000", "meta_missing",
+            "preamble_missing")
 HARMLESS_EDITS = ("drop_slice_location", "implicit_syntax", "rename_files", "private_tag", "drop_window")
 """Edits that leave the image exactly as it was: the result must equal the pristine run's."""
 SHIFTS = ("z+0.01", "z+1.5", "z-3", "z+1e6", "x+2", "y-5", "onto_next", "nan")
@@ -358,8 +363,12 @@ def mutate_syntax(paths: list[Path], how: str) -> None:
             claimed = uid.JPEGBaseline8Bit if how == "claim_jpeg" else uid.JPEG2000Lossless
             ds.file_meta.TransferSyntaxUID = claimed
             ds.save_as(path)
-        else:  # no file meta information at all: a bare dataset with no preamble
+        elif how == "meta_missing":  # no file meta information at all: a bare dataset, no preamble
             _write_without_meta(ds, path)
+        else:  # the file meta group kept, the preamble and "DICM" before it lost
+            data = path.read_bytes()
+            if data[PREAMBLE_BYTES:DICOM_PREAMBLE_BYTES] == b"DICM":
+                path.write_bytes(data[DICOM_PREAMBLE_BYTES:])
 
 
 def _write_without_meta(ds: pydicom.Dataset, path: Path) -> None:
@@ -621,6 +630,10 @@ def file_grid_problems(series: Path, uid: str, labels: Volume) -> list[Problem]:
             position = np.array([float(v) for v in ds.ImagePositionPatient])
         except Exception:  # noqa: BLE001 - a file pydicom cannot parse claims no slice
             continue
+        if without_preamble(path):  # not recognised by the reader: claims no slice
+            problems.append(Problem(f"{path.name} (file meta without preamble) is an image of the series, "
+                                    "yet the run succeeded without it", "meta_without_preamble"))
+            continue
         if "Rows" not in ds or "Columns" not in ds:  # dropped by the reader: claims no slice
             problems.append(Problem(f"{path.name} has no Rows or Columns, yet the run succeeded without it",
                                     "no_rows_or_columns"))
@@ -640,6 +653,12 @@ def file_grid_problems(series: Path, uid: str, labels: Volume) -> list[Problem]:
     if missing or extra:
         problems.append(Problem(f"slices without a file: {missing}; files off the grid or doubled: {extra}"))
     return problems
+
+
+def without_preamble(path: Path) -> bool:
+    """A file that begins with a file meta element (group 0002) instead of the 128-byte preamble."""
+    with open(path, "rb") as stream:
+        return stream.read(2) == b"\x02\x00"
 
 
 def header_problems(name: str, ds: pydicom.Dataset, labels: Volume) -> list[Problem]:
@@ -746,6 +765,7 @@ def test_segment_survives_a_mutated_dicom_series(pristine, changes, setup):
         # --hypothesis-show-statistics lists how the examples ended
         first_words = " ".join(stderr.replace(str(root), "").split()[3:9])
         event("succeeded" if code == 0 else f"exit {code}: {first_words}")
+        assert "Traceback" not in stderr and code != INTERNAL_ERROR_EXIT_CODE, stderr
         beside = sorted(p.name for p in root.iterdir())
         assert beside == sorted(["series", *(["out"] if out.exists() else [])]), f"left beside: {beside}"
         if code == 0:
