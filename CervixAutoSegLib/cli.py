@@ -53,6 +53,8 @@ COMMANDS = (
     "benchmark",
     "qa_calibrate",
     "review",
+    "dataset",
+    "batch",
 )
 """Sub-command module names; the command name is the module name with '-' for '_'."""
 
