@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +32,14 @@ PLANE_TOLERANCE_MM = 0.5
 """Plane tolerance for a single-image series (no slice gap to scale by)."""
 
 SYNONYMS: dict[str, tuple[str, ...]] = {
-    "bladder": ("blase", "urinary bladder", "bladder_o"),
-    "rectum": ("rektum", "rectum_o"),
-    "ctvn": ("ctv-n", "ctv_n", "ctv nodal", "ctv_ln"),
-    "ctvp": ("ctv-uv", "ctv_uv", "ctv-p", "ctv_p"),
-    "uterus_cx_vagina": ("organ", "uterus+cervix", "uterus"),
-    "gtvp": ("gtv", "gtv-p", "gtv_p", "tumor", "tumour"),
+    "bladder": ("blase", "urinary bladder", "bladder_o", "bladder o", "bladder-o", "vessie", "vejiga", "vesica"),
+    "rectum": ("rektum", "rectum_o", "rectum o", "rectum-o", "rectal", "retto"),
+    "ctvn": ("ctv-n", "ctv_n", "ctv n", "ctv nodal", "ctv nodes", "ctv_nodes", "ctv-nodes", "ctv_ln", "ctv-ln",
+             "ctv ln", "ctvln", "ctv pelvic nodes", "ctv_pelvic_nodes", "ctvnodes", "ctvnodal"),
+    "ctvp": ("ctv-uv", "ctv_uv", "ctv uv", "ctvuv", "ctv-p", "ctv_p", "ctv p", "ctv primary", "ctv_primary"),
+    "uterus_cx_vagina": ("organ", "uterus+cervix", "uterus", "uterus_cervix_vagina", "uterus cervix vagina",
+                         "uterus+cervix+vagina"),
+    "gtvp": ("gtv", "gtv-p", "gtv_p", "gtv p", "gtv primary", "gtv_primary", "tumor", "tumour"),
 }
 """A few common alternative spellings (lower case) of the project's TG-263 names."""
 
@@ -74,7 +76,7 @@ def find_rtstructs(folder: str | Path, series_instance_uid: str | None = None) -
     return found
 
 
-def read_rtstruct_masks(path: str | Path, reference: Volume) -> dict[str, np.ndarray]:
+def read_rtstruct_masks(path, reference: Volume, rois: Collection[str] | None = None) -> dict[str, np.ndarray]:
     """One boolean mask per ROI (name → mask, shape (z, y, x) of ``reference``).
 
     ROIs may overlap (e.g. an organ containing its tumour); ROIs without closed contours
@@ -82,21 +84,42 @@ def read_rtstruct_masks(path: str | Path, reference: Volume) -> dict[str, np.nda
     ``reference`` must come from the DICOM series the RTSTRUCT was drawn on (its
     ``meta`` carries the per-image geometry).
 
+    Args:
+        path: the RTSTRUCT file, or its pydicom Dataset already read (a large structure set
+            takes seconds to parse: a caller that also needs its header reads it once).
+        reference: image Volume of the referenced series.
+        rois: only rasterise the ROIs of these (unique, see :func:`unique_roi_names`) names;
+            None: all.  Filling a body outline or ring on every slice costs time for nothing.
+
     Raises:
         InputError: the RTSTRUCT is in another Frame of Reference than the images.
     """
     dataset = _read(path)
-    _check_frame_of_reference(dataset, reference, path)
+    _check_frame_of_reference(dataset, reference, getattr(dataset, "filename", None) or path)
     planes = image_planes(reference)
     names = _unique_names(_roi_names(dataset))
-    masks = {number: np.zeros(reference.shape, dtype=bool) for number in names}
+    wanted = None if rois is None else set(rois)
+    masks = {number: np.zeros(reference.shape, dtype=bool) for number, name in names.items()
+             if wanted is None or name in wanted}
     for roi in dataset.get("ROIContourSequence", []):
         number = int(roi.ReferencedROINumber)
         names.setdefault(number, f"ROI {number}")
+        if wanted is not None and names[number] not in wanted:
+            continue
         mask = masks.setdefault(number, np.zeros(reference.shape, dtype=bool))
         for contour in roi.get("ContourSequence", []):
             _add_contour(mask, contour, planes, names[number])
     return {names[number]: mask for number, mask in masks.items()}
+
+
+def unique_roi_names(path) -> list[str]:
+    """ROI names of an RTSTRUCT (file or Dataset) as :func:`read_rtstruct_masks` keys them, in ROI order."""
+    return list(_unique_names(_roi_names(_read(path))).values())
+
+
+def read_header(path: str | Path):
+    """The RTSTRUCT's pydicom Dataset (InputError when unreadable or not an RT Structure Set)."""
+    return _read(path)
 
 
 def read_rtstruct(
@@ -136,9 +159,13 @@ def read_rtstruct(
 # ------------------------------------------------------------------------- internals
 
 
-def _read(path: str | Path):
+def _read(path):
     import pydicom
 
+    if isinstance(path, pydicom.Dataset):  # read already
+        if str(path.get("SOPClassUID", "")) != RT_STRUCTURE_SET_STORAGE:
+            raise InputError(f"{getattr(path, 'filename', 'dataset')} is not an RT Structure Set")
+        return path
     try:
         dataset = pydicom.dcmread(str(path))
     except (OSError, pydicom.errors.InvalidDicomError) as error:
