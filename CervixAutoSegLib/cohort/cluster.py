@@ -1,0 +1,92 @@
+"""Where the cases run: a local Dask cluster of worker processes, or an existing Dask scheduler.
+
+Dask distributed is optional (the ``cohort`` extra; Slicer does not need it): it is imported only
+here and only when a batch starts, and its absence is one line (:class:`DependencyError`).
+
+Local cluster: ``workers`` processes, each running one case at a time (a CT case needs a few GB;
+two at once in one process would only compete for the same cores) with ``threads`` torch threads.
+BLAS/OpenMP thread counts are set to match in the workers' environment before they start, so the
+workers of one machine use ``workers x threads`` cores, not ``workers x all``.  Each worker is
+watched by a nanny process that starts it again when it dies; Dask gives the case it held to
+another worker (up to ``distributed.scheduler.allowed-failures`` times, 3 by default).
+
+Existing cluster (``--scheduler tcp://host:8786``): its workers must have this package installed
+and see the input and output folders at the same paths (a shared file system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import DependencyError, InputError
+
+CONNECT_TIMEOUT_S = 20
+WORKER_WAIT_S = 60
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+INSTALL_HINT = "pip install 'cervixautoseg[cohort]' (distributed==2026.8.0)"
+
+
+def require_distributed() -> Any:
+    """The ``distributed`` module; DependencyError (one line) when it is not installed."""
+    try:
+        import distributed
+    except ImportError:
+        raise DependencyError(f"batch runs on Dask distributed, which is not installed here: {INSTALL_HINT}") from None
+    return distributed
+
+
+@contextlib.contextmanager
+def open_client(scheduler: str | None = None, workers: int = 2, threads: int = 1) -> Iterator[Any]:
+    """A connected ``distributed.Client``: to ``scheduler`` when given, else to a new local cluster of
+    ``workers`` processes with ``threads`` threads each; cluster and client are closed afterwards."""
+    distributed = require_distributed()
+    if scheduler:
+        client = _connect(distributed, scheduler)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    if workers < 1 or threads < 1:
+        raise InputError(f"--workers and --threads-per-worker must be at least 1 (got {workers} and {threads})")
+    import dask
+
+    environment = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    environment.update({name: str(threads) for name in THREAD_VARIABLES})
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environment}):
+        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, silence_logs=logging.ERROR)
+    try:
+        client = distributed.Client(cluster)
+        try:
+            yield client
+        finally:
+            client.close()
+    finally:
+        cluster.close()
+
+
+def _connect(distributed: Any, address: str) -> Any:
+    """A client of the scheduler at ``address`` that has at least one worker; InputError otherwise."""
+    try:
+        client = distributed.Client(address, timeout=f"{CONNECT_TIMEOUT_S}s")
+    except (OSError, TimeoutError, ValueError) as error:
+        reason = " ".join(str(error).split())[:160] or type(error).__name__
+        raise InputError(f"--scheduler {address}: cannot connect ({reason})") from None
+    try:
+        client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+    except (TimeoutError, OSError):
+        client.close()
+        raise InputError(f"--scheduler {address}: no worker joined within {WORKER_WAIT_S} s") from None
+    return client
+
+
+def describe(client: Any, scheduler: str | None) -> str:
+    """``"local cluster: 2 workers x 1 thread"`` or ``"tcp://...: 3 workers, 12 threads"`` for the summary."""
+    workers = client.scheduler_info().get("workers", {})
+    threads = sum(int(info.get("nthreads", 0)) for info in workers.values())
+    where = scheduler or "local cluster"
+    return f"{where}: {len(workers)} worker(s), {threads} task thread(s)"
