@@ -89,3 +89,76 @@ def assert_same_image_in_lps(expected: Volume, actual: Volume, tolerance: float 
     assert expected.array.size == actual.array.size
     values = actual.array[rounded[:, 2], rounded[:, 1], rounded[:, 0]]
     np.testing.assert_array_equal(values, expected.array.reshape(-1))
+
+
+# ----------------------------------------------------------------- DICOM-RT cohorts (dataset import)
+def small_ct_phantom(seed: int, *, position: str = "HFS", tilt_degrees: tuple[float, float, float] | None = None,
+                     matrix: int = 64, pixel_mm: float = 7.0, slice_mm: float = 8.0):
+    """A small CT phantom (:mod:`CervixAutoSegLib.phantom`): ``matrix``² pixels, a few dozen slices.
+
+    ``tilt_degrees``: an oblique acquisition (the phantom's own grid, rotated about LPS x, y, z).
+    """
+    from CervixAutoSegLib.phantom import make_ct_phantom
+    from CervixAutoSegLib.phantom.grids import make_grid
+
+    case = make_ct_phantom(seed, matrix=matrix, pixel_spacing_mm=pixel_mm, slice_thickness_mm=slice_mm,
+                           patient_position=position)
+    if tilt_degrees is None:
+        return case
+    grid = case.grid
+    extent = (0.0, 0.0, (grid.size[2] - 1) * grid.spacing[2])
+    tilted = make_grid(grid.center, extent, grid.spacing[:2], grid.spacing[2], matrix=grid.size[:2],
+                       patient_position=position, tilt_degrees=tilt_degrees)
+    return make_ct_phantom(seed, grid=tilted, patient_position=position)
+
+
+def write_patient_series(case, folder: Path, *, patient_id: str, patient_name: str, shuffle_seed: int = 0,
+                         study_instance_uid: str | None = None) -> Volume:
+    """Write a phantom's image as a DICOM series of one patient; returns the series as read back
+    (its ``meta`` carries the identity the RTSTRUCT writer references)."""
+    from CervixAutoSegLib.dicom_series import read_dicom_series
+
+    paths = write_dicom_series(case.image, folder, modality=case.modality, patient_position=case.patient_position,
+                               patient={"PatientID": patient_id, "PatientName": patient_name},
+                               study_instance_uid=study_instance_uid, shuffle_seed=shuffle_seed)
+    return read_dicom_series(paths)
+
+
+def write_named_rtstruct(path: Path, labels: np.ndarray, reference: Volume, rois: list[tuple[str, tuple[int, ...]]],
+                         *, date_time: str | None = None) -> Path:
+    """An RTSTRUCT on ``reference`` whose ROIs have the given names, each covering the listed label values
+    of ``labels`` ((z, y, x) on the reference grid); a value absent from ``labels`` gives an empty ROI.
+
+    Written by the product's writer (one ROI per stand-in structure, ``containment`` choosing its
+    values), then renamed with pydicom the way a planning system names ROIs.  ``date_time``
+    (``YYYYMMDDHHMMSS``) sets Structure Set Date/Time.
+    """
+    import dataclasses
+
+    import pydicom
+
+    from CervixAutoSegLib.ct.family import CT_STRUCTURES
+    from CervixAutoSegLib.rtstruct import write_rtstruct
+
+    template = CT_STRUCTURES[0]
+    structures = [dataclasses.replace(template, value=number, name=f"ROI{number}")
+                  for number in range(1, len(rois) + 1)]
+    containment = {number: values for number, (_, values) in enumerate(rois, 1)}
+    write_rtstruct(path, reference.with_array(np.asarray(labels, dtype=np.uint8)), reference, structures,
+                   model_name="manual", model_version="1", containment=containment)
+    dataset = pydicom.dcmread(path)
+    for item, (name, _) in zip(dataset.StructureSetROISequence, rois):
+        item.ROIName = name
+    for item, (name, _) in zip(dataset.RTROIObservationsSequence, rois):
+        if "ROIObservationLabel" in item:
+            item.ROIObservationLabel = name[:16]
+    if date_time:
+        dataset.StructureSetDate, dataset.StructureSetTime = date_time[:8], date_time[8:]
+    dataset.save_as(path)
+    return path
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice similarity of two boolean masks (1.0 when both are empty)."""
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
