@@ -11,6 +11,16 @@ Pairing rule (one definition for the command line and for code):
   ``reference``, ``manual``; prediction side: ``labels``, ``pred``, ``prediction``),
   else it must be the only label image there.  Slicer ``.seg.nrrd`` files are ignored.
   A truth folder with no label image but one ``.dcm`` file uses it as an RTSTRUCT.
+* A **dataset** truth (a folder with ``dataset.json``, :mod:`.dataset.manifest`) pairs each case
+  with the prediction folder of the same case id; structures the manifest calls missing or
+  ambiguous for a case are not compared.
+* A **DICOM tree** truth (RTSTRUCTs beside their image series, any folder layout) pairs each
+  RTSTRUCT with its series (:mod:`.dataset.dicom_tree`) and that series with the ``segment``
+  output folder whose ``report.json`` names it; the case id is the prediction folder's name.
+* One RTSTRUCT file and one ``segment`` output folder are one case.
+* RTSTRUCT ROI names map to the structures by the rules of ``dataset import``
+  (:mod:`.dataset.names`, ``--names`` for a user mapping file); a structure with no ROI, or
+  with two candidate ROIs, is not compared (reported, never guessed).
 
 Structures (names and label values) come from ``labels.json`` next to the prediction,
 else from :mod:`.structures` for ``model`` (``ct`` or ``mr``).  Truth label maps must use
@@ -79,11 +89,19 @@ SUMMARY_FILES = ("metrics.csv", "metrics.json", "summary.csv", "summary.md", "bo
 # --------------------------------------------------------------------- data
 @dataclasses.dataclass(frozen=True)
 class CasePair:
-    """Files of one case: truth label map (or RTSTRUCT) and predicted label map."""
+    """Files of one case: truth label map (or RTSTRUCT) and predicted label map.
+
+    For an RTSTRUCT truth paired by series in a DICOM tree, ``reference_files`` are the files of
+    the image series it was drawn on and ``series_uid`` its UID; for a dataset truth,
+    ``truth_status`` is the manifest's structure → ``matched``/``missing``/``ambiguous``.
+    """
 
     case_id: str
     truth: Path
     pred: Path
+    reference_files: tuple[Path, ...] = ()
+    series_uid: str | None = None
+    truth_status: Mapping[str, str] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,30 +200,108 @@ def collect_cases(folder: Path, preferred: Sequence[str], allow_rtstruct: bool =
 
 
 def pair_cases(truth: Path, pred: Path) -> tuple[list[CasePair], dict[str, list[str]]]:
-    """Pair truth and prediction files by case id.
+    """Pair truth and prediction files by case id (or, for a DICOM tree, by series).
 
-    ``truth`` and ``pred`` are both files (one case) or both folders (a cohort).
+    ``truth`` and ``pred`` are both files (one case), an RTSTRUCT file and a ``segment`` output
+    folder (one case), or both folders (a cohort).  A cohort's truth may be a dataset folder
+    (``dataset.json``: cases pair by case id) or a DICOM tree with RTSTRUCTs, which pairs with
+    the ``segment`` output folders by the series UID in their ``report.json`` when no case id is
+    shared (see :func:`pair_by_series`).
 
     Returns:
         The pairs (sorted by case id) and the unmatched case ids per side.
     """
+    from .dataset.manifest import is_dataset
+
     if truth.is_file() and pred.is_file():
         return [CasePair(case_id_for(pred), truth, pred)], {"truth_only": [], "pred_only": []}
+    if truth.is_file() and pred.is_dir() and is_rtstruct_path(truth):
+        labels = _pick_in_folder(pred, PRED_PREFERRED_STEMS, allow_rtstruct=False)
+        if labels is None:
+            raise InputError(f"--pred {pred} holds no label map (a segment output folder has labels.nii.gz)")
+        return [CasePair(pred.name, truth, labels)], {"truth_only": [], "pred_only": []}
     if truth.is_dir() and pred.is_dir():
+        if is_dataset(truth):
+            return pair_dataset(truth, pred)
         truths = collect_cases(truth, TRUTH_PREFERRED_STEMS, allow_rtstruct=True)
         preds = collect_cases(pred, PRED_PREFERRED_STEMS)
         common = sorted(set(truths) & set(preds))
-        unmatched = {"truth_only": sorted(set(truths) - set(preds)), "pred_only": sorted(set(preds) - set(truths))}
         if not common:
+            by_series = pair_by_series(truth, preds)
+            if by_series[0]:
+                return by_series
             raise InputError(
                 f"no case id is in both {truth} ({len(truths)} cases) and {pred} ({len(preds)} cases); "
-                "cases pair by file stem or sub-folder name"
+                "cases pair by file stem or sub-folder name (or, for a DICOM tree of RTSTRUCTs, by the "
+                "series UID in each prediction's report.json)"
             )
+        unmatched = {"truth_only": sorted(set(truths) - set(preds)), "pred_only": sorted(set(preds) - set(truths))}
         return [CasePair(case_id, truths[case_id], preds[case_id]) for case_id in common], unmatched
     for path in (truth, pred):
         if not path.exists():
             raise InputError(f"{path} does not exist")
-    raise InputError("--truth and --pred must both be files (one case) or both be folders (a cohort)")
+    raise InputError("--truth and --pred must both be files (one case), an RTSTRUCT and a segment output "
+                     "folder, or both folders (a cohort)")
+
+
+def is_rtstruct_path(path: Path) -> bool:
+    """A file taken as an RTSTRUCT: ``.dcm``, or a file without suffix that starts as DICOM Part 10 does."""
+    if path.suffix.lower() == RTSTRUCT_SUFFIX:
+        return True
+    if path.suffix or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as stream:
+            return stream.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def pair_dataset(root: Path, pred: Path) -> tuple[list[CasePair], dict[str, list[str]]]:
+    """A dataset's cases (those with a label map) with the prediction folders named by their case ids."""
+    from .dataset.manifest import load_dataset
+
+    dataset = load_dataset(root)
+    truths = {case.id: case for case in dataset.cases if case.labels is not None}
+    preds = collect_cases(pred, PRED_PREFERRED_STEMS)
+    common = sorted(set(truths) & set(preds))
+    if not common:
+        raise InputError(f"no case of the dataset {root} ({len(truths)} cases with labels) has a prediction "
+                         f"folder of the same name in {pred} ({len(preds)} cases)")
+    unmatched = {"truth_only": sorted(set(truths) - set(preds)), "pred_only": sorted(set(preds) - set(truths))}
+    pairs = [CasePair(case_id, truths[case_id].labels, preds[case_id], truth_status=dict(truths[case_id].structures))
+             for case_id in common]
+    return pairs, unmatched
+
+
+def prediction_series(pred: Path) -> str | None:
+    """The Series Instance UID ``segment`` recorded in ``report.json`` beside a predicted label map."""
+    report = pred.parent / "report.json"
+    try:
+        return (json.loads(report.read_text(encoding="utf-8")).get("input") or {}).get("series_instance_uid")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def pair_by_series(tree: Path, preds: Mapping[str, Path]) -> tuple[list[CasePair], dict[str, list[str]]]:
+    """RTSTRUCTs of a DICOM tree paired with their image series (:mod:`.dataset.dicom_tree`), and each
+    series with the prediction whose ``report.json`` names it.  Case ids are the prediction's."""
+    from .dataset.dicom_tree import pair_rtstructs, scan_tree
+
+    by_series = {uid: case_id for case_id, path in preds.items() if (uid := prediction_series(path))}
+    if not by_series:
+        return [], {}
+    try:
+        pairings, _ = pair_rtstructs(scan_tree(tree))
+    except InputError:
+        return [], {}
+    pairs = [CasePair(by_series[p.series.uid], p.rtstruct.path, preds[by_series[p.series.uid]],
+                      reference_files=tuple(p.series.files), series_uid=p.series.uid)
+             for p in pairings if p.series.uid in by_series]
+    paired = {pair.case_id for pair in pairs}
+    truth_only = sorted(p.series.uid for p in pairings if p.series.uid not in by_series)
+    return sorted(pairs, key=lambda pair: pair.case_id), {"truth_only": truth_only,
+                                                          "pred_only": sorted(set(preds) - paired)}
 
 
 def load_label_volume(path: Path) -> Volume:
@@ -229,25 +325,101 @@ def image_series_for(rtstruct: Path, dicom: Path | None = None) -> Path:
     return beside if beside.is_dir() else rtstruct.parent
 
 
-def load_truth(path: Path, pred: Volume, structures: Sequence[Structure], dicom: Path | None = None) -> Volume:
+def load_truth(path: Path, pred: Volume, structures: Sequence[Structure], dicom: Path | None = None, *,
+               pair: CasePair | None = None, rules: object | None = None) -> Volume:
     """Truth label map, or an RTSTRUCT rasterised onto its DICOM image series.
 
-    The image series (``dicom``, see :func:`image_series_for`) gives the plane of every
-    contour; the prediction must lie on that series' grid, as ``segment`` writes it.
+    An RTSTRUCT's ROI names are mapped to ``structures`` by the rules ``dataset import`` uses
+    (:mod:`.dataset.names`; ``rules`` a :class:`~.dataset.names.NameRules` from ``--names``), and
+    ``meta["structures_status"]`` says which structures it holds (``matched``), lacks (``missing``)
+    or names twice (``ambiguous``): only matched ones are compared.  The image series gives the
+    plane of every contour: ``pair.reference_files`` (a DICOM tree), else ``dicom``, else the
+    folder :func:`image_series_for` finds, else the DICOM folder ``segment`` read (its report.json);
+    the prediction must lie on that series' grid, as ``segment`` writes it.
     """
-    if path.suffix.lower() != RTSTRUCT_SUFFIX:
-        return load_label_volume(path)
-    try:
-        from .rtstruct import read_rtstruct
-    except ImportError:
-        raise InputError(
-            f"{path} is DICOM, but RTSTRUCT reading is not available in this version; "
-            "convert the truth to a NIfTI or NRRD label map"
-        ) from None
-    from .image_io import load_image
+    if not is_rtstruct_path(path) and not (pair is not None and pair.reference_files):
+        volume = load_label_volume(path)
+        status = pair.truth_status if pair is not None and pair.truth_status is not None else dataset_status(path)
+        if status is not None:
+            volume.meta["structures_status"] = dict(status)
+        return volume
+    from .dataset.importer import rtstruct_labels
 
-    series = image_series_for(path, dicom)
-    return read_rtstruct(path, load_image(series), tuple(structures))
+    reference = rtstruct_reference(path, dicom, pair)
+    drawn = rtstruct_labels(path, reference, tuple(structures), rules)  # type: ignore[arg-type]
+    return reference.with_array(drawn.labels, meta={"source": "rtstruct", "path": str(path),
+                                                    "structures_status": drawn.status()})
+
+
+def rtstruct_reference(path: Path, dicom: Path | None = None, pair: CasePair | None = None) -> Volume:
+    """The image Volume of the series an RTSTRUCT was drawn on (see :func:`load_truth` for where it is looked for)."""
+    from .dicom_series import read_dicom_series
+    from .image_io import load_image
+    from .rtstruct.reader import referenced_series
+
+    referenced = sorted(referenced_series(path))
+    if pair is not None and pair.reference_files:
+        return read_dicom_series(list(pair.reference_files), series_uid=pair.series_uid)
+    wanted = referenced[0] if len(referenced) == 1 else None
+    predicted = prediction_series(pair.pred) if pair is not None else None
+    if predicted and referenced and predicted not in referenced:
+        raise InputError(f"case {pair.case_id}: the prediction was made on series {predicted}, the RTSTRUCT "
+                         f"{path.name} is drawn on {', '.join(referenced)}")
+    folders = [dicom] if dicom is not None else [image_series_for(path), _segment_input(pair)]
+    first_error: InputError | None = None
+    for folder in [f for f in folders if f is not None]:
+        try:
+            return load_image(folder, series_uid=wanted)
+        except InputError as error:
+            first_error = first_error or error
+    assert first_error is not None
+    raise first_error
+
+
+def _segment_input(pair: CasePair | None) -> Path | None:
+    """The DICOM folder ``segment`` read for ``pair.pred`` (report.json ``input.path``), when it still exists."""
+    if pair is None:
+        return None
+    try:
+        path = (json.loads((pair.pred.parent / "report.json").read_text(encoding="utf-8")).get("input") or {}).get("path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(path) if path and Path(path).is_dir() else None
+
+
+def dataset_status(labels: Path) -> Mapping[str, str] | None:
+    """The manifest's structure statuses of a dataset case's label map (``DATASET/<case>/labels.*``), else None.
+
+    So a dataset case that lacks a structure is not scored as a miss of the prediction, whoever
+    pairs it (``evaluate``, ``batch --evaluate``).
+    """
+    from .dataset.manifest import MANIFEST_FILE, load_dataset
+
+    root = labels.parent.parent
+    if not (root / MANIFEST_FILE).is_file():
+        return None
+    try:
+        for case in load_dataset(root).cases:
+            if case.labels is not None and case.labels.resolve() == labels.resolve():
+                return dict(case.structures)
+    except InputError:
+        return None
+    return None
+
+
+def compared_results(results: Sequence[StructureResult], truth: Volume) -> list[StructureResult]:
+    """``results`` without the structures the truth does not hold (missing or ambiguous in it)."""
+    status = truth.meta.get("structures_status")
+    if not status:
+        return list(results)
+    kept = []
+    for result in results:
+        verdict = status.get(result.structure.name, "matched")
+        if verdict == "matched":
+            kept.append(result)
+        else:
+            LOG.info("case %s: %s not evaluated (%s in the truth)", result.case_id, result.structure.name, verdict)
+    return kept
 
 
 def structures_near(pred: Path, model: str) -> tuple[Structure, ...]:
@@ -315,12 +487,14 @@ def evaluate_volumes(case_id: str, truth: Volume, pred: Volume, structures: Sequ
 
 
 def evaluate_pair(pair: CasePair, model: str, tolerance_mm: float, resample_pred: bool = False,
-                  dicom: Path | None = None) -> list[StructureResult]:
-    """Load and compare one case (``dicom``: image series of an RTSTRUCT truth)."""
+                  dicom: Path | None = None, rules: object | None = None) -> list[StructureResult]:
+    """Load and compare one case (``dicom``: image series of an RTSTRUCT truth; ``rules``: ROI name
+    rules for it).  Structures the truth lacks (missing or ambiguous) are left out."""
     structures = structures_near(pair.pred, model)
     pred = load_label_volume(pair.pred)
-    truth = load_truth(pair.truth, pred, structures, dicom)
-    return evaluate_volumes(pair.case_id, truth, pred, structures, tolerance_mm, resample_pred)
+    truth = load_truth(pair.truth, pred, structures, dicom, pair=pair, rules=rules)
+    return compared_results(evaluate_volumes(pair.case_id, truth, pred, structures, tolerance_mm, resample_pred),
+                            truth)
 
 
 def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
@@ -555,7 +729,7 @@ def write_report(out: Path, results: Sequence[StructureResult], pairs: Sequence[
 
 
 def evaluate(truth: Path, pred: Path, model: str = "ct", tolerance_mm: float = 2.0,
-             resample_pred: bool = False, dicom: Path | None = None) -> tuple[list[StructureResult], list[CasePair], dict[str, list[str]],
+             resample_pred: bool = False, dicom: Path | None = None, rules: object | None = None) -> tuple[list[StructureResult], list[CasePair], dict[str, list[str]],
                                                    tuple[Structure, ...]]:
     """Pair, load and compare one case or a cohort.
 
@@ -575,6 +749,6 @@ def evaluate(truth: Path, pred: Path, model: str = "ct", tolerance_mm: float = 2
     catalogue: tuple[Structure, ...] = ()
     for pair in pairs:
         LOG.info("evaluating %s", pair.case_id)
-        results.extend(evaluate_pair(pair, model, tolerance_mm, resample_pred, dicom))
+        results.extend(evaluate_pair(pair, model, tolerance_mm, resample_pred, dicom, rules))
         catalogue = catalogue or structures_near(pair.pred, model)
     return results, pairs, unmatched, catalogue

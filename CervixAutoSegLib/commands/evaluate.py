@@ -1,7 +1,9 @@
 """``cervixautoseg evaluate``: compare predicted label maps with reference contours.
 
-One case (``--truth FILE --pred FILE``) or a cohort (``--truth DIR --pred DIR``, cases
-paired by file stem or sub-folder name; see :mod:`CervixAutoSegLib.evaluation`).
+One case (``--truth FILE --pred FILE``; ``--truth RTSTRUCT --pred SEGMENT_OUTPUT_DIR``) or a
+cohort (``--truth DIR --pred DIR``: cases paired by file stem or sub-folder name, a dataset's
+cases by case id, a DICOM tree's RTSTRUCTs by the series UID in each prediction's report.json;
+see :mod:`CervixAutoSegLib.evaluation`).
 Prints the per-structure summary; with ``--out DIR`` also writes metrics.csv,
 metrics.json, summary.csv, summary.md and boxplots.png there.
 """
@@ -22,12 +24,15 @@ HELP = "DSC, HD95 (both definitions), MSD, surface DSC and added path length aga
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--truth", type=Path, required=True,
-                        help="reference label map (NIfTI/NRRD) or RTSTRUCT .dcm, or a folder of cases")
+                        help="reference label map (NIfTI/NRRD) or RTSTRUCT .dcm, or a folder of cases, a "
+                             "dataset folder (dataset import) or a DICOM tree of images + RTSTRUCTs")
     parser.add_argument("--pred", type=Path, required=True,
                         help="predicted label map, or a folder of cases (e.g. segment output folders)")
     parser.add_argument("--dicom", type=Path, metavar="DIR",
                         help="DICOM image series an RTSTRUCT truth refers to (default: the dicom/ "
                              "folder next to it, else its own folder)")
+    parser.add_argument("--names", type=Path, metavar="MAP",
+                        help="JSON mapping of RTSTRUCT ROI names to structures (as for dataset import)")
     parser.add_argument("--out", type=Path, help="write CSV, JSON, Markdown table and box plots here")
     parser.add_argument("--tolerance", type=float, default=2.0, metavar="MM",
                         help="surface-DSC and added-path-length tolerance in mm (default 2)")
@@ -50,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         check_output_folder(args.out, "--out")
     if not (math.isfinite(args.tolerance) and args.tolerance >= 0):
         raise InputError(f"--tolerance must be a non-negative number of mm, got {args.tolerance}")
+    if args.names is not None and not args.names.is_file():
+        raise InputError(f"--names {args.names} does not exist")
     if args.dicom is not None and args.truth.is_dir():
         raise InputError("--dicom is for a single RTSTRUCT truth file; a cohort uses each case's dicom/ folder")
     results, pairs, unmatched, structures = compare_cases(args)
@@ -67,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
     empties = [r for r in results if r.comparison.status != "both_present"]
     for result in empties:
         print(f"note: {result.case_id} {result.structure.name}: {result.comparison.status}")
+    evaluated = {(r.case_id, r.structure.name) for r in results}
+    for pair in pairs:
+        left_out = [s.name for s in structures if (pair.case_id, s.name) not in evaluated]
+        if left_out:
+            print(f"note: {pair.case_id}: {', '.join(left_out)} not evaluated (missing or ambiguous in the truth)")
     if args.out:
         for path in write_report(args.out, results, pairs, structures, args.tolerance, unmatched):
             print(f"wrote {path}")
@@ -82,9 +94,11 @@ def compare_cases(
 
     Returns (per case × structure results, pairs, unmatched case ids, structures of the first case).
     """
-    from ..evaluation import LOG, evaluate_volumes, load_label_volume, load_truth, pair_cases, structures_near
+    from ..evaluation import (LOG, compared_results, evaluate_volumes, load_label_volume, load_truth, pair_cases,
+                              structures_near)
 
     pairs, unmatched = pair_cases(args.truth, args.pred)
+    rules = _name_rules(args, pairs)
     for side, ids in unmatched.items():
         if ids:
             LOG.warning("%d case(s) only on the %s side, not evaluated: %s", len(ids), side.split("_")[0],
@@ -95,13 +109,23 @@ def compare_cases(
         LOG.info("evaluating %s", pair.case_id)
         structures = structures_near(pair.pred, args.model)
         pred = load_label_volume(pair.pred)
-        truth = load_truth(pair.truth, pred, structures, args.dicom)
+        truth = load_truth(pair.truth, pred, structures, args.dicom, pair=pair, rules=rules)
         if not args.resample_pred:
             _check_same_grid(pair, truth, pred)
-        results.extend(evaluate_volumes(pair.case_id, truth, pred, structures, args.tolerance,
-                                        args.resample_pred))
+        results.extend(compared_results(evaluate_volumes(pair.case_id, truth, pred, structures, args.tolerance,
+                                                         args.resample_pred), truth))
         catalogue = catalogue or structures
     return results, pairs, unmatched, catalogue
+
+
+def _name_rules(args: argparse.Namespace, pairs):
+    """The ``--names`` rules for RTSTRUCT truths (checked against the first case's structures), or None."""
+    from ..dataset.names import load_name_rules
+    from ..evaluation import structures_near
+
+    if getattr(args, "names", None) is None or not pairs:
+        return None
+    return load_name_rules(args.names, structures_near(pairs[0].pred, args.model))
 
 
 def _check_same_grid(pair: CasePair, truth: Volume, pred: Volume) -> None:

@@ -275,31 +275,64 @@ def import_case(pairing: Pairing, folder: Path, case_id: str, structures: tuple[
                 rules: NameRules) -> ImportedCase | Skipped:
     """Read, map, rasterise and write one case into ``folder``; a :class:`Skipped` when it cannot be."""
     from ..dicom_series import read_series_files
-    from ..rtstruct.reader import read_header, read_rtstruct_masks, unique_roi_names
-    from .names import classify_roi
 
     try:
         image = read_series_files(series_info(pairing.series))
     except InputError as error:
         return _skip(pairing, "series", "the image series cannot be read", str(error))
     try:
-        header = read_header(pairing.rtstruct.path)
-        roi_names = unique_roi_names(header)
-        candidates = [n for n in roi_names if classify_roi(n, structures, rules).structure is not None]
-        masks = read_rtstruct_masks(header, image, rois=candidates)
+        drawn = rtstruct_labels(pairing.rtstruct.path, image, structures, rules)
     except InputError as error:
         return _skip(pairing, "rtstruct", "the RTSTRUCT cannot be read on its image series", str(error))
-    empty = {name for name, mask in masks.items() if not mask.any()}
-    matches, verdicts = match_structures(roi_names, structures, rules, empty)
+    matches, verdicts = drawn.matches, drawn.verdicts
     if not any(m.status == "matched" for m in matches.values()):
         return _skip(pairing, "rtstruct", "no ROI matched a structure of the family",
-                     f"ROIs {', '.join(repr(plain_name(n)) for n in roi_names) or '(none)'}; map them with --names")
-    labels, overlaps = paint_labels(image.shape, structures, matches, masks)
+                     f"ROIs {', '.join(repr(plain_name(v.roi)) for v in verdicts) or '(none)'}; map them with --names")
+    labels, overlaps = drawn.labels, drawn.overlaps
     files = write_case_files(folder, image, image.with_array(labels), structures)
     status = {name: match.status for name, match in matches.items()}
     case = DatasetCase(case_id, files["image"], files["labels"], None, image.modality, _hashes(files), status)
     report = case_report(pairing, matches, verdicts, overlaps)
     return ImportedCase(case, pairing, pairing.series.patient_id, report)
+
+
+@dataclasses.dataclass(frozen=True)
+class RtstructLabels:
+    """An RTSTRUCT as a label map on its image grid, with the name decisions behind it."""
+
+    labels: np.ndarray
+    """uint8 (z, y, x) on the image grid, the family's label values."""
+    matches: dict[str, StructureMatch]
+    verdicts: list[RoiVerdict]
+    overlaps: list[str]
+
+    def status(self) -> dict[str, str]:
+        """TG-263 name → ``matched`` / ``missing`` / ``ambiguous``."""
+        return {name: match.status for name, match in self.matches.items()}
+
+
+def rtstruct_labels(rtstruct, image, structures: Sequence[Structure], rules: NameRules | None = None) -> RtstructLabels:
+    """Map the ROI names of ``rtstruct`` (a path or a pydicom Dataset) to ``structures`` and rasterise the
+    chosen ROIs onto ``image`` (the Volume of its DICOM series) with the product's RTSTRUCT reader.
+
+    Only ROIs that may become a structure are filled (a body outline costs time for nothing).
+    The same rules serve ``dataset import`` and ``evaluate --truth RTSTRUCT``.
+
+    Raises:
+        InputError: unreadable RTSTRUCT, or drawn in another Frame of Reference than ``image``.
+    """
+    from ..rtstruct.reader import read_header, read_rtstruct_masks, unique_roi_names
+    from .names import classify_roi
+
+    rules = rules or NameRules()
+    header = read_header(rtstruct) if isinstance(rtstruct, (str, Path)) else rtstruct
+    roi_names = unique_roi_names(header)
+    candidates = [n for n in roi_names if classify_roi(n, structures, rules).structure is not None]
+    masks = read_rtstruct_masks(header, image, rois=candidates)
+    empty = {name for name, mask in masks.items() if not mask.any()}
+    matches, verdicts = match_structures(roi_names, structures, rules, empty)
+    labels, overlaps = paint_labels(image.shape, structures, matches, masks)
+    return RtstructLabels(labels, matches, verdicts, overlaps)
 
 
 def paint_labels(shape: tuple[int, int, int], structures: Sequence[Structure], matches: dict[str, StructureMatch],
