@@ -175,11 +175,25 @@ def dataset_with_a_broken_case(tmp_path_factory) -> Path:
     return root
 
 
-def test_broken_case_fails_alone_and_the_others_are_evaluated(dataset_with_a_broken_case, tmp_path, capsys):
+@pytest.fixture()
+def scheduler_address():
+    """A Dask cluster started outside ``batch`` (2 worker processes), for ``--scheduler``."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+def test_broken_case_fails_alone_and_the_others_are_evaluated(dataset_with_a_broken_case, scheduler_address,
+                                                             tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["batch", str(dataset_with_a_broken_case), "--out", str(out), "--workers", "2", "--evaluate", *FAST])
+    code = main(["batch", str(dataset_with_a_broken_case), "--out", str(out), "--scheduler", scheduler_address,
+                 "--threads-per-worker", "1", "--evaluate", *FAST])
     captured = capsys.readouterr()
     assert code == 1
+    document = json.loads((out / "batch.json").read_text())
+    assert document["cluster"].startswith(f"{scheduler_address}: 2 worker(s)") and document["threads_per_case"] == 1
+    assert document["input_kind"] == "dataset" and document["model"] == "ct"  # auto on a dataset: its family
     assert "Traceback" not in captured.err
     final = [line for line in captured.err.splitlines() if line.startswith("cervixautoseg batch:")]
     assert final == [f"cervixautoseg batch: 1 of 3 case(s) failed (reasons above and in {out / 'batch.csv'})"]
@@ -230,4 +244,14 @@ def test_without_dask_one_line_and_exit_code_4(case_folders, tmp_path, monkeypat
     code = main(["batch", str(case_folders), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 4 and len(err) == 1 and "Dask distributed" in err[0] and "cervixautoseg[cohort]" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreachable_scheduler_is_one_line_and_writes_nothing(case_folders, tmp_path, monkeypatch, capsys):
+    from CervixAutoSegLib.cohort import cluster
+
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 1)
+    code = main(["batch", str(case_folders), "--out", str(tmp_path / "out"), "--scheduler", "tcp://127.0.0.1:1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("cervixautoseg batch: error: --scheduler tcp://127.0.0.1:1:")
     assert not (tmp_path / "out").exists()

@@ -87,7 +87,6 @@ def run_batch(source: str | Path, out_dir: str | Path, settings: CaseSettings | 
     require_distributed()  # before any work: the one line a Slicer Python without Dask gets
     cohort = discover_cohort(source, out_dir)
     out = check_output_folder(out_dir, "--out").absolute()
-    out.mkdir(parents=True, exist_ok=True)
     settings = _settings_for(settings or CaseSettings(), cohort, scheduler, client, threads)
     started, started_utc = time.perf_counter(), _utc_now()
     results: dict[str, CaseResult] = {}
@@ -95,6 +94,7 @@ def run_batch(source: str | Path, out_dir: str | Path, settings: CaseSettings | 
     opened = contextlib.nullcontext(client) if client is not None else open_client(scheduler, workers, threads or 1)
     with opened as active:
         where = describe(active, scheduler if client is None else str(active.scheduler.address))
+        out.mkdir(parents=True, exist_ok=True)  # only now: an unreachable scheduler leaves no folder behind
         _run_cases(active, runnable, out, settings, results, on_result, len(cohort.cases))
     ordered = [results[case.id] for case in cohort.cases]
     evaluation_dir = write_evaluation(out, ordered, settings) if settings.evaluate else None
