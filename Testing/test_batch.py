@@ -166,8 +166,11 @@ def dataset_with_a_broken_case(tmp_path_factory) -> Path:
         phantom = small_phantom(7200 + number)
         write_image(phantom.image, root / case_id / "image.nii.gz")
         write_image(phantom.labels, root / case_id / "labels.nii.gz")
+        # the second case's manual contours lack CTVn: the manifest says so, and it must not be scored
+        status = {"Bladder": "matched", "Rectum": "matched", "CTVn": "missing" if number else "matched",
+                  "CTVp": "matched"}
         cases.append(DatasetCase(case_id, root / case_id / "image.nii.gz", root / case_id / "labels.nii.gz",
-                                 "test", "CT", {}))
+                                 "test", "CT", {}, status))
     (root / "pelvis-03").mkdir()
     (root / "pelvis-03" / "image.dcm").write_text("exported notes, not a DICOM image\n")
     cases.append(DatasetCase("pelvis-03", root / "pelvis-03" / "image.dcm", None, "test", "CT", {}))
@@ -202,6 +205,8 @@ def test_broken_case_fails_alone_and_the_others_are_evaluated(dataset_with_a_bro
     assert "\n" not in rows["pelvis-03"]["reason"] and not (out / "pelvis-03").exists()
     metrics = {(row["case_id"], row["structure"]): float(row["dsc"]) for row in _csv_rows(out / "evaluation" / "metrics.csv")}
     assert {case for case, _ in metrics} == {"pelvis-01", "pelvis-02"}
+    assert ("pelvis-01", "CTVn") in metrics and ("pelvis-02", "CTVn") not in metrics
+    assert rows["pelvis-02"]["CTVn_dsc"] == "" and float(rows["pelvis-02"]["CTVn_ml"]) > 0
     for case_id in ("pelvis-01", "pelvis-02"):
         assert rows[case_id]["status"] == "ok" and incomplete_reason(out / case_id) is None
         # the summary's DSC is the evaluation's, and the bundled model does find the bladder

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import InputError
@@ -33,11 +34,16 @@ CASE_ID_PATTERN = re.compile(r"^[^./\\][^/\\]{0,127}$")
 
 @dataclasses.dataclass(frozen=True)
 class BatchCase:
-    """One case of a cohort: its id, image (file or DICOM folder) and optional truth label map."""
+    """One case of a cohort: its id, image (file or DICOM folder) and optional truth label map.
+
+    ``truth_status``: a dataset's structure → ``matched``/``missing``/``ambiguous`` for that label
+    map (None: not known; every structure counts), so a structure the truth lacks is not scored.
+    """
 
     id: str
     image: Path
     labels: Path | None = None
+    truth_status: Mapping[str, str] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +78,8 @@ def discover_cohort(source: str | Path, out_dir: str | Path | None = None) -> Co
         raise InputError(f"{root} is not a folder: give a dataset folder or a folder of cases")
     if is_dataset(root):
         dataset = load_dataset(root)
-        cases = tuple(BatchCase(case.id, case.image, case.labels) for case in dataset.cases)
+        cases = tuple(BatchCase(case.id, case.image, case.labels, dict(case.structures) or None)
+                      for case in dataset.cases)
         if not cases:
             raise InputError(f"dataset {root} lists no cases")
         return Cohort(root, "dataset", cases, dataset.family, tuple(dataset.structures))

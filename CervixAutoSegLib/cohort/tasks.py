@@ -119,8 +119,8 @@ def _evaluate(case: BatchCase, folder: Path, settings: CaseSettings, result: Cas
     if predicted is None:
         raise InputError(f"no label map in {folder} to evaluate")
     try:
-        structures = evaluate_pair(CasePair(case.id, case.labels, predicted), settings.family or "ct",
-                                   settings.tolerance_mm)
+        pair = CasePair(case.id, case.labels, predicted, truth_status=case.truth_status)
+        structures = evaluate_pair(pair, settings.family or "ct", settings.tolerance_mm)
     except InputError as error:
         raise InputError(f"evaluation: {error}") from None
     result.evaluation = structures
