@@ -2,7 +2,9 @@
 
 A case is one image with its label map on the same grid.  On disk, ``DATA/<case>/`` holds
 either ``image.nii.gz`` + ``labels.nii.gz`` (any ITK-readable format with those stems), or
-the phantom layout ``dicom/`` (one image series) + ``truth.nii.gz``.  Synthetic phantoms can
+the phantom layout ``dicom/`` (one image series) + ``truth.nii.gz``; or ``DATA`` is a dataset
+folder (``dataset.json``, written by ``cervixautoseg dataset import``), whose manifest lists the
+cases, their files (checked against its sha256) and maybe their split (:func:`dataset_cases`).  Synthetic phantoms can
 also be generated in memory from a seed range.  Cases are split at case level (never slices
 of one patient on both sides of a split).
 """
@@ -39,6 +41,8 @@ class CaseSource:
     load: Callable[[], tuple[Volume, np.ndarray]]
     fingerprint: str
     """Changes when the case's data changes (cache key)."""
+    split: str | None = None
+    """``train`` / ``validation`` / ``test`` when a dataset manifest fixes it, else None."""
 
 
 # ------------------------------------------------------------------ reading
@@ -80,9 +84,13 @@ def discover_cases(data_dir: str | Path, modality: str) -> list[CaseSource]:
     ``modality`` ("CT", "MR"): what the images are; a DICOM folder's series choice is limited
     to it and a NIfTI image is read as it.
     """
+    from .dataset.manifest import is_dataset
+
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise InputError(f"training data folder {data_dir} does not exist")
+    if is_dataset(data_dir):
+        return dataset_cases(data_dir, modality)
     sources = []
     for folder in sorted(p for p in data_dir.iterdir() if p.is_dir()):
         labels_path = _find_with_stem(folder, LABEL_STEMS)
@@ -100,6 +108,60 @@ def discover_cases(data_dir: str | Path, modality: str) -> list[CaseSource]:
             "or <case>/dicom/ + truth.nii.gz"
         )
     return sources
+
+
+def dataset_cases(root: str | Path, modality: str, *, include_incomplete: bool = False,
+                  structures: Sequence[str] | None = None) -> list[CaseSource]:
+    """The cases of a dataset folder (``dataset.json``) with labels, in manifest order.
+
+    Files are checked against the manifest's sha256 first (a changed or missing file stops
+    here, naming it).  A case whose manifest marks a structure ``missing`` or ``ambiguous`` has
+    that structure's voxels as background in its label map: training on it would teach the
+    network to leave the structure out, so such cases are left out (one log line each) unless
+    ``include_incomplete``.  ``structures``: the TG-263 names that must be complete (default all
+    the manifest lists).  Each source carries the manifest's split (None: not assigned).
+
+    Raises:
+        InputError: a bad manifest, a changed file, images of another modality, or no usable case.
+    """
+    from .dataset.manifest import load_dataset
+
+    dataset = load_dataset(root, verify=True)
+    wanted = list(structures) if structures is not None else [s.name for s in dataset.structures]
+    sources = []
+    for case in dataset.cases:
+        if case.labels is None:
+            log.info("dataset case %s has no label map; not a training case", case.id)
+            continue
+        if case.modality and modality and case.modality != modality.upper():
+            raise InputError(f"dataset {dataset.root}: case {case.id} is {case.modality}, training needs {modality.upper()}")
+        lacking = [name for name in wanted if case.structures.get(name, "matched") != "matched"]
+        if lacking and not include_incomplete:
+            log.warning("dataset case %s left out of training: %s not drawn (or ambiguous) in it; "
+                        "--include-incomplete trains on it with those as background", case.id, ", ".join(lacking))
+            continue
+        fingerprint = hashlib.sha256(f"{case.sha256.get('image')}:{case.sha256.get('labels')}".encode()).hexdigest()[:16]
+        sources.append(CaseSource(case.id, _loader(case.image, case.labels, modality), fingerprint, case.split))
+    if not sources:
+        raise InputError(f"dataset {dataset.root} has no case with a complete label map to train on "
+                         "(see its import report; --include-incomplete uses incomplete ones)")
+    return sources
+
+
+def manifest_split(sources: Sequence[CaseSource]) -> tuple[list[CaseSource], list[CaseSource], list[CaseSource]] | None:
+    """(train, validation, test) as a dataset manifest fixed them; None when no source carries a split.
+
+    Sources without a split, beside others that have one, belong to no part (logged).
+    """
+    if not any(source.split for source in sources):
+        return None
+    parts: dict[str, list[CaseSource]] = {"train": [], "validation": [], "test": []}
+    for source in sources:
+        if source.split in parts:
+            parts[source.split].append(source)
+        else:
+            log.warning("dataset case %s has no split in the manifest; not used", source.name)
+    return parts["train"], parts["validation"], parts["test"]
 
 
 def phantom_cases(seeds: Sequence[int], modality: str = "CT") -> list[CaseSource]:

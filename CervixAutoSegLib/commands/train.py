@@ -39,7 +39,10 @@ def _add_shared_arguments(parser: argparse.ArgumentParser, family) -> None:
     defaults = family.trainer.config_type()()
     source = parser.add_argument_group("data")
     source.add_argument("--data", type=Path, help="folder of cases: <case>/image.nii.gz + labels.nii.gz "
-                                                  "or <case>/dicom/ + truth.nii.gz")
+                                                  "or <case>/dicom/ + truth.nii.gz, or a dataset folder "
+                                                  "(dataset import; its split, if any, wins over --split)")
+    source.add_argument("--include-incomplete", action="store_true",
+                        help="dataset: also train on cases missing a structure (its voxels count as background)")
     source.add_argument("--phantom-seeds", metavar="RANGE",
                         help="train on synthetic phantoms of these seeds, e.g. 1000-1099 (never use >= 5000)")
     source.add_argument("--split", default="111:30:15", help="train:validation:test case ratio (default %(default)s)")
@@ -117,6 +120,10 @@ def _sources(args: argparse.Namespace, family):
     if bool(args.data) == bool(args.phantom_seeds):
         raise InputError("give exactly one of --data DIR or --phantom-seeds RANGE")
     if args.data:
+        from ..dataset.manifest import is_dataset
+
+        if is_dataset(args.data):
+            return _dataset_sources(args, family)
         return discover_cases(args.data, family.modality), {"kind": "folder", "path": str(args.data)}
     from ..phantom import PHANTOM_VERSION
 
@@ -126,6 +133,29 @@ def _sources(args: argparse.Namespace, family):
         "seeds": args.phantom_seeds,
         "phantom_version": PHANTOM_VERSION,
     }
+
+
+def _dataset_sources(args: argparse.Namespace, family):
+    """Cases of a dataset folder for ``family`` and the data summary the model card records."""
+    from ..cases import dataset_cases
+    from ..dataset.manifest import MANIFEST_FILE, load_dataset
+    from ..errors import InputError
+    from ..models import file_sha256
+
+    dataset = load_dataset(args.data)
+    if dataset.family != family.name:
+        raise InputError(f"dataset {args.data} holds {dataset.family} structures; train it with "
+                         f"`cervixautoseg train {dataset.family}`")
+    theirs = {(s.value, s.name) for s in dataset.structures}
+    ours = {(s.value, s.name) for s in family.structures}
+    if theirs != ours:
+        raise InputError(f"dataset {args.data} labels {sorted(theirs)}, family {family.name} needs {sorted(ours)}")
+    sources = dataset_cases(args.data, family.modality, include_incomplete=args.include_incomplete)
+    summary = {"kind": "dataset", "path": str(args.data), "family": dataset.family,
+               "manifest_sha256": file_sha256(Path(args.data) / MANIFEST_FILE),
+               "include_incomplete": bool(args.include_incomplete),
+               "split_source": "dataset manifest" if any(s.split for s in sources) else "--split"}
+    return sources, summary
 
 
 def _split_ratios(text: str) -> tuple[int, ...]:
@@ -178,12 +208,17 @@ def _chosen_folds(text: str, folds: int) -> list[int]:
 def train_fold(args: argparse.Namespace, family, config, sources, data_summary: dict, fold: int | None,
                work: Path, out: Path):
     """Train ``family`` on the split of ``fold`` (None: the ``--split`` ratios) in ``work``, export to ``out``."""
-    from ..cases import fold_split, split_cases
+    from ..cases import fold_split, manifest_split, split_cases
     from ..errors import InputError
     from ..training import CHECKPOINT_FILE, grid_search, train_network, write_json
 
     ratios = _split_ratios(args.split)
-    if fold is None:
+    fixed = manifest_split(sources)
+    if fixed is not None:
+        log.warning("the dataset's own split is used (%d train, %d validation, %d test cases); --split %s is "
+                    "ignored", *(len(part) for part in fixed), args.split)
+        train_src, val_src, test_src = fixed if fold is None else _manifest_fold(fixed, args.folds, fold)
+    elif fold is None:
         train_src, val_src, test_src = split_cases(sources, ratios, seed=args.seed)
     else:
         train_src, val_src, test_src = fold_split(sources, args.folds, fold, ratios, seed=args.seed)
@@ -191,7 +226,8 @@ def train_fold(args: argparse.Namespace, family, config, sources, data_summary: 
         raise InputError(f"need at least 2 cases for a training/validation split, found {len(sources)}")
     work.mkdir(parents=True, exist_ok=True)
     run_document = {
-        "data": {**data_summary, "cases": len(sources), "split_ratio": args.split,
+        "data": {**data_summary, "cases": len(sources),
+                 "split_ratio": "dataset manifest" if fixed is not None else args.split,
                  **({"folds": args.folds, "fold": fold} if fold is not None else {}),
                  "train": [s.name for s in train_src], "validation": [s.name for s in val_src],
                  "test": [s.name for s in test_src]},
@@ -208,6 +244,19 @@ def train_fold(args: argparse.Namespace, family, config, sources, data_summary: 
     train_network(task, config, work, resume=args.resume)
     return export_model(family, work, out, args.model_id, args.model_version, args.eval_phantom_seeds,
                         test_sources=test_src, learned_from=[*train_src, *val_src])
+
+
+def _manifest_fold(fixed, folds: int, fold: int):
+    """Fold ``fold`` of ``folds`` over a manifest's train + validation cases; its test cases stay out."""
+    from ..errors import InputError
+
+    train, validation, test = fixed
+    pool = [*train, *validation]
+    if folds < 2 or not 0 <= fold < folds or len(pool) < folds:
+        raise InputError(f"{folds} folds need 2 or more folds and at least {folds} train/validation cases, "
+                         f"the dataset has {len(pool)}")
+    parts = [pool[i::folds] for i in range(folds)]
+    return [s for i, part in enumerate(parts) if i != fold for s in part], parts[fold], test
 
 
 CROSS_VALIDATION_FILE = "cross_validation.json"
@@ -330,7 +379,11 @@ def _recorded_cases(data: dict, modality: str) -> list:
     from ..cases import discover_cases, parse_seed_range, phantom_cases
 
     names = set(data.get("train", [])) | set(data.get("validation", []))
-    if data.get("kind") == "folder":
+    if data.get("kind") == "dataset":
+        from ..cases import dataset_cases
+
+        found = dataset_cases(data["path"], modality, include_incomplete=bool(data.get("include_incomplete")))
+    elif data.get("kind") == "folder":
         found = discover_cases(data["path"], modality)
     elif data.get("seeds"):
         found = phantom_cases(parse_seed_range(str(data["seeds"])), modality)
@@ -354,7 +407,8 @@ def _case_features(source, structures, cache: Path) -> dict:
 
 
 def _described(data: dict, count: int) -> str:
-    where = f"phantom seeds {data['seeds']}" if data.get("seeds") else f"cases in {data.get('path', '?')}"
+    where = (f"phantom seeds {data['seeds']}" if data.get("seeds") else
+             f"dataset {data.get('path', '?')}" if data.get("kind") == "dataset" else f"cases in {data.get('path', '?')}")
     return f"truth label maps of the {count} training and validation cases ({where})"
 
 
