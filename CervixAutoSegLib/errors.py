@@ -12,6 +12,8 @@
 * :class:`FileSystemError` — an operating-system error the user can fix: disk full, no
   permission, read-only file system (:func:`fixable_os_error` recognises one).
 * :class:`Cancelled` — the user cancelled; nothing was written.
+* :class:`TrainingError` — a training run cannot go on (its loss is no longer a number); its last
+  checkpoint is kept.
 
 All derive from :class:`CervixAutoSegError`, so a caller that wants "anything this package
 reports on purpose" catches one class; anything else is a bug: the command line prints one
@@ -101,6 +103,10 @@ class FileSystemError(CervixAutoSegError):
     def __init__(self, message: str, errno_value: int | None = None):
         super().__init__(message)
         self.errno = errno_value
+
+
+class TrainingError(CervixAutoSegError):
+    """Training cannot go on (e.g. a NaN loss); the checkpoint saved before it stays usable."""
 
 
 class Cancelled(CervixAutoSegError):

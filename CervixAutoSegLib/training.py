@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path, write_text_atomic
-from .errors import ModelError
+from .errors import ModelError, TrainingError
 from .precision import autocast
 from .training_config import LoopConfig
 
@@ -186,7 +186,10 @@ class _Run:
                   "train_loss": float(np.mean(self.epoch_losses)), **metrics,
                   "seconds": round(time.monotonic() - started, 1), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self.history.append(record)
-        if metrics["val_loss"] < self.best["val_loss"]:
+        if not math.isfinite(metrics["val_loss"]):  # NaN compares false: say so instead of silently never improving
+            log.warning("epoch %d: validation loss is %s; this epoch cannot become the best", self.epoch + 1,
+                        metrics["val_loss"])
+        elif metrics["val_loss"] < self.best["val_loss"]:
             self.best = {**metrics, "epoch": self.epoch + 1}
             self.best_state = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
             self.bad_epochs = 0
@@ -195,7 +198,7 @@ class _Run:
                                                             "config": self.config.to_dict()})
         else:
             self.bad_epochs += 1
-        record["best_epoch"] = self.best["epoch"]
+        record["best_epoch"] = self.best.get("epoch")
         if self.work_dir is not None:
             append_log(self.work_dir, record)
         log.info("epoch %d: train %.4f val %.4f mean DSC %s", self.epoch + 1, record["train_loss"],
@@ -231,6 +234,10 @@ def train_network(task: TrainingTask, config: LoopConfig, work_dir: Path | None 
             with autocast(torch.device("cpu"), config.precision):
                 outputs = run.network(inputs)
             loss = loss_fn(outputs, targets)
+            if not torch.isfinite(loss):  # one NaN step would poison every weight through Adam
+                raise TrainingError(f"the training loss became {loss.item()} at epoch {run.epoch + 1} step "
+                                    f"{run.step_in_epoch + 1}; resume from the last checkpoint with a lower --lr "
+                                    "or --no-bf16")
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             run.optimizer.step()

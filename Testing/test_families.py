@@ -113,6 +113,34 @@ def test_toy_family_trains_with_a_resume_on_the_shared_loop(toy, tmp_path):
     assert straight.best["dsc"]["Blob"] > 0.8
 
 
+def test_a_nan_validation_loss_never_becomes_the_best_and_a_nan_training_loss_stops_with_one_line(toy, tmp_path):
+    import torch
+
+    from CervixAutoSegLib.cases import discover_cases
+    from CervixAutoSegLib.errors import TrainingError
+    from CervixAutoSegLib.training import train_network
+
+    write_blob_cases(tmp_path / "cases", range(3))
+    sources = discover_cases(tmp_path / "cases", "MR")
+    config = toy.ToyConfig(batch_size=1, steps_per_epoch=1, max_epochs=2, checkpoint_minutes=60, bf16=False)
+
+    class NanValidation(toy.ToyTask):
+        def validate(self, network, config):
+            return {**super().validate(network, config), "val_loss": float("nan")}
+
+    (tmp_path / "nan-val").mkdir()
+    outcome = train_network(NanValidation(sources[:2], sources[2:]), config, tmp_path / "nan-val")
+    assert [h["best_epoch"] for h in outcome.history] == [None, None] and "epoch" not in outcome.best
+    assert not (tmp_path / "nan-val" / "best.pt").exists()
+
+    class NanLoss(toy.ToyTask):
+        def loss(self, config):
+            return lambda logits, targets: logits.float().sum() * torch.tensor(float("nan"))
+
+    with pytest.raises(TrainingError, match="training loss became nan at epoch 1 step 1"):
+        train_network(NanLoss(sources[:2], sources[2:]), config, tmp_path / "nan-loss")
+
+
 @pytest.mark.slow
 def test_toy_family_runs_through_every_command_the_mrml_logic_and_the_controller(toy, tmp_path):
     pytest.importorskip("slicer")

@@ -119,8 +119,37 @@ def test_mr_times_both_series_with_flip_tta_off_then_on_and_ct_keeps_one_run_per
     assert bench._plan(get_family("mr").benchmark, forced)["flip_tta_runs"] == [True]
     plan = bench._plan(get_family("ct").benchmark, argparse.Namespace(flip_tta=None))
     assert plan["series"] == [None] and plan["flip_tta_runs"] == [None] and not plan["baselines"]
-    names = ["network_fraction_of_matmul", "total_s_100_slices", "peak_rss_gb"]
+    assert plan["full_tta_comparison"]  # CT judges selective against full flip TTA in the same run
+    names = ["network_fraction_of_matmul", "total_s_100_slices", "peak_rss_gb", "selective_tta_network_fraction",
+             "outside_network_s"]
     assert list(judge([], [], plan["targets"])) == names
+    assert not bench._plan(get_family("ct").benchmark, argparse.Namespace(flip_tta=False))["full_tta_comparison"]
+    assert not bench._plan(get_family("mr").benchmark, args)["full_tta_comparison"]  # MR's targets do not judge it
+
+
+def _ct_run(mode, network_s, process_s, target_run, mirrored):
+    return {"slices": 100, "series": None, "tta_mode": mode, "target_run": target_run, "process_s": process_s,
+            "network_fraction_of_matmul": 0.6, "peak_rss_gb": 1.0,
+            "timings_s": {"network": network_s, "total": process_s - 1.0}, "items": 100, "mirrored_items": mirrored}
+
+
+def test_selective_flip_tta_is_judged_against_its_full_twin_and_the_time_outside_the_network():
+    from CervixAutoSegLib.benchmarks.segment_report import selective_tta_comparison
+
+    targets = bench.DEFAULT_TARGETS
+    cases = [_ct_run("selective", 5.5, 7.9, True, 10), _ct_run("full", 10.0, 12.5, False, 100)]
+    comparison = selective_tta_comparison(cases)
+    assert comparison["network_fraction_of_full"] == pytest.approx(0.55)
+    assert comparison["outside_network_s"] == pytest.approx(2.4) and comparison["mirrored_items"] == 10
+    judged = judge(cases, [], targets)
+    assert judged["selective_tta_network_fraction"]["met"] and judged["outside_network_s"]["met"]
+    slow = [_ct_run("selective", 6.5, 10.0, True, 30), cases[1]]
+    judged = judge(slow, [], targets)
+    assert judged["selective_tta_network_fraction"]["met"] is False and judged["outside_network_s"]["met"] is False
+    assert judge(cases[:1], [], targets)["selective_tta_network_fraction"]["met"] is None  # no twin: not measured
+    assert bench._tta_mode({"flip_tta": True, "items": 100, "mirrored_items": 12}) == "selective"
+    assert bench._tta_mode({"flip_tta": True, "items": 100, "mirrored_items": 100}) == "full"
+    assert bench._tta_mode({"flip_tta": False, "items": 100, "mirrored_items": 0}) == "off"
 
 
 def test_workers_run_in_a_fresh_process_and_their_failure_is_reported():

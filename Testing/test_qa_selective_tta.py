@@ -142,3 +142,21 @@ def test_mr_evidence_goes_back_onto_a_sagittal_input_grid_where_the_labels_go():
     box = restore_evidence(Evidence(evidence.uncertainty[2:5], None, np.zeros((3,) + image.shape[1:], bool)),
                            context, (2, 0, 0), (2,))
     assert box.disagreement is None and box.mirrored is None and box.uncertainty.any()
+
+
+def test_full_flip_tta_option_reaches_the_pipeline_as_selective_tta_off(monkeypatch, tmp_path):
+    from CervixAutoSegLib import cli, pipeline
+    from CervixAutoSegLib.errors import InputError
+    from CervixAutoSegLib.families import get_family
+
+    seen = []
+
+    def fake_segment(*args, options=None, **kwargs):  # the pipeline itself is tested above and in test_pipeline
+        seen.append(dict(options))
+        raise InputError("stop here")
+
+    monkeypatch.setattr(pipeline, "segment", fake_segment)
+    for extra, selective in (([], None), (["--full-flip-tta"], False)):
+        assert cli.main(["segment", str(tmp_path), "--out", str(tmp_path / "out"), *extra]) == 2
+        assert seen[-1]["selective_tta"] is selective
+        assert pipeline.inference_options(get_family("ct"), seen[-1]).selective_tta is (selective is None)

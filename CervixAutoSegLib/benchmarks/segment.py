@@ -51,8 +51,9 @@ HELP = ("the segment pipeline of a model family: seconds per stage, network GFLO
         "targets (and any baseline network the family compares with)")
 
 DEFAULT_TARGETS = BenchmarkTargets(max_total_s=20.0, max_peak_rss_gb=3.0, total_up_to_size=100,
-                                   total_name="total_s_100_slices", min_network_fraction_of_matmul=0.5)
-"""Targets of a case that declares none (CT's, from its issue)."""
+                                   total_name="total_s_100_slices", min_network_fraction_of_matmul=0.5,
+                                   max_selective_tta_network_fraction=0.6, max_outside_network_s=3.0)
+"""Targets of a case that declares none (CT's, from its issues)."""
 RANDOM_MODEL_SUFFIX = "benchmark-random"
 _KB_PER_GB = 1024.0 ** 2
 
@@ -74,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser, family: Any) -> None:
                    if comparative else "the family's choice, as segment")
     parser.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None,
                         help=f"mirrored pass too (default: {tta_default})")
+    parser.add_argument("--compare-full-tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="also segment the first size with every item mirrored, to compare selective with full "
+                             "flip TTA (default: yes when the targets judge it and flip TTA is on)")
     parser.add_argument("--models", default=None, metavar="DIR",
                         help="folder of model directories (default: the bundled models, else random weights)")
     parser.add_argument("--check-bf16", type=int, default=0, metavar="N",
@@ -94,7 +98,7 @@ def _segment_worker(config: dict) -> dict:
     from ..pipeline import segment
 
     options = {"batch_size": config["batch_size"] or None, "precision": config["precision"],
-               "flip_tta": config["flip_tta"]}
+               "flip_tta": config["flip_tta"], "selective_tta": config.get("selective_tta")}
     started = time.perf_counter()
     result = segment(config["dicom"], config["out"], model=config["model"], device=config["device"],
                      options=options, models_root=config["models_root"])
@@ -107,6 +111,8 @@ def _segment_worker(config: dict) -> dict:
         "item_shape": device.get("item_shape", []),
         "stages": device.get("stages", []),
         "flip_tta": device.get("flip_tta"),
+        "items": device.get("items", 0),
+        "mirrored_items": device.get("mirrored_items", 0),
         "precision": device.get("precision"),
         "batch_size": device.get("batch_size"),
         "device": device.get("description"),
@@ -138,11 +144,13 @@ def _run_worker(config: dict, worker: str = "_segment_worker") -> dict:
     """``worker(config)`` of this module in a fresh Python process → its JSON answer."""
     code = (f"import json, sys; from CervixAutoSegLib.benchmarks.segment import {worker}; "
             f"print(json.dumps({worker}(json.loads(sys.argv[1]))))")
+    started = time.perf_counter()
     completed = subprocess.run([sys.executable, "-c", code, json.dumps(config)], capture_output=True, text=True,
                                check=False)
+    process_s = time.perf_counter() - started  # what a user waits for: start-up and imports included
     if completed.returncode != 0:
         raise RuntimeError(f"benchmark worker failed:\n{completed.stderr[-2000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return {**json.loads(completed.stdout.strip().splitlines()[-1]), "process_s": process_s}
 
 
 # ------------------------------------------------------------------ model and accuracy check
@@ -237,11 +245,17 @@ def _plan(case: Any, args: argparse.Namespace) -> dict:
     from ..families import ComparativeBenchmarkCase
 
     if not isinstance(case, ComparativeBenchmarkCase):
-        return {"series": [None], "flip_tta_runs": [args.flip_tta], "targets": DEFAULT_TARGETS, "baselines": False,
+        plan = {"series": [None], "flip_tta_runs": [args.flip_tta], "targets": DEFAULT_TARGETS, "baselines": False,
                 "comparative": False}
-    runs = [args.flip_tta] if args.flip_tta is not None else list(case.flip_tta_runs)
-    return {"series": list(args.series), "flip_tta_runs": runs, "targets": case.targets,
-            "baselines": bool(args.baselines), "comparative": True}
+    else:
+        runs = [args.flip_tta] if args.flip_tta is not None else list(case.flip_tta_runs)
+        plan = {"series": list(args.series), "flip_tta_runs": runs, "targets": case.targets,
+                "baselines": bool(args.baselines), "comparative": True}
+    compare = getattr(args, "compare_full_tta", None)
+    if compare is None:  # judged by the targets, and only meaningful when the judged run mirrors anything
+        compare = plan["targets"].max_selective_tta_network_fraction is not None and plan["flip_tta_runs"][0] is not False
+    plan["full_tta_comparison"] = bool(compare)
+    return plan
 
 
 def _image(case: Any, series: str | None, size: int) -> Any:
@@ -310,7 +324,13 @@ def _measure(family: Any, card: Any, plan: dict, baselines: list, args: argparse
                       file=sys.stderr)
                 measured = _run_worker({**config, "dicom": str(dicom), "out": str(work / f"out{len(cases)}"),
                                         "flip_tta": flip})
-                cases.append({**measured, **where, "target_run": index == 0})
+                cases.append({**measured, **where, "target_run": index == 0, "tta_mode": _tta_mode(measured)})
+            if plan["full_tta_comparison"] and size == args.sizes[0]:
+                print(f"segmenting a {shape} {family.modality} with full flip TTA (every item mirrored) ...",
+                      file=sys.stderr)
+                measured = _run_worker({**config, "dicom": str(dicom), "out": str(work / f"out{len(cases)}"),
+                                        "flip_tta": True, "selective_tta": False})
+                cases.append({**measured, **where, "target_run": False, "tta_mode": "full"})
             for baseline in baselines:
                 print(f"{baseline.name}: one pass over the {shape} {series or ''} ...", file=sys.stderr)
                 measured = _run_worker({**config, "dicom": str(dicom), "baseline": baseline.name,
@@ -318,6 +338,13 @@ def _measure(family: Any, card: Any, plan: dict, baselines: list, args: argparse
                 baseline_runs.append({**measured, **where, "name": baseline.name})
             shutil.rmtree(dicom)
     return cases, baseline_runs, agreement
+
+
+def _tta_mode(measured: dict) -> str:
+    """``off``, ``full`` (every item mirrored) or ``selective`` (some) — what the run did, from its report."""
+    if not measured.get("flip_tta"):
+        return "off"
+    return "full" if measured.get("mirrored_items", 0) >= measured.get("items", 0) else "selective"
 
 
 def _describe_baselines(baselines: list, runs: list[dict]) -> list[dict]:

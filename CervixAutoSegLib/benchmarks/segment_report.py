@@ -31,6 +31,9 @@ def summarise(cases: list[dict], matmul: float, card: Any, random_weights: bool,
         "cpu_threads": os.cpu_count(), "cases": cases,
         "targets": judge(cases, baselines, plan["targets"]),
     }
+    comparison = selective_tta_comparison(cases)
+    if comparison is not None:
+        summary["selective_tta"] = comparison
     if plan["comparative"]:  # a case that chose its flip-TTA runs says which ones the targets count
         summary["targets_judged_on"] = f"flip TTA {'on' if flips[0] else 'off'}"
     if model_parameters is not None:
@@ -71,6 +74,44 @@ def judge(cases: list[dict], baselines: list[dict], targets: BenchmarkTargets) -
         measured = [b for b in baselines if "speedup_whole_case" in b]
         met = all(b["speedup_whole_case"] >= floor for b in measured) if measured else None
         results["speedup_vs_baseline"] = {"target": f">= {floor}", "met": met}
+    results.update(_judge_selective_tta(cases, targets))
+    return results
+
+
+def selective_tta_comparison(cases: list[dict]) -> dict | None:
+    """The judged run of the first size against its full-flip-TTA twin (same image, same run):
+    network seconds of each, their ratio, items mirrored, and the judged run's seconds outside
+    the network (``process_s`` − network: start-up, imports, read ... write).  None without a twin."""
+    full = next((c for c in cases if c.get("tta_mode") == "full" and not c["target_run"]), None)
+    if full is None:
+        return None
+    judged = next((c for c in cases if c["target_run"] and c["slices"] == full["slices"]
+                   and c["series"] == full["series"]), None)
+    if judged is None:
+        return None
+    selective_s, full_s = judged["timings_s"].get("network", 0.0), full["timings_s"].get("network", 0.0)
+    return {"slices": judged["slices"], "series": judged["series"], "mode": judged.get("tta_mode"),
+            "network_s": selective_s, "full_tta_network_s": full_s,
+            "network_fraction_of_full": selective_s / full_s if full_s > 0 else None,
+            "items": judged.get("items"), "mirrored_items": judged.get("mirrored_items"),
+            "outside_network_s": judged.get("process_s", judged["timings_s"]["total"]) - selective_s}
+
+
+def _judge_selective_tta(cases: list[dict], targets: BenchmarkTargets) -> dict:
+    """The selective-TTA and outside-the-network targets (None when the run did not measure them)."""
+    results: dict[str, dict] = {}
+    comparison = selective_tta_comparison(cases)
+    if targets.max_selective_tta_network_fraction is not None:
+        fraction = comparison and comparison["network_fraction_of_full"]
+        ceiling = targets.max_selective_tta_network_fraction
+        results["selective_tta_network_fraction"] = {
+            "target": f"<= {ceiling}", "met": None if fraction is None else bool(fraction <= ceiling)}
+    if targets.max_outside_network_s is not None:
+        judged = [c for c in cases if c["target_run"] and "process_s" in c]
+        results["outside_network_s"] = {
+            "target": f"<= {targets.max_outside_network_s}",
+            "met": all(c["process_s"] - c["timings_s"].get("network", 0.0) <= targets.max_outside_network_s
+                       for c in judged) if judged else None}
     return results
 
 
@@ -80,14 +121,15 @@ def print_table(summary: dict) -> None:
     named = any(c.get("series") for c in cases)
     roles = list(dict.fromkeys(s["role"] for c in cases for s in c.get("stages", [])))
     columns = [*STAGES[:4], *(f"stage:{r}" for r in roles), *STAGES[4:]]
-    label = f"{'series':<9} {'size':>5} {'tta':>4}" if named else f"{'slices':>6}"
+    label = f"{'series':<9} {'size':>5} {'tta':>4}" if named else f"{'slices':>6} {'flip TTA':>9}"
     print(f"{label} " + " ".join(f"{name:>11}" for name in columns) + f" {'net GFLOP/s':>12} {'% matmul':>9}"
           f" {'peak RSS':>9}")
     for case in cases:
         seconds = {**case["timings_s"], **{f"stage:{s['role']}": s["seconds"] for s in case.get("stages", [])}}
         times = " ".join(f"{seconds[name]:10.2f}s" if name in seconds else f"{'-':>11}" for name in columns)
         tta = {True: "on", False: "off"}.get(case.get("flip_tta"), "-")
-        row = f"{case['series']:<9} {case['slices']:>5} {tta:>4}" if named else f"{case['slices']:>6}"
+        row = (f"{case['series']:<9} {case['slices']:>5} {tta:>4}" if named
+               else f"{case['slices']:>6} {case.get('tta_mode', tta):>9}")
         print(f"{row} {times} {case['network_gflops_per_s']:12.1f} "
               f"{100 * case['network_fraction_of_matmul']:8.1f}% {case['peak_rss_gb']:7.2f}GB")
     precision = cases[0]["precision"] if cases else "-"
@@ -101,11 +143,22 @@ def print_table(summary: dict) -> None:
               "(the family's benchmark case says what that is), so per-stage times are indicative")
     if "baselines" in summary:
         _print_baselines(summary)
+    if "selective_tta" in summary:
+        _print_selective_tta(summary["selective_tta"])
     if "targets_judged_on" in summary:
         print(f"targets judged on the runs with {summary['targets_judged_on']}:")
     for name, target in summary["targets"].items():
         verdict = "not measured" if target["met"] is None else ("met" if target["met"] else "NOT met")
         print(f"target {name} {target['target']}: {verdict}")
+
+
+def _print_selective_tta(comparison: dict) -> None:
+    fraction = comparison["network_fraction_of_full"]
+    share = "-" if fraction is None else f"{100 * fraction:.0f} %"
+    print(f"flip TTA on {comparison['slices']} slices: {comparison['mode']} mirrored {comparison['mirrored_items']} of "
+          f"{comparison['items']} items, network {comparison['network_s']:.2f} s = {share} of full flip TTA's "
+          f"{comparison['full_tta_network_s']:.2f} s; outside the network (start-up, imports, read ... write) "
+          f"{comparison['outside_network_s']:.2f} s")
 
 
 def _print_baselines(summary: dict) -> None:

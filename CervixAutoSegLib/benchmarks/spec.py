@@ -31,6 +31,11 @@ class BenchmarkTargets:
         min_network_fraction_of_matmul: the network's GFLOP/s over a plain matmul's, at least.
         min_speedup_vs_baseline: a baseline pass's network seconds over the whole case's
             seconds, at least (see :class:`BenchmarkBaseline`).
+        max_selective_tta_network_fraction: network seconds with selective flip TTA over those with
+            full flip TTA on the same image in the same run, at most (the benchmark then also
+            segments its first size with every item mirrored).
+        max_outside_network_s: seconds of a whole ``segment`` process outside the network (Python
+            start-up and imports, read, preprocess, model load, postprocess, QA, write), at most.
     """
 
     max_total_s: float
@@ -39,6 +44,8 @@ class BenchmarkTargets:
     total_name: str = "total_s"
     min_network_fraction_of_matmul: float | None = None
     min_speedup_vs_baseline: float | None = None
+    max_selective_tta_network_fraction: float | None = None
+    max_outside_network_s: float | None = None
 
 
 @dataclasses.dataclass

@@ -45,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None,
                         help="also run the image mirrored left-right and average (test-time augmentation; "
                              "default: the model family's choice, on for CT); --no-flip-tta halves the network time")
+    parser.add_argument("--full-flip-tta", action="store_true",
+                        help="mirror every slice (CT) or window (MR), not only those whose first pass was uncertain "
+                             "(by default the model card's qa.selective_tta gate picks them; same accuracy, "
+                             "about half the network time)")
     parser.add_argument("--allow-non-t2", action="store_true",
                         help="contour an MR series whose DICOM header says it is not T2-weighted (T1, DWI/ADC, "
                              "FLAIR, post-contrast...); without it such a series is refused, whatever --model says")
@@ -84,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import segment
     from ..progress import JsonLinesReporter, TextProgressBar
 
-    options = {"batch_size": args.batch_size or None, "precision": args.precision, "flip_tta": args.flip_tta}
+    options = {"batch_size": args.batch_size or None, "precision": args.precision, "flip_tta": args.flip_tta,
+               "selective_tta": False if args.full_flip_tta else None}
     reporter = JsonLinesReporter(sys.stdout) if args.progress_json else TextProgressBar(sys.stderr)
     try:
         with _cancel_on_sigterm():

@@ -202,6 +202,9 @@ class PocketNetTask(TrainingTask):
             inputs, target = _validation_box(case, config)
             scores, _ = inferer.scores(network, inputs)
             losses.append(float(dice_ce(torch.log(scores.clamp_min(1e-6))[None], torch.from_numpy(target)[None])))
+            if not np.isfinite(losses[-1]):  # name the case: a NaN mean alone cannot be traced
+                log.warning("validation case %s: loss %s (%d non-finite scores of %d, box %s)", case.name, losses[-1],
+                            int((~torch.isfinite(scores)).sum()), scores.numel(), tuple(target.shape))
             predicted = scores.argmax(0).numpy().astype(bool)
             if config.stage == "tumor":  # as the runner does: the tumour lies inside the organ
                 predicted &= inputs[1] > 0.5
