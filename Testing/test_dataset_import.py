@@ -247,3 +247,24 @@ def test_manifest_errors_are_one_line(imported, tmp_path):
     (bad / "dataset.json").write_text(json.dumps(document))
     with pytest.raises(InputError, match="not a path inside the dataset folder"):
         load_dataset(bad)
+
+
+def test_mr_family_is_chosen_from_the_images_and_the_tumour_is_painted_over_the_organ(tmp_path):
+    """An MR series with an organ ROI that contains the tumour ROI, as planning systems draw them."""
+    from CervixAutoSegLib.phantom import make_mr_phantom
+
+    case = make_mr_phantom(2000, matrix=64, pixel_spacing_mm=5.0, slice_thickness_mm=6.0)
+    reference = write_patient_series(case, tmp_path / "dicom" / "mr", patient_id="MR-1", patient_name="Mr^One",
+                                     shuffle_seed=4)
+    write_named_rtstruct(tmp_path / "dicom" / "rs.dcm", case.labels.array, reference,
+                         [("Uterus", (1, 2)), ("GTV", (2,)), ("GTV_PRV", (2,))])
+    assert main(["dataset", "import", str(tmp_path / "dicom"), "--out", str(tmp_path / "mr")]) == 0
+    dataset = load_dataset(tmp_path / "mr", verify=True)
+    assert dataset.family == "mr" and [s.name for s in dataset.structures] == ["Uterus_Cx_Vagina", "GTVp"]
+    (only,) = dataset.cases
+    assert only.modality == "MR" and only.structures == {"Uterus_Cx_Vagina": "matched", "GTVp": "matched"}
+    labels = load_image(only.labels).array
+    truth = case.labels.array
+    assert dice(labels == 2, truth == 2) >= 0.98 and dice(labels > 0, truth > 0) >= 0.98
+    notes = json.loads((tmp_path / "mr" / "dataset.json").read_text())["import"]["cases"][only.id]["notes"]
+    assert notes and "GTVp overlaps Uterus_Cx_Vagina" in notes[0]

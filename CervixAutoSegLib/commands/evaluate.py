@@ -118,7 +118,7 @@ def compare_cases(
     return results, pairs, unmatched, catalogue
 
 
-def _name_rules(args: argparse.Namespace, pairs):
+def _name_rules(args: argparse.Namespace, pairs: list) -> object | None:
     """The ``--names`` rules for RTSTRUCT truths (checked against the first case's structures), or None."""
     from ..dataset.names import load_name_rules
     from ..evaluation import structures_near

@@ -135,7 +135,7 @@ def _sources(args: argparse.Namespace, family):
     }
 
 
-def _dataset_sources(args: argparse.Namespace, family):
+def _dataset_sources(args: argparse.Namespace, family) -> tuple[list, dict]:
     """Cases of a dataset folder for ``family`` and the data summary the model card records."""
     from ..cases import dataset_cases
     from ..dataset.manifest import MANIFEST_FILE, load_dataset
@@ -246,7 +246,7 @@ def train_fold(args: argparse.Namespace, family, config, sources, data_summary: 
                         test_sources=test_src, learned_from=[*train_src, *val_src])
 
 
-def _manifest_fold(fixed, folds: int, fold: int):
+def _manifest_fold(fixed: tuple[list, list, list], folds: int, fold: int) -> tuple[list, list, list]:
     """Fold ``fold`` of ``folds`` over a manifest's train + validation cases; its test cases stay out."""
     from ..errors import InputError
 

@@ -26,9 +26,12 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    from ..dicom_series import SeriesInfo
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +193,7 @@ def _attach_damaged(series: dict[str, ImageSeries], damaged: list[Any]) -> list[
     return rest
 
 
-def series_info(series: ImageSeries):
+def series_info(series: ImageSeries) -> "SeriesInfo":
     """The series reader's :class:`~CervixAutoSegLib.dicom_series.SeriesInfo` of ``series``."""
     from .. import dicom_series as ds_module
 

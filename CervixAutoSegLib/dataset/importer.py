@@ -30,7 +30,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +39,9 @@ from ..structures import Structure
 from .dicom_tree import DicomTree, Pairing, Skipped, pair_rtstructs, scan_tree, series_info
 from .manifest import MANIFEST_FILE, Dataset, DatasetCase, write_dataset
 from .names import NameRules, RoiVerdict, StructureMatch, load_name_rules, match_structures, plain_name
+
+if TYPE_CHECKING:
+    from ..families import ModelFamily
 
 log = logging.getLogger(__name__)
 
@@ -202,13 +205,13 @@ def _move_into_place(staging: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _family(name: str | None):
+def _family(name: str | None) -> "ModelFamily | None":
     from ..families import get_family
 
     return get_family(name) if name else None
 
 
-def _family_from(pairings: Sequence[Pairing]):
+def _family_from(pairings: Sequence[Pairing]) -> "ModelFamily":
     from ..families import family_for_modality
 
     modalities = sorted({p.series.modality for p in pairings})

@@ -12,6 +12,7 @@ import logging
 import re
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -117,7 +118,7 @@ def unique_roi_names(path) -> list[str]:
     return list(_unique_names(_roi_names(_read(path))).values())
 
 
-def read_header(path: str | Path):
+def read_header(path: str | Path) -> Any:
     """The RTSTRUCT's pydicom Dataset (InputError when unreadable or not an RT Structure Set)."""
     return _read(path)
 
