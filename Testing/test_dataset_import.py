@@ -268,3 +268,34 @@ def test_mr_family_is_chosen_from_the_images_and_the_tumour_is_painted_over_the_
     assert dice(labels == 2, truth == 2) >= 0.98 and dice(labels > 0, truth > 0) >= 0.98
     notes = json.loads((tmp_path / "mr" / "dataset.json").read_text())["import"]["cases"][only.id]["notes"]
     assert notes and "GTVp overlaps Uterus_Cx_Vagina" in notes[0]
+
+
+def test_a_damaged_series_and_an_rtstruct_matching_nothing_are_skipped_with_their_reason(tmp_path, capsys):
+    good = small_ct_phantom(1005, matrix=48, pixel_mm=9.0, slice_mm=10.0)
+    reference = write_patient_series(good, tmp_path / "dicom" / "good", patient_id="OK-1", patient_name="Ok^One")
+    write_named_rtstruct(tmp_path / "dicom" / "good" / "rs.dcm", good.labels.array, reference, [("Bladder", (1,))])
+    cut = small_ct_phantom(1006, matrix=48, pixel_mm=9.0, slice_mm=10.0)
+    reference = write_patient_series(cut, tmp_path / "dicom" / "cut", patient_id="CUT-2", patient_name="Cut^Two")
+    write_named_rtstruct(tmp_path / "dicom" / "cut" / "rs.dcm", cut.labels.array, reference, [("Bladder", (1,))])
+    victim = Path(reference.meta["files"][3])
+    victim.write_bytes(victim.read_bytes()[:-500])  # an export cut short inside the pixel data
+    odd = small_ct_phantom(1007, matrix=48, pixel_mm=9.0, slice_mm=10.0)
+    reference = write_patient_series(odd, tmp_path / "dicom" / "odd", patient_id="ODD-3", patient_name="Odd^Three")
+    write_named_rtstruct(tmp_path / "dicom" / "odd" / "rs.dcm", odd.labels.array, reference,
+                         [("Harnblase", (1,)), ("Enddarm", (2,))])
+
+    assert main(["dataset", "import", str(tmp_path / "dicom"), "--out", str(tmp_path / "ds")]) == 0
+    printed = capsys.readouterr().out
+    manifest = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert [case["id"] for case in manifest["cases"]] == ["case-0001"]
+    assert manifest["cases"][0]["structures"] == {"Bladder": "matched", "Rectum": "missing", "CTVn": "missing",
+                                                 "CTVp": "missing"}
+    reasons = sorted(item["reason"] for item in manifest["import"]["skipped"])
+    assert reasons == ["no ROI matched a structure of the family", "the image series cannot be read"]
+    assert victim.name in printed and "'Harnblase', 'Enddarm'" in printed
+    # A mapping file brings the German names in.
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({"map": {"harnblase": "Bladder", "End*": "Rectum"}}))
+    assert main(["dataset", "import", str(tmp_path / "dicom"), "--out", str(tmp_path / "ds2"), "--names", str(names)]) == 0
+    statuses = [case["structures"] for case in json.loads((tmp_path / "ds2" / "dataset.json").read_text())["cases"]]
+    assert {"Bladder": "matched", "Rectum": "matched", "CTVn": "missing", "CTVp": "missing"} in statuses

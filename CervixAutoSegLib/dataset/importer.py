@@ -191,6 +191,8 @@ def _move_into_place(staging: Path, out: Path) -> None:
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+        if old.exists():  # left by a run of this pid number that was killed mid-swap
+            shutil.rmtree(old)
         os.replace(out, old)
     try:
         os.replace(staging, out)
