@@ -152,6 +152,22 @@ def _run_cases(client: Any, cases: Sequence[BatchCase], out: Path, settings: Cas
     except BaseException:
         client.cancel(list(futures))
         raise
+    _sweep(client, out, [case.id for case in cases])
+
+
+def _sweep(client: Any, out: Path, case_ids: list[str]) -> None:
+    """Staging folders of killed attempts removed on every worker's host (:func:`.state.sweep_staging`);
+    a worker that cannot do it (gone, no access) is only logged: the folders are hidden and the next
+    run into that case folder removes them."""
+    from .state import sweep_staging
+
+    try:
+        removed = client.run(sweep_staging, str(out), case_ids)
+    except Exception as error:  # noqa: BLE001 - tidying up must not fail a finished batch
+        log.info("could not sweep staging folders on the workers: %s", error)
+        return
+    if any(removed.values()):
+        log.info("removed %d staging folder(s) of killed attempts", sum(removed.values()))
 
 
 def _result_of(future: Any, case: BatchCase) -> CaseResult:

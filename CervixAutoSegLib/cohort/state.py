@@ -72,3 +72,14 @@ def labels_file(folder: Path) -> Path | None:
         if (Path(folder) / name).is_file():
             return Path(folder) / name
     return None
+
+
+def sweep_staging(out_dir: str | Path, case_ids: list[str]) -> int:
+    """Remove staging folders that killed runs left beside ``out_dir``'s case folders, as seen from
+    this host (:func:`CervixAutoSegLib.outputs.remove_stale_staging`: only those of processes that
+    are gone); returns how many.  ``batch`` runs it on every worker at the end, because a case whose
+    worker died on one host may have been finished on another, which cannot judge the first host's
+    processes."""
+    from ..outputs import remove_stale_staging
+
+    return sum(len(remove_stale_staging(Path(out_dir) / case_id)) for case_id in case_ids)
