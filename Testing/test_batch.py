@@ -112,6 +112,7 @@ def test_a_killed_worker_does_not_lose_its_case(killed_run, case_folders):
         assert labels.shape == truth.shape and labels.array.max() > 0
         assert set(result.volumes_ml) == {"Bladder", "Rectum", "CTVn", "CTVp"}
     assert by_id[case_id].worker.split(":")[1] != str(pid), "the killed worker cannot have delivered the result"
+    assert [result.interrupted_attempts for result in run.results] == [int(c == case_id) for c in CASES]
     assert not [name for name in os.listdir(out) if STAGING_TAG in name], "the killed run's staging folder remains"
     document = json.loads((out / "batch.json").read_text())
     assert document["counts"]["failed"] == 0 and [case["case_id"] for case in document["cases"]] == list(CASES)

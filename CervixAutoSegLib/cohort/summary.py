@@ -46,6 +46,8 @@ def progress_line(result: CaseResult, done: int, total: int) -> str:
     bar = "#" * filled + "-" * (_BAR_WIDTH - filled)
     width = len(str(total))
     line = f"[{bar}] {done:>{width}}/{total}  {result.case_id}  {result.status}  {result.seconds:.1f} s"
+    if result.interrupted_attempts:
+        line += f" (after {result.interrupted_attempts} interrupted attempt(s))"
     return f"{line}: {result.reason}" if result.status == FAILED else line
 
 
@@ -110,6 +112,7 @@ def write_summary(out_dir: Path, results: Sequence[CaseResult], names: Sequence[
 def _case_entry(result: CaseResult, evaluated: bool) -> dict[str, Any]:
     entry: dict[str, Any] = {"case_id": result.case_id, "status": result.status, "seconds": round(result.seconds, 3),
                              "reason": result.reason, "model": result.model, "worker": result.worker,
+                             "interrupted_attempts": result.interrupted_attempts,
                              "volumes_ml": {k: _json_number(v) for k, v in result.volumes_ml.items()},
                              "warnings": list(result.warnings)}
     if evaluated:

@@ -65,6 +65,8 @@ class CaseResult:
     model: str = ""
     worker: str = ""
     warnings: list[str] = dataclasses.field(default_factory=list)
+    interrupted_attempts: int = 0
+    """Staging folders of earlier attempts at this case whose process died (a killed worker), removed."""
     evaluation: list = dataclasses.field(default_factory=list)
     """:class:`~CervixAutoSegLib.evaluation.StructureResult` per structure (``--evaluate``)."""
     truth: str = ""
@@ -92,9 +94,12 @@ def run_case(case: BatchCase, out_dir: str, settings: CaseSettings) -> CaseResul
 
 def _segment_or_skip(case: BatchCase, folder: Path, settings: CaseSettings, result: CaseResult) -> None:
     """Skip a finished case folder (status ``skipped``), else run the pipeline into it (``ok``)."""
+    from ..outputs import remove_stale_staging
     from ..pipeline import segment
     from .state import incomplete_reason, read_report
 
+    # What a dead attempt left (this host's only): counted, so the summary can say the case was retried.
+    result.interrupted_attempts = len(remove_stale_staging(folder))
     reason = None if settings.redo else incomplete_reason(folder, settings.model)
     if settings.redo or reason is not None:
         _limit_threads(settings.threads)  # here, not earlier: a skipped case needs no torch
