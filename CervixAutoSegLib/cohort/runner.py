@@ -172,11 +172,9 @@ def _sweep(client: Any, out: Path, case_ids: list[str]) -> None:
 
 def _result_of(future: Any, case: BatchCase) -> CaseResult:
     """The task's CaseResult; a failed one when its workers kept dying or the task itself broke."""
-    from distributed import KilledWorker
-
     try:
         return future.result()
-    except KilledWorker as error:
+    except require_distributed().KilledWorker as error:
         tries = getattr(error, "allowed_failures", None)
         times = f" {tries + 1} times" if isinstance(tries, int) else ""
         return CaseResult(case.id, FAILED, reason=f"the worker process running it died{times} (killed, or out "

@@ -175,11 +175,12 @@ def _limit_threads(threads: int | None) -> None:
 def _worker_share() -> int:
     """The cores this process may use divided by the task threads of its Dask worker (1 outside Dask)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        from distributed import get_worker
+    from ..errors import DependencyError
+    from .cluster import require_distributed
 
-        tasks = max(1, int(get_worker().state.nthreads))
-    except (ImportError, ValueError, AttributeError):
+    try:
+        tasks = max(1, int(require_distributed().get_worker().state.nthreads))
+    except (DependencyError, ValueError, AttributeError):  # not in a Dask worker
         tasks = 1
     return max(1, cores // tasks)
 
