@@ -22,14 +22,29 @@ Reading rules (the places where DICOM readers silently go wrong):
   is IPP rounding, not tilt: the grid stays orthogonal and the drift is reported in
   ``meta["slice_spacing_nonuniform"]``.
 * The same SOP Instance found twice (two copies of an export) counts once.
-* Every file that looks like DICOM (Part 10 preamble, or a raw dataset) is read completely or
-  reported: a file cut off (an element running past the end, an image without pixel data,
-  native pixel data shorter than Rows x Columns x Bits Allocated needs) or one pydicom cannot
-  parse is a :class:`DamagedFile`; it is attached to its series (or, when the cut came before
-  Series Instance UID, to the series in its folder) and reading that series stops naming it.
-  Nothing vanishes: a lost last slice would otherwise shorten the volume without a word.
+* Every file that looks like DICOM (Part 10 preamble, a raw dataset, or a Part 10 file that lost
+  only its preamble and starts with its file meta group) is read completely or reported: a file
+  cut off (an element running past the end, an image without pixel data), an image without Rows
+  or Columns or without Series Instance UID, native pixel data shorter or longer than Rows x
+  Columns x Bits Allocated needs (one padding byte allowed) or encapsulated under a native
+  transfer syntax, and one pydicom cannot parse are each a :class:`DamagedFile`; it is attached
+  to its series (or, when its series is unknown, to the series in its folder) and reading that
+  series stops naming it.  Nothing vanishes: a lost last slice would otherwise shorten the
+  volume without a word.
+* **Every file in the folder of a series' images must be DICOM**, unless its name says it is
+  something else (:data:`NOT_DICOM_NAMES` such as DICOMDIR or README, :data:`NOT_DICOM_SUFFIXES`
+  such as .txt, .json, .xml, .pdf, .jpg, .db; hidden files are skipped).  Any other file there
+  (an emptied slice, one cut inside its 132-byte preamble, a stray file without suffix) is an
+  :class:`UnreadableFile` and reading the series stops naming it: the user removes it or exports
+  the series again.  Files in folders without images are ignored (mentioned only when no series
+  is found at all).
 * Header numbers the geometry and the writers use (Image Position/Orientation (Patient),
-  Pixel Spacing, Rescale Slope/Intercept) must be finite; the message names file and tag.
+  Pixel Spacing, Rescale Slope/Intercept) must be finite, and positions within
+  :data:`~CervixAutoSegLib.input_checks.MAX_POSITION_MM`; the message names file and tag.
+* A CT slice must have Rescale Intercept and Slope (Type 1 in the CT Image module): without
+  them its Hounsfield units are unknown, so it is refused, never read as 0 and 1.
+* Stored pixel values must fit in Bits Stored: pydicom keeps only those bits, which would
+  change the image without a word, so such a slice is refused.
 * A single image is read as a 1-slice volume whose ``spacing[2]`` is Spacing Between
   Slices, else Slice Thickness, else 1 mm (``meta["single_slice"] = True``): 3D models
   must refuse it themselves.
@@ -52,7 +67,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .input_checks import IN_PLANE_COSINE_TOLERANCE, check_spacing_values
+from .input_checks import IN_PLANE_COSINE_TOLERANCE, check_position_values, check_spacing_values
 from .mr_weighting import Weighting, mr_weighting
 from .volume import Volume
 
@@ -176,6 +191,27 @@ RAW_FIRST_ELEMENT_MAX = 0x0018
 """The first element of a raw dataset is one of (0008,0000)..(0008,0018) (group length, character
 set, image type, creation date/time, SOP Class/Instance UID): a stricter test than the group
 alone, so that an unrelated binary file is not taken for a damaged DICOM one."""
+FILE_META_START = b"\x02\x00"
+"""Little-endian group 0x0002: a Part 10 file that lost only its 128-byte preamble and "DICM"
+starts with its file meta group, which pydicom reads when forced."""
+FILE_META_FIRST_ELEMENT_MAX = 0x0010
+"""Its first element is one of (0002,0000)..(0002,0010) (group length, version, SOP Class/Instance,
+Transfer Syntax)."""
+NOT_DICOM_NAMES = frozenset({"DICOMDIR", "README", "READ.ME", "LICENSE", "LICENCE", "COPYING", "VERSION",
+                             "THUMBS.DB", "DESKTOP.INI", "AUTORUN.INF", "LOCKFILE"})
+"""File names (upper case) that are never images: a DICOMDIR, a CD's readme and index files."""
+NOT_DICOM_SUFFIXES = frozenset({
+    ".txt", ".md", ".rtf", ".pdf", ".doc", ".docx", ".xls", ".xlsx", ".csv", ".tsv", ".json", ".xml", ".xsl",
+    ".dtd", ".htm", ".html", ".css", ".js", ".yaml", ".yml", ".ini", ".inf", ".cfg", ".log", ".db",
+    ".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".ico", ".svg",
+    ".zip", ".gz", ".bz2", ".xz", ".7z", ".tar", ".md5", ".sha1", ".sha256", ".sig",
+    ".exe", ".dll", ".jar", ".bat", ".cmd", ".sh", ".py", ".mat",
+    ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".raw", ".vtk", ".stl",
+})
+"""Suffixes (lower case) of files that are known not to be DICOM: documents, reports, viewers'
+files, pictures, archives, checksums and other image formats.  A file in the folder of a series
+whose content is not DICOM and whose name is not of this kind is reported (see
+:class:`UnreadableFile`): it may be a slice cut or emptied by a failed copy."""
 PREAMBLE_LENGTH = 128
 SCAN_DEFER_BYTES = 64 * 1024
 """While scanning, values larger than this (pixel data) are skipped, not read: their declared
@@ -198,16 +234,50 @@ class DamagedFile:
         return f"damaged DICOM file {self.path}: {self.reason}; copy or export the series again"
 
 
+@dataclasses.dataclass(frozen=True)
+class UnreadableFile(DamagedFile):
+    """A file beside the images of a series that is not recognisably DICOM and not of a known
+    other kind (:data:`NOT_DICOM_NAMES`, :data:`NOT_DICOM_SUFFIXES`): an emptied slice, one cut
+    inside its preamble, or something foreign the user should move out of the folder."""
+
+    def message(self) -> str:
+        return (f"unreadable file {self.path} among the images of the series: {self.reason}; if it is one of "
+                "its slices, copy or export the series again, else move it out of the folder")
+
+
+def is_known_non_dicom(path: Path) -> bool:
+    """True for a file whose name says it is not an image (:data:`NOT_DICOM_NAMES`, :data:`NOT_DICOM_SUFFIXES`)."""
+    return path.name.upper() in NOT_DICOM_NAMES or path.suffix.lower() in NOT_DICOM_SUFFIXES
+
+
+def _unreadable(path: Path) -> UnreadableFile | None:
+    """An :class:`UnreadableFile` for a non-DICOM file whose name does not say what else it is, else None."""
+    if is_known_non_dicom(path):
+        return None
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        return UnreadableFile(path, f"it cannot be read ({_one_line(error)})")
+    if size == 0:
+        return UnreadableFile(path, "it is empty (0 bytes)")
+    return UnreadableFile(path, f"its {size} bytes hold no DICOM preamble or data set")
+
+
 def _has_part10_preamble(path: Path) -> bool:
     with open(path, "rb") as stream:
         return stream.read(PREAMBLE_LENGTH + 4)[PREAMBLE_LENGTH:] == b"DICM"
 
 
 def _looks_like_raw_dataset(path: Path) -> bool:
+    """A dataset without the Part 10 preamble: a bare dataset (group 0008 first), or a Part 10
+    file that lost only its preamble and "DICM" (file meta group 0002 first)."""
     with open(path, "rb") as stream:
         head = stream.read(4)
-    return (len(head) == 4 and head[:2] == RAW_DATASET_START
-            and int.from_bytes(head[2:], "little") <= RAW_FIRST_ELEMENT_MAX)
+    if len(head) != 4:
+        return False
+    element = int.from_bytes(head[2:], "little")
+    return ((head[:2] == RAW_DATASET_START and element <= RAW_FIRST_ELEMENT_MAX)
+            or (head[:2] == FILE_META_START and element <= FILE_META_FIRST_ELEMENT_MAX))
 
 
 def read_dataset(path: Path, *, stop_before_pixels: bool = False, defer_size: int | None = None):
@@ -293,7 +363,12 @@ def _damage(ds, path: Path) -> str | None:
         if _is_image_object(ds):
             return f"an image without pixel data (the file ends after {size} bytes)"
         return None
-    return _short_pixel_data(ds)
+    missing = [label for keyword, label in (("Rows", "Rows (0028,0010)"), ("Columns", "Columns (0028,0011)"))
+               if keyword not in ds]
+    if missing and _is_image_object(ds):
+        # Without its size the image cannot be decoded; skipped, it would silently lose a slice.
+        return f"an image without {' and '.join(missing)}"
+    return _pixel_data_length_problem(ds)
 
 
 def _tag_label(tag: int) -> str:
@@ -318,12 +393,21 @@ def _is_image_object(ds) -> bool:
     return bool(sop_class) and "Image Storage" in UID(sop_class).name
 
 
-def _short_pixel_data(ds) -> str | None:
-    """For native (uncompressed) pixel data: a message when it holds fewer bytes than the image needs."""
+def _pixel_data_length_problem(ds) -> str | None:
+    """For native (uncompressed) pixel data: a message when it holds fewer or more bytes than the
+    image needs (one padding byte to an even length allowed), or is encapsulated (undefined length)
+    under a native transfer syntax.
+
+    Too many bytes mean Rows, Columns or Bits Allocated are wrong, or compressed frames were
+    relabelled native: pydicom would silently re-wrap them into a wrong image.
+    """
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     length = getattr(_raw_element(ds, PIXEL_DATA_TAG), "length", UNDEFINED_LENGTH)
-    if syntax is None or syntax.is_compressed or length == UNDEFINED_LENGTH:
+    if syntax is None or syntax.is_compressed:
         return None  # encapsulated: the decoder reports a damaged codestream when the series is read
+    if length == UNDEFINED_LENGTH:
+        return (f"its pixel data is encapsulated (compressed) but its transfer syntax {syntax.name} says "
+                "native: the image cannot be decoded reliably")
     try:
         rows, columns = int(ds.Rows), int(ds.Columns)
         bits, samples = int(ds.BitsAllocated), int(_float(ds, "SamplesPerPixel") or 1)
@@ -331,7 +415,7 @@ def _short_pixel_data(ds) -> str | None:
     except (AttributeError, TypeError, ValueError, OverflowError):
         return None  # the size tags themselves are broken: reading the pixels names that
     needed = -(-rows * columns * samples * frames * bits // BITS_PER_BYTE)  # whole bytes (1-bit images round up)
-    if length < needed:
+    if length < needed or length > needed + 1:
         return (f"its pixel data holds {length} bytes, {rows}x{columns} pixels of {bits} bits "
                 f"({frames} frame(s)) need {needed}")
     return None
@@ -406,6 +490,11 @@ def _scan(paths: Iterable[Path]) -> tuple[dict[str, list[tuple[Path, Any]]], lis
     seen_instances: set[str] = set()
     for path in _iter_files(paths):
         ds = _read_header(path)
+        if ds is None:
+            ds = _unreadable(path)  # not DICOM: named when it lies among a series' images
+        elif not isinstance(ds, DamagedFile) and _is_image(ds) and not _text(ds, "SeriesInstanceUID"):
+            # A series needs its UID (the RTSTRUCT references it): never group such files by folder.
+            ds = DamagedFile(path, "an image without Series Instance UID (0020,000E)")
         if isinstance(ds, DamagedFile):
             log.debug("%s", ds.message())
             damaged.append(ds)
@@ -418,8 +507,7 @@ def _scan(paths: Iterable[Path]) -> tuple[dict[str, list[tuple[Path, Any]]], lis
             log.debug("skipping %s: SOP instance %s already seen", path, instance)
             continue
         seen_instances.add(instance)
-        uid = str(getattr(ds, "SeriesInstanceUID", "") or f"(no series UID: {path.parent})")
-        groups.setdefault(uid, []).append((path, ds))
+        groups.setdefault(_text(ds, "SeriesInstanceUID"), []).append((path, ds))
     return groups, damaged
 
 
@@ -490,9 +578,16 @@ class SeriesScan:
         """InputError when no series was found: naming a damaged file if there is one."""
         if self.series:
             return
+        # A damaged DICOM file explains "no series" better than a file that may be anything.
+        damaged = [file for file in self.unattached if not isinstance(file, UnreadableFile)]
+        if damaged:
+            extra = f" ({len(damaged) - 1} more damaged files)" if len(damaged) > 1 else ""
+            raise InputError(f"no DICOM image series found in {where}: {damaged[0].message()}{extra}")
         if self.unattached:
-            extra = f" ({len(self.unattached) - 1} more damaged files)" if len(self.unattached) > 1 else ""
-            raise InputError(f"no DICOM image series found in {where}: {self.unattached[0].message()}{extra}")
+            first = self.unattached[0]
+            extra = f" ({len(self.unattached) - 1} more such files)" if len(self.unattached) > 1 else ""
+            raise InputError(f"no DICOM image series found in {where}: {first.path} is not DICOM, "
+                             f"{first.reason}{extra}")
         raise InputError(f"no DICOM image series found in {where}")
 
 
@@ -649,7 +744,7 @@ def _position(ds, path: Path) -> np.ndarray:
     ipp = _header_numbers(ds, path, "ImagePositionPatient", 3, "Image Position (Patient)")
     if ipp is None:
         raise InputError(f"{path.name} has no Image Position (Patient): cannot place it in space")
-    return ipp
+    return check_position_values(ipp, path.name, "Image Position (Patient) (ImagePositionPatient)")
 
 
 def _pixel_spacing(ds, path: Path) -> np.ndarray:
@@ -786,7 +881,49 @@ def _pixels(path: Path) -> tuple[np.ndarray, Any]:
             f"{path} holds {array.shape[0]} frames: multi-frame (enhanced) images are not supported, "
             "export the series as one file per slice"
         )
+    _check_bits_stored(ds, path, array)
     return array, ds
+
+
+def _stored_values(ds, array: np.ndarray) -> np.ndarray:
+    """The stored values as written in the file, before pydicom masks them to Bits Stored.
+
+    Native pixel data is viewed directly (Bits Allocated 8/16/32, Pixel Representation, byte
+    order of the transfer syntax); for compressed data only the decoder's output is available.
+    """
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    allocated = int(ds.BitsAllocated)
+    if syntax is None or syntax.is_compressed or allocated not in (8, 16, 32):
+        return array
+    kind = "i" if int(getattr(ds, "PixelRepresentation", 0) or 0) == 1 else "u"
+    order = "<" if syntax.is_little_endian else ">"
+    count = int(array.size)
+    return np.frombuffer(bytes(ds.PixelData), dtype=f"{order}{kind}{allocated // BITS_PER_BYTE}", count=count)
+
+
+def _check_bits_stored(ds, path: Path, array: np.ndarray) -> None:
+    """InputError when stored values do not fit in Bits Stored.
+
+    pydicom keeps only the low Bits Stored bits (and sign-extends them), so such a slice would
+    silently get other values, e.g. -1000 HU turned into +24 HU with Bits Stored 8.  Bits Stored
+    must describe the values (a few retired exports hid overlays in the high bits: refused too).
+    """
+    try:
+        stored, allocated = int(ds.BitsStored), int(ds.BitsAllocated)
+        values = _stored_values(ds, array)
+    except (AttributeError, TypeError, ValueError):
+        return  # pydicom decoded it, so the tags were usable; nothing more to compare against
+    if not values.size or stored >= allocated:
+        return
+    signed = int(getattr(ds, "PixelRepresentation", 0) or 0) == 1
+    low, high = (-(2 ** (stored - 1)), 2 ** (stored - 1) - 1) if signed else (0, 2 ** stored - 1)
+    smallest, largest = int(values.min()), int(values.max())
+    if smallest < low or largest > high:
+        raise InputError(
+            f"{path.name} stores values {smallest}..{largest}, which do not fit in its Bits Stored (0028,0101) "
+            f"{stored} ({low}..{high}): a reader would cut their high bits and change the image; "
+            "export the series again"
+        )
 
 
 def _one_line(error: BaseException) -> str:
@@ -846,16 +983,8 @@ def _read_pixels(paths: Sequence[Path], size: tuple[int, int]) -> tuple[np.ndarr
     return stored, slopes, intercepts
 
 
-def read_series_files(info: SeriesInfo, *, t2: bool | None = None) -> Volume:
-    """Read the files of one series (as found by :func:`find_series`) into a Volume.
-
-    Returns a Volume with ``array`` (z, y, x) = (slice, row, column), k growing along the
-    slice normal, geometry in LPS mm. See the module docstring for the rules.
-    """
-    _check_supported(info)
-    if info.damaged:
-        extra = f" ({len(info.damaged) - 1} more damaged files)" if len(info.damaged) > 1 else ""
-        raise InputError(info.damaged[0].message() + extra)
+def _read_members(info: SeriesInfo) -> list[tuple[Path, Any]]:
+    """(path, header) of every file of ``info``, each checked again (files may change after the scan)."""
     members = []
     for path in info.files:
         ds = _read_header(path)
@@ -863,23 +992,34 @@ def read_series_files(info: SeriesInfo, *, t2: bool | None = None) -> Volume:
             raise InputError(ds.message())
         if ds is None:
             raise InputError(f"cannot read DICOM file {path}")
+        if not _text(ds, "SeriesInstanceUID"):  # a caller may have grouped files by folder (dataset import)
+            raise InputError(DamagedFile(path, "an image without Series Instance UID (0020,000E)").message())
         if _frame_count(ds) > 1:
             raise InputError(
                 f"{path} holds {_frame_count(ds)} frames: multi-frame (enhanced) images are not "
                 "supported, export the series as one file per slice"
             )
+        if info.modality == "CT":
+            _check_ct_rescale(ds, path)
         members.append((path, ds))
-    iop, pixel_spacing = _check_consistent(members)
-    normal = np.cross(iop[:3], iop[3:])
-    members.sort(key=lambda member: float(np.dot(_position(member[1], member[0]), normal)))
-    positions = np.array([_position(ds, path) for path, ds in members])
-    first_path, first = members[0]
-    single_spacing = _single_slice_spacing(first, first_path) if len(members) == 1 else DEFAULT_SINGLE_SLICE_SPACING_MM
-    geometry = _stack_geometry(positions, iop, pixel_spacing, [p.name for p, _ in members], single_spacing)
+    return members
 
-    stored, slopes, intercepts = _read_pixels([path for path, _ in members], (int(first.Rows), int(first.Columns)))
-    values = _to_output_values(stored, slopes, intercepts)
 
+def _check_ct_rescale(ds, path: Path) -> None:
+    """Rescale Intercept and Slope are Type 1 in the CT Image module: without them the Hounsfield
+    units are unknown (stored values are often offset by 1024), so a CT slice lacking either is
+    refused instead of read as 0 and 1."""
+    for keyword, label in (("RescaleIntercept", "Rescale Intercept (0028,1052)"),
+                           ("RescaleSlope", "Rescale Slope (0028,1053)")):
+        if not _text(ds, keyword):
+            raise InputError(f"{path.name} is a CT image without {label}, which CT images must have: its "
+                             "Hounsfield units are unknown; export the series again from the scanner or PACS")
+
+
+def _series_meta(info: SeriesInfo, members: list[tuple[Path, Any]], geometry: _SliceGeometry,
+                 slopes: np.ndarray, intercepts: np.ndarray, t2: bool | None) -> dict:
+    """``Volume.meta`` of a series read from DICOM (identity, files, geometry facts, warnings)."""
+    first = members[0][1]
     is_t2 = t2 if (t2 is not None and info.modality == "MR") else info.is_t2
     meta = {
         "source": "dicom",
@@ -912,9 +1052,33 @@ def read_series_files(info: SeriesInfo, *, t2: bool | None = None) -> Volume:
         meta["input_warnings"] = [f"slice positions deviate up to {geometry.nonuniform_mm:.3f} mm from a "
                                   "uniform grid"]
         log.info("%s", meta["input_warnings"][0])
+    return meta
+
+
+def read_series_files(info: SeriesInfo, *, t2: bool | None = None) -> Volume:
+    """Read the files of one series (as found by :func:`find_series`) into a Volume.
+
+    Returns a Volume with ``array`` (z, y, x) = (slice, row, column), k growing along the
+    slice normal, geometry in LPS mm. See the module docstring for the rules.
+    """
+    _check_supported(info)
+    if info.damaged:
+        extra = f" ({len(info.damaged) - 1} more damaged files)" if len(info.damaged) > 1 else ""
+        raise InputError(info.damaged[0].message() + extra)
+    members = _read_members(info)
+    iop, pixel_spacing = _check_consistent(members)
+    normal = np.cross(iop[:3], iop[3:])
+    members.sort(key=lambda member: float(np.dot(_position(member[1], member[0]), normal)))
+    positions = np.array([_position(ds, path) for path, ds in members])
+    first_path, first = members[0]
+    single_spacing = _single_slice_spacing(first, first_path) if len(members) == 1 else DEFAULT_SINGLE_SLICE_SPACING_MM
+    geometry = _stack_geometry(positions, iop, pixel_spacing, [p.name for p, _ in members], single_spacing)
+
+    stored, slopes, intercepts = _read_pixels([path for path, _ in members], (int(first.Rows), int(first.Columns)))
+    values = _to_output_values(stored, slopes, intercepts)
     return Volume(
         array=values, spacing=geometry.spacing, origin=geometry.origin, direction=geometry.direction,
-        modality=info.modality, meta=meta,
+        modality=info.modality, meta=_series_meta(info, members, geometry, slopes, intercepts, t2),
     )
 
 

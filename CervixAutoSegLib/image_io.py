@@ -194,8 +194,9 @@ def load_image(
     scan = dicom_series.scan_series([path])
     if scan.series:
         return dicom_series.read_dicom_series([path], series_uid=series_uid, modality=modality, t2=t2, preferred=preferred)
-    if scan.unattached:
-        raise InputError(scan.unattached[0].message())
+    damaged = [file for file in scan.unattached if not isinstance(file, dicom_series.UnreadableFile)]
+    if damaged:  # a lone file that is not DICOM at all gets the message below
+        raise InputError(damaged[0].message())
     raise InputError(
         f"{path} is neither DICOM nor a known image format ({', '.join(ITK_SUFFIXES)}); "
         "give a DICOM folder or an image file"

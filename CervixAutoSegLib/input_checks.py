@@ -7,11 +7,16 @@ come out silently wrong or fail late (after minutes of network, or with a traceb
 * spacing not finite and positive (:func:`check_spacing_values`, also used on raw headers);
 * a direction whose in-plane axes are not orthonormal, or whose slice axis is sheared in a way
   no gantry tilt produces (:func:`check_direction`);
-* a field of view no patient has (:func:`check_extent`);
+* a field of view no patient has (:func:`check_extent`), or a position no scanner reaches
+  (:func:`check_position_values`);
 * more memory than the machine has for the model's working grid (:func:`check_memory`);
 * NaN/Inf voxels (:func:`check_finite_voxels`);
 * a label map given as the image (:func:`check_not_label_map`);
-* a DICOM series without the values the RTSTRUCT writer needs (:func:`check_dicom_references`).
+* a DICOM series without the UIDs the RTSTRUCT writer needs (:func:`check_dicom_references`);
+  an optional (Type 3) value the writer copies but cannot use, such as a Patient's Weight that
+  is not a number, is no refusal: the writer leaves it out, and the input warnings
+  (``volume.meta["input_warnings"]``, shown by ``segment`` and ``series --check``, kept in
+  report.json) say so.
 
 Conventions as in :mod:`.volume`: arrays are indexed (z, y, x); spacing, origin and direction
 are in (x, y, z) = (i, j, k) order, in DICOM patient LPS millimetres.  Every check raises
@@ -40,6 +45,9 @@ column direction.  A lean along the rows is refused once it moves the last slice
 more than half a pixel: rounding of Image Position (Patient) (0.1 mm) stays far below that."""
 MAX_GANTRY_TILT_DEGREES = 45.0
 """CT gantries tilt by at most about 30°; a slice axis leaning further is a corrupt header."""
+MAX_POSITION_MM = 1e5
+"""No scanner places a voxel 100 m from its isocentre: a position beyond this is a corrupt header
+(1e308 mm even overflows the float32 of NIfTI, which then stores origin 0 without a word)."""
 MAX_FIELD_OF_VIEW_MM = 2000.0
 """No patient is longer and no scanner table travels further: a larger extent means a wrong
 spacing (e.g. Pixel Spacing in cm or µm)."""
@@ -119,6 +127,19 @@ def check_spacing_values(values: Sequence[float], name: str, what: str = "voxel 
         raise InputError(f"{name} has {what} ({shown}) mm: every spacing must be a positive number; "
                          "fix the header or export the image again")
     return spacing
+
+
+def check_position_values(values: Sequence[float], name: str, what: str = "origin") -> np.ndarray:
+    """``values`` (mm) as an array when every one is finite and within :data:`MAX_POSITION_MM`, else InputError.
+
+    Used on Volume origins and on raw DICOM Image Position (Patient).
+    """
+    position = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(position)) or np.any(np.abs(position) > MAX_POSITION_MM):
+        shown = ", ".join(f"{float(v):.6g}" for v in position)
+        raise InputError(f"{name} has {what} ({shown}) mm, beyond any scanner's reach (±{MAX_POSITION_MM:g} mm): "
+                         "fix the header or export the image again")
+    return position
 
 
 def check_direction(volume: Volume, name: str) -> float:
@@ -324,50 +345,35 @@ DICOM_REFERENCES = (
     ("frame_of_reference_uid", "Frame of Reference UID (0020,0052)"),
 )
 """Identifiers the RTSTRUCT must repeat to reference its images (the writer refuses without them)."""
-COPIED_NUMBERS = ("PatientWeight", "PatientSize")
-"""Decimal String values the RTSTRUCT writer copies from the first image (Patient Study module);
-every other copied value is text, which pydicom carries over whatever it holds."""
-
-
-def check_dicom_references(volume: Volume, name: str) -> None:
-    """For a Volume read from DICOM: the UIDs and copied values the RTSTRUCT writer needs are usable.
+def check_dicom_references(volume: Volume, name: str) -> list[str]:
+    """For a Volume read from DICOM: the UIDs the RTSTRUCT writer needs are there (InputError if not).
 
     Header problems every reader must refuse (positions, spacing, rescale) are the DICOM
     reader's; these are the ones only the RTSTRUCT writer would trip over, after the network.
+    Returns warnings (one line each) for optional values the writer will leave out
+    (:func:`CervixAutoSegLib.rtstruct.writer.invalid_optional_values`).
     """
     meta = volume.meta
     if meta.get("source") != "dicom":
-        return
+        return []
     for key, label in DICOM_REFERENCES:
         if not str(meta.get(key) or "").strip():
             raise InputError(f"{name} has no {label}: an RTSTRUCT could not reference its images; "
                              "export the series again from the scanner or PACS")
     files = meta.get("files") or []
-    if files:
-        _check_copied_numbers(Path(files[0]))
+    return _optional_value_warnings(Path(files[0])) if files else []
 
 
-def _check_copied_numbers(path: Path) -> None:
-    import pydicom
-    from pydicom.tag import Tag
+def _optional_value_warnings(path: Path) -> list[str]:
+    """What the RTSTRUCT writer will leave out of the first image's header, one line each."""
+    from .dicom_series import read_dataset
+    from .rtstruct.writer import invalid_optional_values
 
     try:
-        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(COPIED_NUMBERS), force=True)
+        header = read_dataset(path, stop_before_pixels=True)
     except Exception:  # noqa: BLE001 - the reader has read this file already; nothing new to report
-        return
-    for keyword in COPIED_NUMBERS:
-        if keyword not in header:
-            continue
-        raw = header.get_item(keyword)
-        try:
-            value = header[keyword].value
-            numbers = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if v != ""]
-        except (ValueError, TypeError, OverflowError):
-            numbers = [float("nan")]
-        if not all(np.isfinite(numbers)):
-            text = raw.value.decode("latin-1", "replace").strip() if isinstance(raw.value, bytes) else raw.value
-            raise InputError(f"{path}: {keyword} {Tag(raw.tag)} holds {text!r}, not a number; "
-                             "the RTSTRUCT copies it, so correct or remove it")
+        return []
+    return [f"{path.name}: {problem}; left out of the RTSTRUCT" for problem in invalid_optional_values(header)]
 
 
 # ------------------------------------------------------------------ all of them
@@ -387,11 +393,16 @@ def validate_input(volume: Volume, name: str | None = None, *, modality: str | N
     """
     name = name or source_name(volume)
     check_spacing_values(volume.spacing, name)
+    check_position_values(volume.origin, name)
     tilt = check_direction(volume, name)
     fov = check_extent(volume, name)
     spacings = model_working_spacings(modality or volume.modality, models_root)
     need, available = check_memory(volume, name, spacings)
     check_finite_voxels(volume.array, name)
     check_not_label_map(volume.array, name)
-    check_dicom_references(volume, name)
+    known = list(volume.meta.get("input_warnings") or [])
+    # Listed once however often the same Volume is validated (Slicer, then the pipeline).
+    new = [line for line in check_dicom_references(volume, name) if line not in known]
+    if new:
+        volume.meta["input_warnings"] = known + new
     return InputSummary(name, tuple(float(v) for v in fov), tilt, need, available)  # type: ignore[arg-type]

@@ -276,7 +276,9 @@ def _load(source: str | Path | Volume, series_uid: str | None, model: str | Any,
     warnings = list(check_input_weighting(volume.meta, volume.modality, allow_non_t2=allow_non_t2))
     for warning in warnings:  # info, not warning: the command's summary prints them already
         log.info("%s", warning)
-    return volume, input_path, card, warnings
+    # The reader's and the input checks' warnings (logged by load_input) also reach report.json
+    # ("warnings" and "input_warnings") and the command's summary, which prints "warnings".
+    return volume, input_path, card, [*volume.meta.get("input_warnings", ()), *warnings]
 
 
 def _run_network(volume: Volume, card: Any, device: Any, options: Any, tracker: StagedProgress,

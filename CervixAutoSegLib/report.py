@@ -23,7 +23,10 @@ array axis 0 of the *input* grid, i.e. the acquired image planes)::
         "flagged_slices": n, "thresholds": {"calibrated", "flag_score"}, "evidence": bool,
         "absent": [names], "flags": [{"structure", "kind", "slices", "message"}], "kinds": {...}
       },
-      "warnings": ["one line each, about the input (e.g. T2 weighting not verifiable)"]
+      "warnings": ["one line each, about the input (e.g. T2 weighting not verifiable) or the run"],
+      "input_warnings": ["one line each: what the reader and the input checks noticed but accepted
+                         (slice positions off a uniform grid, an optional header value left out of
+                         the RTSTRUCT); also listed in warnings"]
     }
 
 ``qa.verdict`` and ``qa.slices`` come from :mod:`CervixAutoSegLib.qa` (per-case plausibility against
@@ -260,6 +263,7 @@ def build_report(*, volume: Volume, input_path: str | None, card: Any, device: M
         },
         "outputs": list(outputs),
         "warnings": list(warnings),
+        "input_warnings": list(volume.meta.get("input_warnings") or ()),
     }
 
 

@@ -346,6 +346,31 @@ def test_files_without_part10_preamble_are_read(tmp_path):
     np.testing.assert_array_equal(loaded.array, volume.array)
 
 
+@pytest.mark.parametrize("which", [0, -1], ids=["first", "last"])
+def test_file_that_lost_only_its_preamble_is_read_as_its_slice(tmp_path, which):
+    """A copy that dropped the 128-byte preamble and "DICM" starts with its file meta group; pydicom
+    reads it.  Today it was "not DICOM" and skipped: the first or last slice vanished with exit 0."""
+    volume = make_volume((4, 6, 8))
+    paths = write(volume, tmp_path / "ct")
+    ordered = sorted(paths, key=lambda path: float(pydicom.dcmread(path).ImagePositionPatient[2]))
+    data = ordered[which].read_bytes()
+    assert data[128:132] == b"DICM"
+    ordered[which].write_bytes(data[132:])
+    loaded = read_dicom_series(tmp_path / "ct")
+    assert loaded.same_grid(volume, tolerance=1e-6) and str(ordered[which]) in loaded.meta["files"]
+    np.testing.assert_array_equal(loaded.array, volume.array)
+
+
+def test_file_meta_alone_without_preamble_is_named_as_damaged(tmp_path):
+    """Only the file meta group of a slice survived: named, not skipped."""
+    paths = write(make_volume((4, 6, 8)), tmp_path / "ct")
+    data = paths[1].read_bytes()
+    meta_length = 12 + int.from_bytes(data[140:144], "little")  # (0002,0000) element + the group it counts
+    paths[1].write_bytes(data[132:132 + meta_length])
+    with pytest.raises(InputError, match=f"damaged DICOM file {paths[1]}"):
+        read_dicom_series(tmp_path / "ct")
+
+
 KNOWN_REFUSALS = ("unsupported modality", "slices are not parallel", "missing slices")
 
 

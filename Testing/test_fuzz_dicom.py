@@ -19,8 +19,9 @@ postprocess → write path runs in a fraction of a second.  For every example:
   file untouched; a mutation that must not change the image (:data:`HARMLESS_EDITS`) gives
   exactly the pristine result.
 
-Outcomes that show a known defect of the reader (:data:`KNOWN_FINDINGS`, reported, not fixed here)
-are counted as ``known finding`` events instead of failing; ``CERVIXAUTOSEG_FUZZ_KNOWN=1`` fails them.
+Outcomes that show a known defect of the reader (:data:`KNOWN_FINDINGS`, empty since the reader was
+fixed) would be counted as ``known finding`` events instead of failing; ``CERVIXAUTOSEG_FUZZ_KNOWN=1``
+fails them.
 
 CI runs :data:`CI_EXAMPLES` derandomised (reproducible) examples; ``CERVIXAUTOSEG_FUZZ_EXAMPLES=3000``
 runs a longer randomised search.
@@ -77,32 +78,22 @@ DICOM_PREAMBLE_BYTES = 132
 TRUNCATE_KEEP = (0, 64, 131, 132, 300, 700, 1400, 2000, 2400, 2470)
 """Bytes a truncated file keeps (the pristine files have about 2476: header, then 1152 pixel bytes)."""
 
-KNOWN_FINDINGS: dict[str, str] = {
-    "cut_below_preamble": "dicom_series: a file of the series emptied, or cut below the 132-byte DICOM "
-                          "preamble, is skipped as not DICOM without a word: the first or last slice is lost",
-    "no_rows_or_columns": "dicom_series: a file without Rows or Columns is skipped without a word: the first "
-                          "or last slice is lost",
-    "excess_pixel_bytes": "dicom_series: native pixel data longer than Rows x Columns x Bits Allocated / 8 "
-                          "(+1 padding byte) is accepted; with Rows or Columns too small, or encapsulated "
-                          "bytes relabelled native, the image is silently re-wrapped",
-    "ct_without_rescale": "dicom_series: a CT slice without Rescale Intercept or Slope (type 1) is read with "
-                          "0 and 1: here every voxel of the slice 1024 HU too bright",
-    "bits_stored_masks": "dicom_series: Bits Stored smaller than the stored values need is accepted; pydicom "
-                         "masks the high bits and the slice's HU change without a word",
-    "no_series_uid": "dicom_series / rtstruct: a series without Series Instance UID is accepted, and "
-                     "segment's RTSTRUCT refers to the invalid UID '(no series UID: <folder>)'",
-    "meta_without_preamble": "dicom_series: a file that starts with its file meta group (0002,xxxx), "
-                             "without the 128-byte preamble and 'DICM', is not recognised as DICOM and "
-                             "skipped without a word (pydicom reads it): the first or last slice is lost",
-    "origin_beyond_float32": "input_checks / image_io: Image Position (Patient) 1e308 mm passes the checks; "
-                             "labels.nii.gz gets origin 0 (float32 overflow in ITK, which also prints VNL "
-                             "'suspicious return value' matrices on stderr)",
-}
-"""Defects in another engineer's files that this test found (reported with reproducers, not fixed
-here): finding → what goes wrong.  A successful run showing exactly that outcome is counted (the
-``known finding: ...`` events of ``--hypothesis-show-statistics``) instead of failing the test;
-every other check still applies to it, and every mutation is still generated.
-``CERVIXAUTOSEG_FUZZ_KNOWN=1`` makes them fail again (to see whether they are fixed)."""
+KNOWN_FINDINGS: dict[str, str] = {}
+"""Known defects of the reader that this test tolerates: finding → what goes wrong.  A successful run
+showing exactly that outcome is counted (the ``known finding: ...`` events of
+``--hypothesis-show-statistics``) instead of failing the test; every other check still applies to
+it, and every mutation is still generated.  ``CERVIXAUTOSEG_FUZZ_KNOWN=1`` makes them fail again.
+
+Empty: the findings listed here before were fixed in :mod:`CervixAutoSegLib.dicom_series` and
+:mod:`CervixAutoSegLib.input_checks` (each with a test on real files in test_input_validation.py or
+test_dicom_series.py), and this test now enforces them — the labels remain on the problems that
+would show them again: ``cut_below_preamble`` (a file of the series emptied or cut below the
+132-byte preamble: now an unreadable file named in one line), ``meta_without_preamble`` (a file
+starting with its file meta group: now read as its slice), ``no_rows_or_columns`` (now a damaged
+file named), ``excess_pixel_bytes`` (now refused naming the file), ``ct_without_rescale`` (a CT
+slice without Rescale Intercept/Slope: refused), ``bits_stored_masks`` (stored values beyond Bits
+Stored: refused), ``no_series_uid`` (an image without Series Instance UID: refused),
+``origin_beyond_float32`` (Image Position (Patient) beyond ±1e5 mm: refused)."""
 KNOWN_ENV = "CERVIXAUTOSEG_FUZZ_KNOWN"
 
 
@@ -630,10 +621,6 @@ def file_grid_problems(series: Path, uid: str, labels: Volume) -> list[Problem]:
             position = np.array([float(v) for v in ds.ImagePositionPatient])
         except Exception:  # noqa: BLE001 - a file pydicom cannot parse claims no slice
             continue
-        if without_preamble(path):  # not recognised by the reader: claims no slice
-            problems.append(Problem(f"{path.name} (file meta without preamble) is an image of the series, "
-                                    "yet the run succeeded without it", "meta_without_preamble"))
-            continue
         if "Rows" not in ds or "Columns" not in ds:  # dropped by the reader: claims no slice
             problems.append(Problem(f"{path.name} has no Rows or Columns, yet the run succeeded without it",
                                     "no_rows_or_columns"))
@@ -653,12 +640,6 @@ def file_grid_problems(series: Path, uid: str, labels: Volume) -> list[Problem]:
     if missing or extra:
         problems.append(Problem(f"slices without a file: {missing}; files off the grid or doubled: {extra}"))
     return problems
-
-
-def without_preamble(path: Path) -> bool:
-    """A file that begins with a file meta element (group 0002) instead of the 128-byte preamble."""
-    with open(path, "rb") as stream:
-        return stream.read(2) == b"\x02\x00"
 
 
 def header_problems(name: str, ds: pydicom.Dataset, labels: Volume) -> list[Problem]:

@@ -343,10 +343,29 @@ def test_non_finite_geometry_and_rescale_tags_are_refused_naming_file_and_tag(ct
     check_refuses(capsys, ct_series[3].parent, f"{ct_series[3].name} has an invalid {what} ({keyword})", "finite")
 
 
-def test_patient_weight_the_rtstruct_copies_must_be_a_number(ct_series, capsys):
-    """The RTSTRUCT writer copies Patient's Weight and died on it with a traceback."""
-    edit_files(ct_series, set_raw("PatientWeight", "heavy"))
-    check_refuses(capsys, ct_series[0].parent, ct_series[0].name, "PatientWeight (0010,1030) holds 'heavy'")
+@pytest.mark.parametrize("keyword, text, problem", [
+    ("PatientWeight", "heavy", "PatientWeight (0010,1030) holds 'heavy', not a number"),
+    ("PatientSize", "1e309", "PatientSize (0010,1020) holds '1e309', not a finite number"),
+    ("PatientAge", "forty", "PatientAge (0010,1010) holds 'forty', not a valid AS value"),
+])
+def test_invalid_optional_value_is_left_out_of_the_rtstruct_with_a_warning(ct_series, capsys, keyword, text,
+                                                                           problem):
+    """Today a Patient's Weight of 'heavy' refused the whole run (and before that the writer died on it):
+    Type 3, so the RTSTRUCT leaves it out and ``series --check`` / ``segment`` say so."""
+    from CervixAutoSegLib.families import get_family
+    from CervixAutoSegLib.rtstruct import build_rtstruct_dataset
+
+    edit_files(ct_series, set_raw(keyword, text))
+    code, out, err = run(capsys, "series", str(ct_series[0].parent), "--check")
+    expected = f"warning: {ct_series[0].name}: {problem}"
+    assert code == 0 and err == "", err
+    assert any(line.startswith(expected) and line.endswith("; left out of the RTSTRUCT")
+               for line in out.splitlines()), out
+    image, _ = load_input(ct_series[0].parent)
+    dataset = build_rtstruct_dataset(Volume(np.zeros(SHAPE, np.uint8), image.spacing, image.origin,
+                                            image.direction), image, get_family("ct").structures,
+                                     model_name="m", model_version="1")
+    assert keyword not in dataset and dataset.PatientID == pydicom.dcmread(ct_series[0]).PatientID
 
 
 def test_series_without_frame_of_reference_is_refused_before_the_network(ct_series, capsys, tmp_path):
@@ -407,3 +426,204 @@ def test_check_prints_a_clear_verdict_for_a_good_series(ct_series, capsys):
     verdict = out.strip().splitlines()[-1]
     assert verdict.startswith("verdict: usable by segment (field of view 26 x 26 x 15 mm, "
                               "orthonormal image axes, voxel values finite, needs ~")
+
+
+# ------------------------------------------------------------------ 10. what the fuzz test found (test_fuzz_dicom)
+def refused_as_bad_input(capsys, folder: Path, tmp_path: Path, *fragments: str) -> str:
+    """``series --check`` and ``segment`` both end with exit code 2 (bad input) and one line holding
+    every fragment; ``segment`` leaves no output folder.  Returns segment's message."""
+    code, _, err = run(capsys, "series", str(folder), "--check")
+    assert code == 2, err
+    assert_refused(code, err, "series", *fragments)
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "segment", str(folder), "--out", str(out), "--device", "cpu", "--progress-json")
+    assert code == 2, err
+    assert not out.exists(), "a refused input must leave no output folder"
+    return assert_refused(code, err, "segment", *fragments)
+
+
+@pytest.mark.parametrize("keep_bytes", [0, 64, 131], ids=["emptied", "in-preamble", "before-DICM"])
+@pytest.mark.parametrize("which", [0, -1], ids=["first", "last"])
+def test_slice_emptied_or_cut_below_the_preamble_is_named_not_skipped(ct_series, capsys, tmp_path, keep_bytes,
+                                                                      which):
+    """Today the file was "not DICOM", skipped: the first or last slice vanished with exit 0."""
+    cut = ct_series[which]
+    cut.write_bytes(cut.read_bytes()[:keep_bytes])
+    message = refused_as_bad_input(capsys, cut.parent, tmp_path, "unreadable file", str(cut))
+    assert ("empty (0 bytes)" if keep_bytes == 0 else f"its {keep_bytes} bytes hold no DICOM") in message
+
+
+def test_stray_file_without_a_known_suffix_beside_the_series_is_named(ct_series, capsys, tmp_path):
+    stray = ct_series[0].parent / "IM_0099"
+    stray.write_bytes(b"exported by a broken tool" * 20)
+    refused_as_bad_input(capsys, stray.parent, tmp_path, "unreadable file", str(stray), "move it out of the folder")
+
+
+def test_files_known_not_to_be_dicom_beside_the_series_are_ignored(ct_series, capsys):
+    folder = ct_series[0].parent
+    for name in ("README", "notes.txt", "report.json", "index.xml", "Thumbs.db", "preview.JPG", "DICOMDIR",
+                 ".DS_Store", "empty.txt"):
+        (folder / name).write_bytes(b"" if name.startswith("empty") else b"\x00\x01 not an image")
+    (folder / "docs").mkdir()
+    (folder / "docs" / "manual").write_bytes(b"a folder without images: nothing there belongs to the series")
+    code, out, err = run(capsys, "series", str(folder), "--check")
+    assert code == 0 and err == "" and "verdict: usable by segment" in out
+
+
+def test_a_folder_of_unreadable_files_only_says_so(tmp_path, capsys):
+    (tmp_path / "IM1").write_bytes(b"")
+    code, _, err = run(capsys, "series", str(tmp_path))
+    message = assert_refused(code, err, "series", "no DICOM image series found", str(tmp_path / "IM1"))
+    assert "is not DICOM, it is empty" in message and code == 2
+
+
+@pytest.mark.parametrize("keyword, label", [("Rows", "Rows (0028,0010)"), ("Columns", "Columns (0028,0011)")])
+def test_slice_without_rows_or_columns_is_named_not_skipped(ct_series, capsys, tmp_path, keyword, label):
+    """Today the file was "not an image", skipped: the last slice vanished with exit 0."""
+    edit_files(ct_series[-1:], lambda ds: delattr(ds, keyword))
+    refused_as_bad_input(capsys, ct_series[0].parent, tmp_path, "damaged DICOM file", str(ct_series[-1]),
+                         f"an image without {label}")
+
+
+@pytest.mark.parametrize("extra", [2, 32 * 32 * 2], ids=["two-bytes", "a-whole-slice"])
+def test_excess_native_pixel_bytes_are_refused_naming_the_file(ct_series, capsys, tmp_path, extra):
+    """Today accepted: pydicom silently re-wraps the bytes when Rows or Columns are too small."""
+    edit_files(ct_series[2:3], lambda ds: setattr(ds, "PixelData", bytes(ds.PixelData) + bytes(extra)))
+    refused_as_bad_input(capsys, ct_series[0].parent, tmp_path, "damaged DICOM file", str(ct_series[2]),
+                         f"its pixel data holds {32 * 32 * 2 + extra} bytes", "need 2048")
+
+
+def test_too_small_rows_are_refused_not_re_wrapped(ct_series, capsys, tmp_path):
+    edit_files(ct_series[1:2], lambda ds: setattr(ds, "Rows", 16))
+    refused_as_bad_input(capsys, ct_series[0].parent, tmp_path, str(ct_series[1]), "holds 2048 bytes",
+                         "16x32 pixels of 16 bits (1 frame(s)) need 1024")
+
+
+def test_compressed_pixels_relabelled_native_are_refused(ct_series, capsys, tmp_path):
+    """RLE frames under Explicit VR Little Endian: the codestream's bytes are not an image."""
+    def relabel(ds):
+        ds.compress(pydicom.uid.RLELossless)
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+
+    edit_files(ct_series[4:5], relabel)
+    refused_as_bad_input(capsys, ct_series[0].parent, tmp_path, "damaged DICOM file", str(ct_series[4]),
+                         "its pixel data holds", "need 2048")
+
+
+def test_encapsulated_pixels_without_file_meta_are_refused(ct_series, capsys, tmp_path):
+    """A bare dataset (no file meta, so no transfer syntax) holding RLE frames of undefined length:
+    read as native, pydicom decoded the codestream as pixels."""
+    from pydicom.filewriter import write_dataset
+
+    ds = pydicom.dcmread(ct_series[4])
+    ds.compress(pydicom.uid.RLELossless)
+    del ds.file_meta
+    buffer = pydicom.filebase.DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, ds)
+    ct_series[4].write_bytes(buffer.getvalue())
+    refused_as_bad_input(capsys, ct_series[0].parent, tmp_path, "damaged DICOM file", str(ct_series[4]),
+                         "encapsulated (compressed)", "says native")
+
+
+@pytest.mark.parametrize("keyword, label", [("RescaleIntercept", "Rescale Intercept (0028,1052)"),
+                                            ("RescaleSlope", "Rescale Slope (0028,1053)")])
+@pytest.mark.parametrize("how_many", ["one", "all"])
+def test_ct_slice_without_rescale_is_refused_not_read_as_identity(ct_series, capsys, tmp_path, keyword, label,
+                                                                  how_many):
+    """Type 1 in the CT Image module; read as 0/1, the slice came out 1024 HU too bright.  Refused even
+    when every slice lacks it: stored values need not be HU (the product writes them offset)."""
+    edit_files(ct_series[3:4] if how_many == "one" else ct_series, lambda ds: delattr(ds, keyword))
+    named = ct_series[3] if how_many == "one" else ct_series[0]
+    refused_as_bad_input(capsys, ct_series[0].parent, tmp_path, f"{named.name} is a CT image without {label}")
+
+
+def test_mr_without_rescale_is_still_read_as_stored(tmp_path):
+    """Rescale is optional for MR: its stored values are the intensities."""
+    paths = write(make_volume(SHAPE, modality="MR"), tmp_path / "mr")
+    edit_files(paths, lambda ds: [delattr(ds, k) for k in ("RescaleIntercept", "RescaleSlope") if k in ds])
+    assert load_image(tmp_path / "mr").shape == SHAPE
+
+
+@pytest.mark.parametrize("bits_stored", [8, 10])
+def test_values_beyond_bits_stored_are_refused_not_masked(ct_series, capsys, tmp_path, bits_stored):
+    """pydicom keeps only the low Bits Stored bits: the slice's HU changed without a word."""
+    edit_files(ct_series[0:1], lambda ds: (setattr(ds, "BitsStored", bits_stored),
+                                           setattr(ds, "HighBit", bits_stored - 1)))
+    stored = pydicom.dcmread(ct_series[0]).pixel_array  # masked: what the reader would have used
+    raw = np.frombuffer(pydicom.dcmread(ct_series[0]).PixelData, "<u2")
+    assert raw.max() > 2 ** bits_stored - 1 and stored.max() <= 2 ** bits_stored - 1
+    refused_as_bad_input(capsys, ct_series[0].parent, tmp_path, ct_series[0].name,
+                         f"do not fit in its Bits Stored (0028,0101) {bits_stored}")
+
+
+def test_values_within_bits_stored_still_read(tmp_path):
+    """12-bit CT (stored 0..4095 with intercept -1024) is what most scanners write."""
+    volume = make_volume(SHAPE)
+    paths = write(volume, tmp_path / "ct")
+    edit_files(paths, lambda ds: (setattr(ds, "BitsStored", 12), setattr(ds, "HighBit", 11)))
+    loaded = load_image(tmp_path / "ct")
+    np.testing.assert_array_equal(np.sort(loaded.array, axis=None), np.sort(volume.array, axis=None))
+
+
+@pytest.mark.parametrize("which", ["one", "all"])
+def test_image_without_series_instance_uid_is_refused(ct_series, capsys, tmp_path, which):
+    """Today grouped by folder as '(no series UID: ...)', which the RTSTRUCT then referenced."""
+    edit_files(ct_series[2:3] if which == "one" else ct_series, lambda ds: delattr(ds, "SeriesInstanceUID"))
+    named = ct_series[2] if which == "one" else ct_series[0]
+    refused_as_bad_input(capsys, ct_series[0].parent, tmp_path, "damaged DICOM file", str(named),
+                         "an image without Series Instance UID (0020,000E)")
+
+
+@pytest.mark.parametrize("text", ["1e308\\0\\40", "0\\-2e5\\40"])
+def test_image_position_beyond_any_scanner_is_refused(ct_series, capsys, tmp_path, text):
+    """Today accepted, and labels.nii.gz got origin 0 (float32 overflow in ITK)."""
+    edit_files(ct_series[:1], set_raw("ImagePositionPatient", text))
+    refused_as_bad_input(capsys, ct_series[0].parent, tmp_path,
+                         f"{ct_series[0].name} has Image Position (Patient) (ImagePositionPatient)",
+                         "beyond any scanner's reach")
+
+
+def test_image_file_origin_beyond_any_scanner_is_refused(tmp_path, capsys):
+    volume = ct_image()
+    far = Volume(volume.array, volume.spacing, (0.0, 3e6, 0.0), volume.direction, modality="CT")
+    write_image(far, tmp_path / "far.nrrd")
+    segment_refuses(capsys, tmp_path / "far.nrrd", tmp_path, "far.nrrd has origin (0, 3e+06, 0) mm")
+
+
+# ------------------------------------------------------------------ 11. input warnings reach the user
+@pytest.fixture
+def stand_in_ct():
+    """The CT family with a network that labels nothing (the flow around it is what is tested)."""
+    import dataclasses
+
+    from CervixAutoSegLib import families
+    from CervixAutoSegLib.families import NetworkOutput
+
+    def runner(volume, card, device, options, progress, cancel):
+        progress(1.0, "stand-in")
+        return NetworkOutput(labels=np.zeros(volume.shape, np.uint8), field_of_view_border=None,
+                             inference={"device": "cpu"}, preprocessing={}, timings={"network": 0.0})
+
+    ct = families.get_family("ct")
+    families.register_family(dataclasses.replace(ct, runner=runner), replace=True)
+    try:
+        yield
+    finally:
+        families.register_family(ct, replace=True)
+
+
+def test_input_warnings_reach_report_json_and_the_summary(ct_series, capsys, tmp_path, stand_in_ct):
+    """Today the reader's warnings were only logged: report.json and the printed summary lacked them."""
+    import json
+
+    edit_files(ct_series, set_raw("PatientWeight", "heavy"))
+    out = tmp_path / "out"
+    code, stdout, _ = run(capsys, "segment", str(ct_series[0].parent), "--out", str(out), "--device", "cpu",
+                          "--model", "ct")
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    (warning,) = report["input_warnings"]
+    assert warning.startswith(f"{ct_series[0].name}: PatientWeight (0010,1030) holds 'heavy'")
+    assert warning in report["warnings"] and f"warning: {warning}" in stdout
+    assert "PatientWeight" not in pydicom.dcmread(out / "rtstruct.dcm")

@@ -9,8 +9,9 @@ With ``--check`` (implied by ``--series``) the series that ``segment`` would use
 chosen by the same rules, read completely and put through the very checks ``segment`` runs
 before any heavy work (:func:`CervixAutoSegLib.input_checks.validate_input`: damaged files,
 geometry, field of view, memory, voxel values, what the RTSTRUCT writer needs).  Its grid is
-printed, then a one-line verdict; every problem ``segment`` would hit shows up here, as the
-same one line on stderr, without running a model.
+printed, then the input warnings ``segment`` would give (an optional header value the RTSTRUCT
+leaves out, say), then a one-line verdict; every problem ``segment`` would hit shows up here, as
+the same one line on stderr, without running a model.
 """
 
 from __future__ import annotations
@@ -109,8 +110,12 @@ def run(args: argparse.Namespace) -> int:
     if args.check or args.series:
         info = choose_series(infos, series_uid=args.series, modality=args.modality, t2=args.t2, where=str(folder))
         volume = read_series_files(info, t2=args.t2)
-        print(describe_volume(volume))
+        description = describe_volume(volume)
+        print(description)
         summary = validate_input(volume, source_name(volume), modality=args.modality or volume.modality)
+        for warning in volume.meta.get("input_warnings") or ():  # what segment would warn about, too
+            if warning not in description:
+                print(f"warning: {warning}")
         print(summary.verdict())
         return 0
     if args.modality:

@@ -51,6 +51,11 @@ _TYPE2_DEFAULTS = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
     "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
 )
+OPTIONAL_COPIED = ("IssuerOfPatientID", "PatientAge", "PatientWeight", "PatientSize", "OtherPatientIDs",
+                   "StudyDescription")
+"""Type 3 attributes of :data:`_COPIED_FROM_IMAGES`: an invalid value (a Patient's Weight of
+"heavy", an age of "forty") is left out with a warning instead of stopping the whole run, since
+the structure set is complete without it.  Type 1 and 2 values are copied as they are."""
 
 
 def roi_masks(
@@ -147,7 +152,9 @@ def build_rtstruct_dataset(
 
     sop_instance_uid = generate_uid()
     dataset = _new_file_dataset(sop_instance_uid)
-    _copy_patient_and_study(dataset, header)
+    files = meta.get("files") or []
+    _copy_patient_and_study(dataset, header, Path(files[0]).name if files else "the image header",
+                            meta.get("input_warnings") or ())
     dataset.StudyInstanceUID = study_uid
     _fill_series_and_equipment(dataset, generate_uid(), model_name, model_version, now)
     dataset.FrameOfReferenceUID = frame_of_reference
@@ -262,10 +269,87 @@ def _new_file_dataset(sop_instance_uid: str):
     return dataset
 
 
-def _copy_patient_and_study(dataset, header) -> None:
-    for keyword in _COPIED_FROM_IMAGES:
+def _optional_value_problem(header, keyword: str) -> str | None:
+    """Why the Type 3 value ``keyword`` of ``header`` cannot be copied into a valid RTSTRUCT, or None.
+
+    Checked with pydicom's own VR rules (characters, length, age format); a Decimal String must
+    also hold finite numbers ("1e309" passes the character rules).
+    """
+    import warnings
+
+    from pydicom.datadict import dictionary_VR
+    from pydicom.tag import Tag
+
+    element = header.get_item(keyword)
+    raw = element.value
+    shown = raw.decode("latin-1", "replace").strip() if isinstance(raw, bytes) else str(raw)
+    vr = dictionary_VR(Tag(element.tag))
+    label = f"{keyword} {Tag(element.tag)} holds {shown!r}"
+    try:
+        with warnings.catch_warnings():  # pydicom warns about the value it converts; we say it in one line
+            warnings.simplefilter("ignore")
+            element = header[keyword]
+        values = [v for v in (element.value if element.VM > 1 else [element.value]) if v not in (None, "")]
+        if vr == "DS":
+            return _decimal_string_problem(label, values)
+        _validate_vr(vr, values)
+    except (ValueError, TypeError, OverflowError) as error:
+        reason = " ".join(str(error).split(" Please see")[0].split())  # pydicom appends a link to the standard
+        return f"{label}, not a valid {vr} value ({reason})"
+    return None
+
+
+def _decimal_string_problem(label: str, values) -> str | None:
+    """A Decimal String must hold finite numbers of at most 16 characters ("1e309" is all digits, yet inf)."""
+    from ..decimal_strings import DS_MAX_LENGTH
+
+    for value in values:
+        text = str(getattr(value, "original_string", None) or value).strip()
+        try:
+            number = float(text)
+        except ValueError:
+            return f"{label}, not a number"
+        if not np.isfinite(number):
+            return f"{label}, not a finite number"
+        if len(text) > DS_MAX_LENGTH:
+            return f"{label}, longer than the {DS_MAX_LENGTH} characters a DICOM Decimal String holds"
+    return None
+
+
+def _validate_vr(vr: str, values) -> None:
+    """ValueError when pydicom's rules for ``vr`` reject one of ``values`` (no-op on pydicom without them)."""
+    try:
+        from pydicom import config
+        from pydicom.valuerep import validate_value
+    except ImportError:  # pragma: no cover - old pydicom: nothing more to check
+        return
+    for value in values:
+        validate_value(vr, value, config.RAISE)
+
+
+def invalid_optional_values(header) -> list[str]:
+    """One line per Type 3 value of ``header`` (an image header) that the writer will leave out."""
+    problems = []
+    for keyword in OPTIONAL_COPIED:
         if keyword in header:
-            setattr(dataset, keyword, header.data_element(keyword).value)
+            problem = _optional_value_problem(header, keyword)
+            if problem:
+                problems.append(problem)
+    return problems
+
+
+def _copy_patient_and_study(dataset, header, source: str = "the image header", reported: Sequence[str] = ()) -> None:
+    """Copy the Patient and Study attributes; invalid optional ones are left out with a warning
+    (an info line when the input checks reported it already, in ``reported``)."""
+    for keyword in _COPIED_FROM_IMAGES:
+        if keyword not in header:
+            continue
+        problem = _optional_value_problem(header, keyword) if keyword in OPTIONAL_COPIED else None
+        if problem:
+            line = f"{source}: {problem}; left out of the RTSTRUCT"
+            log.log(logging.INFO if line in reported else logging.WARNING, "%s", line)
+            continue
+        setattr(dataset, keyword, header.data_element(keyword).value)
     for keyword in _TYPE2_DEFAULTS:
         if keyword not in dataset:
             setattr(dataset, keyword, "")
