@@ -7,4 +7,4 @@ human-readable table and (with ``--json FILE``) writes the numbers.  A family's 
 declare its own series, targets and baseline networks to compare with (:mod:`.spec`; MR does).
 """
 
-TOOL_TARGETS = ("metrics", "rtstruct")
+TOOL_TARGETS = ("metrics", "rtstruct", "dataset", "batch")

@@ -1,9 +1,6 @@
 """Benchmark of ``dataset import``: wall time to import N phantom patients (CT series + RTSTRUCT each).
 
-Run it as ``python -m CervixAutoSegLib.dataset.benchmark [--cases 20] [--matrix 512]``.  It
-follows the pattern of the ``cervixautoseg benchmark`` targets (``HELP``, ``add_arguments``,
-``run``), so registering it there is one name in ``benchmarks.TOOL_TARGETS`` plus a module that
-re-exports these three.
+``cervixautoseg benchmark dataset [--cases 20] [--matrix 512]``.
 
 The tree is built first (not timed): synthetic CT phantoms (:mod:`CervixAutoSegLib.phantom`) of
 ``--matrix``² pixels at their own drawn slice thickness, written as DICOM under shuffled file
@@ -57,7 +54,7 @@ def build_tree(root: Path, cases: int, matrix: int, first_seed: int) -> dict[str
 def run(args: argparse.Namespace) -> int:
     from ..atomic import write_text_atomic
     from ..errors import InputError
-    from .importer import import_dataset
+    from ..dataset.importer import import_dataset
 
     if args.cases < 1 or args.matrix < 32:
         raise InputError("--cases must be >= 1 and --matrix >= 32")
@@ -82,22 +79,3 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         write_text_atomic(args.json, json.dumps(numbers, indent=2) + "\n")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m CervixAutoSegLib.dataset.benchmark``: one-line errors like the command line."""
-    import sys
-
-    from ..errors import CervixAutoSegError
-
-    parser = argparse.ArgumentParser(prog="python -m CervixAutoSegLib.dataset.benchmark", description=HELP)
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except CervixAutoSegError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return error.exit_code
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
