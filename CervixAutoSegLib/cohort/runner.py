@@ -111,6 +111,10 @@ def run_batch(source: str | Path, out_dir: str | Path, settings: CaseSettings | 
 def _settings_for(settings: CaseSettings, cohort: Cohort, scheduler: str | None, client: Any,
                   threads: int | None) -> CaseSettings:
     """``settings`` completed from the cohort (a dataset's family) and the cluster (threads per case)."""
+    from ..errors import InputError
+
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads-per-worker must be at least 1, got {threads}")
     changes: dict[str, Any] = {}
     if cohort.family and (settings.model or "auto").strip().lower() == "auto":
         changes["model"] = cohort.family  # a dataset says which family its images are for
