@@ -71,7 +71,7 @@ def discover_cohort(source: str | Path, out_dir: str | Path | None = None) -> Co
     """
     from ..dataset.manifest import is_dataset, load_dataset
 
-    root = Path(source)
+    root = Path(source).absolute()  # workers may have another working folder (or be on another host)
     if not root.exists():
         raise InputError(f"{root} does not exist")
     if not root.is_dir():

@@ -116,6 +116,8 @@ def _settings_for(settings: CaseSettings, cohort: Cohort, scheduler: str | None,
     if threads is not None and threads < 1:
         raise InputError(f"--threads-per-worker must be at least 1, got {threads}")
     changes: dict[str, Any] = {}
+    if settings.models_root:
+        changes["models_root"] = str(Path(settings.models_root).absolute())  # as the input: for the workers
     if cohort.family and (settings.model or "auto").strip().lower() == "auto":
         changes["model"] = cohort.family  # a dataset says which family its images are for
     if cohort.family and not settings.family:
