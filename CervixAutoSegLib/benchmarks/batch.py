@@ -1,8 +1,7 @@
 """``batch`` on Dask: wall time of one cohort on local clusters of different sizes.
 
-    python -m CervixAutoSegLib.benchmarks.batch [--cases 8] [--configs 1x1,2x1] [--matrix 256] [--json FILE]
+    cervixautoseg benchmark batch [--cases 8] [--configs 1x1,2x1] [--matrix 256] [--json FILE]
 
-(``cervixautoseg benchmark batch`` once ``"batch"`` joins :data:`CervixAutoSegLib.benchmarks.TOOL_TARGETS`.)
 Writes ``--cases`` CT phantoms (DICOM, ``--matrix`` pixels square, ``--slice-mm`` slices), then runs
 ``run_batch`` over them once per configuration ``WORKERSxTHREADS`` into a fresh output folder, with
 the bundled CT model on the CPU, flip TTA off.  Wall time includes starting the cluster (as a user
@@ -126,14 +125,3 @@ def run(args: argparse.Namespace) -> int:
                     "cores": cores, "runs": rows}
         write_text_atomic(args.json, json.dumps(document, indent=2) + "\n")
     return 0 if all(row["failed"] == 0 for row in rows) else 1
-
-
-if __name__ == "__main__":  # pragma: no cover - the documented way to run it until it is a TOOL_TARGET
-    import sys
-
-    from ..cli import configure_logging
-
-    parser = argparse.ArgumentParser(prog="python -m CervixAutoSegLib.benchmarks.batch", description=HELP)
-    add_arguments(parser)
-    configure_logging(False)
-    sys.exit(run(parser.parse_args()))
