@@ -89,6 +89,8 @@ def write_series(
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
         ds.PixelData = np.zeros((rows, columns), dtype=np.uint16).tobytes()
+        if modality == "CT":  # Type 1 in the CT Image module: the product's reader refuses a CT without them
+            ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "HU"
         path = folder / name
         save_file(ds, path)
         paths.append(path)

@@ -400,8 +400,9 @@ def test_segment_runs_outside_the_main_thread(tmp_path, capsys):
 
 # ------------------------------------------------------------------ export-rtstruct references only real UIDs
 def test_export_rtstruct_refuses_a_series_without_series_uid(tmp_path, series, capsys):
-    """Found by the fuzz test: the reader labels such a series with a placeholder naming its folder,
-    which the RTSTRUCT used to carry as the UID of the series it refers to."""
+    """Found by the fuzz test: the reader labelled such a series with a placeholder naming its folder,
+    which the RTSTRUCT used to carry as the UID of the series it refers to.  The reader now refuses
+    an image without Series Instance UID itself, naming the file."""
     import pydicom
 
     shutil.copytree(series["dicom"], tmp_path / "dicom")
@@ -414,7 +415,8 @@ def test_export_rtstruct_refuses_a_series_without_series_uid(tmp_path, series, c
                      "--out", str(out), "--model", "ct"])
     lines = stderr_lines(capsys)
     assert code == InputError.exit_code and len(lines) == 1
-    assert lines[0] == (f"cervixautoseg export-rtstruct: error: --dicom {tmp_path / 'dicom'}: the images "
-                        "carry no valid Series Instance UID, which an RTSTRUCT must refer to; "
-                        "export the series again")
+    first = sorted((tmp_path / "dicom").iterdir())[0]
+    assert lines[0].startswith(f"cervixautoseg export-rtstruct: error: no DICOM image series found in "
+                               f"{tmp_path / 'dicom'}: damaged DICOM file {first}: an image without Series "
+                               "Instance UID (0020,000E)"), lines[0]
     assert not out.exists()
