@@ -96,9 +96,11 @@ def _connect(distributed: Any, address: str) -> Any:
     return client
 
 
-def describe(client: Any, scheduler: str | None) -> str:
-    """``"local cluster: 2 workers x 1 thread"`` or ``"tcp://...: 3 workers, 12 threads"`` for the summary."""
+def describe(client: Any, scheduler: str | None, threads: int | None = None) -> str:
+    """``"local cluster: 2 worker(s) x 1 thread(s)"`` (``threads``: torch threads of a case) or
+    ``"tcp://...: 3 worker(s), 12 task thread(s)"`` (an existing cluster: Dask's task threads) for the summary."""
     workers = client.scheduler_info().get("workers", {})
-    threads = sum(int(info.get("nthreads", 0)) for info in workers.values())
-    where = scheduler or "local cluster"
-    return f"{where}: {len(workers)} worker(s), {threads} task thread(s)"
+    if scheduler is None and threads is not None:
+        return f"local cluster: {len(workers)} worker(s) x {threads} thread(s)"
+    tasks = sum(int(info.get("nthreads", 0)) for info in workers.values())
+    return f"{scheduler or 'Dask cluster'}: {len(workers)} worker(s), {tasks} task thread(s)"

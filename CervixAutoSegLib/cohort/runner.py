@@ -93,7 +93,8 @@ def run_batch(source: str | Path, out_dir: str | Path, settings: CaseSettings | 
     runnable = _refuse_unusable_ids(cohort.cases, results, on_result)
     opened = contextlib.nullcontext(client) if client is not None else open_client(scheduler, workers, threads or 1)
     with opened as active:
-        where = describe(active, scheduler if client is None else str(active.scheduler.address))
+        where = (describe(active, scheduler, settings.threads) if client is None
+                 else describe(active, str(active.scheduler.address)))
         out.mkdir(parents=True, exist_ok=True)  # only now: an unreachable scheduler leaves no folder behind
         _run_cases(active, runnable, out, settings, results, on_result, len(cohort.cases))
     ordered = [results[case.id] for case in cohort.cases]
