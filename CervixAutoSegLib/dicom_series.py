@@ -241,6 +241,7 @@ class UnreadableFile(DamagedFile):
     inside its preamble, or something foreign the user should move out of the folder."""
 
     def message(self) -> str:
+        """One line naming the file and what to do: export again if it is a slice, else move it away."""
         return (f"unreadable file {self.path} among the images of the series: {self.reason}; if it is one of "
                 "its slices, copy or export the series again, else move it out of the folder")
 
@@ -352,7 +353,8 @@ def _damage(ds, path: Path) -> str | None:
     """Why a parsed dataset is not a complete DICOM object, or None when it is.
 
     pydicom returns what it could parse of a cut file without complaint; a complete file ends
-    with its last element's value, and an image has its pixel data.
+    with its last element's value, an image has its pixel data, and pixel data has Rows and
+    Columns and (when native) the length they need.
     """
     size = path.stat().st_size
     last = _raw_element(ds, max(ds.keys()))
@@ -365,8 +367,7 @@ def _damage(ds, path: Path) -> str | None:
         return None
     missing = [label for keyword, label in (("Rows", "Rows (0028,0010)"), ("Columns", "Columns (0028,0011)"))
                if keyword not in ds]
-    if missing and _is_image_object(ds):
-        # Without its size the image cannot be decoded; skipped, it would silently lose a slice.
+    if missing:  # pixel data without its size: skipped as "not an image", it would silently lose a slice
         return f"an image without {' and '.join(missing)}"
     return _pixel_data_length_problem(ds)
 
@@ -741,6 +742,7 @@ def _orientation(ds, path: Path) -> np.ndarray:
 
 
 def _position(ds, path: Path) -> np.ndarray:
+    """Image Position (Patient) in LPS mm: three finite numbers within reach of a scanner, else InputError."""
     ipp = _header_numbers(ds, path, "ImagePositionPatient", 3, "Image Position (Patient)")
     if ipp is None:
         raise InputError(f"{path.name} has no Image Position (Patient): cannot place it in space")

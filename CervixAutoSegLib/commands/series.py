@@ -95,6 +95,7 @@ def describe_volume(volume) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """List the series (table or JSON), or with --check/--series read one and run segment's input checks."""
     from pathlib import Path
 
     from ..dicom_series import choose_series, read_series_files, scan_series
