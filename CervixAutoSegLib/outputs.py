@@ -26,6 +26,7 @@ system: its processes cannot be seen from here) or without a readable marker are
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -35,6 +36,7 @@ import re
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -47,6 +49,11 @@ MANIFEST_FILE = ".cervixautoseg-manifest.json"
 MANIFEST_FORMAT = "cervixautoseg-output-manifest"
 STAGING_TAG = "cervixautoseg-staging"
 STAGING_MARKER = ".cervixautoseg-staging.json"
+UNMARKED_TAG = "cervixautoseg-unmarked"
+"""A staging folder's name until its marker is written (then it is renamed to the staging name)."""
+UNMARKED_GRACE_S = 60.0
+"""An unmarked folder older than this was left by a run killed while creating it: it never holds
+more than the marker (no patient data), so the next run removes it, whatever host made it."""
 _PROBE_PREFIX = ".cervixautoseg-probe-"
 
 # OutputError and OutputConflictError live in .errors with the other exceptions (one exit-code table);
@@ -217,10 +224,14 @@ def make_staging(out_dir: Path) -> Path:
     out_dir = Path(out_dir).absolute()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     pid = os.getpid()
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{STAGING_TAG}-{pid}-", dir=out_dir.parent))
+    # Marked before it gets the staging name: a kill in between leaves an unmarked folder, which
+    # remove_stale_staging can recognise as empty, rather than a staging folder nobody can own.
+    unmarked = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{UNMARKED_TAG}-{pid}-", dir=out_dir.parent))
     marker = {"format": STAGING_TAG, "out_dir": out_dir.name, "pid": pid, "host": socket.gethostname(),
               "process_started": _process_start(pid), "created_utc": _utc_now()}
-    write_text_atomic(staging / STAGING_MARKER, json.dumps(marker, indent=2) + "\n")
+    write_text_atomic(unmarked / STAGING_MARKER, json.dumps(marker, indent=2) + "\n")
+    staging = unmarked.with_name(unmarked.name.replace(UNMARKED_TAG, STAGING_TAG, 1))
+    os.rename(unmarked, staging)
     return staging
 
 
@@ -230,10 +241,17 @@ def remove_stale_staging(out_dir: Path) -> list[Path]:
     if not out_dir.parent.is_dir():
         return []
     pattern = re.compile(rf"\.{re.escape(out_dir.name)}\.{STAGING_TAG}-(\d+)-[a-z0-9_]+")
+    unmarked = re.compile(rf"\.{re.escape(out_dir.name)}\.{UNMARKED_TAG}-\d+-[a-z0-9_]+")
     removed = []
     with os.scandir(out_dir.parent) as entries:
-        candidates = [Path(entry.path) for entry in entries
-                      if pattern.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)]
+        folders = [Path(entry.path) for entry in entries if entry.is_dir(follow_symlinks=False)]
+    candidates = [folder for folder in folders if pattern.fullmatch(folder.name)]
+    for folder in (f for f in folders if unmarked.fullmatch(f.name)):
+        with contextlib.suppress(OSError):
+            if time.time() - folder.stat().st_mtime > UNMARKED_GRACE_S:
+                shutil.rmtree(folder, ignore_errors=True)
+                log.info("removed %s, left behind by a run killed while starting", folder)
+                removed.append(folder)
     for folder in candidates:
         pid = int(pattern.fullmatch(folder.name).group(1))
         if _abandoned(folder, out_dir.name, pid):

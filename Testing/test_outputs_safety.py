@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,8 @@ from CervixAutoSegLib.outputs import (
     MANIFEST_FILE,
     STAGING_MARKER,
     STAGING_TAG,
+    UNMARKED_GRACE_S,
+    UNMARKED_TAG,
     OutputConflictError,
     OutputError,
     make_staging,
@@ -269,6 +272,20 @@ def test_stale_staging_is_recognised_by_name_and_marker_and_a_live_run_is_left_a
     assert remove_stale_staging(out) == [dead]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, unmarked.name, elsewhere.name, *others])
     assert len(others) == 1  # the other output folder's staging is for its own next run to judge
+
+
+def test_a_kill_while_the_staging_folder_is_created_leaves_an_unmarked_folder_the_next_run_removes(tmp_path):
+    out = tmp_path / "out"
+    staging = make_staging(out)
+    assert not list(tmp_path.glob(f".out.{UNMARKED_TAG}-*"))  # marked, then renamed: never unmarked for long
+    assert json.loads((staging / STAGING_MARKER).read_text())["out_dir"] == "out"
+    old = tmp_path / f".out.{UNMARKED_TAG}-999999-abc123"  # what a kill before the marker leaves
+    fresh = tmp_path / f".out.{UNMARKED_TAG}-{os.getpid()}-def456"  # a run creating its folder right now
+    for folder in (old, fresh):
+        folder.mkdir()
+    os.utime(old, (time.time() - 2 * UNMARKED_GRACE_S,) * 2)
+    assert remove_stale_staging(out) == [old]
+    assert fresh.is_dir() and staging.is_dir()
 
 
 # ------------------------------------------------------------------ modes follow the umask
