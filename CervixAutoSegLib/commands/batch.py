@@ -65,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
     def show(result, done: int, total: int) -> None:
         print(progress_line(result, done, total), file=sys.stderr, flush=True)
 
-    from .segment import _cancel_on_sigterm
+    from .segment import cancel_on_sigterm
 
-    with _cancel_on_sigterm():  # SIGTERM cancels the cases not finished and closes the local cluster cleanly
+    with cancel_on_sigterm():  # SIGTERM cancels the cases not finished and closes the local cluster cleanly
         outcome = run_batch(args.input, args.out, settings, scheduler=args.scheduler, workers=args.workers,
                             threads=args.threads_per_worker, on_result=show)
     sys.stdout.write(table_text(outcome.results, outcome.structures, outcome.evaluated))

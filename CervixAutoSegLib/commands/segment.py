@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def _cancel_on_sigterm() -> Iterator[None]:
+def cancel_on_sigterm() -> Iterator[None]:
     """SIGTERM (how the Slicer module cancels a background job) becomes :class:`Cancelled` while the
     command runs.
 
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                "selective_tta": False if args.full_flip_tta else None}
     reporter = JsonLinesReporter(sys.stdout) if args.progress_json else TextProgressBar(sys.stderr)
     try:
-        with _cancel_on_sigterm():
+        with cancel_on_sigterm():
             result = segment(args.input, args.out, model=args.model, device=args.device,
                              series_uid=args.series, progress=reporter, options=options,
                              models_root=args.models, allow_non_t2=args.allow_non_t2, overwrite=args.overwrite)
