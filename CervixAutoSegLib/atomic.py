@@ -4,6 +4,12 @@ Every writer in the package goes through :func:`atomic_path`: write to a tempora
 file in the destination folder, flush it to disk, then ``os.replace`` it over the
 target.  On any exception the temporary file is removed and the target is untouched.
 
+Leftovers: a process killed while writing (SIGKILL, power loss) leaves its temporary file, which
+may hold patient data.  Its name carries the host and the pid
+(``.<name>.cervixautoseg-tmp-<host>-<pid>-<random><suffix>``), so the next write of the same
+target on the same host removes the temporaries of processes that are gone
+(:func:`remove_stale_temporaries`); those of live processes or other hosts are left alone.
+
 Modes: ``mkstemp`` creates the temporary file owner-only (0600), which is right while it
 is being written but wrong for the result, so :func:`atomic_path` gives the finished file
 the mode any ordinary program would (:func:`follow_umask`: ``0o666 & ~umask``) before it
@@ -13,13 +19,47 @@ appears under its name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
+import socket
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 _UMASK_LOCK = threading.Lock()
+TEMPORARY_TAG = "cervixautoseg-tmp"
+
+
+def _host_tag() -> str:
+    """Six hex digits naming this host (pids of other hosts on a shared file system mean nothing here)."""
+    return hashlib.sha256(socket.gethostname().encode("utf-8")).hexdigest()[:6]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process, or no way to tell: keep its file
+    return True
+
+
+def remove_stale_temporaries(target: str | Path) -> list[Path]:
+    """Remove the temporary files that killed writes of ``target`` on this host left beside it."""
+    target = Path(target)
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.{TEMPORARY_TAG}-([0-9a-f]{{6}})-(\d+)-")
+    removed = []
+    with contextlib.suppress(OSError), os.scandir(target.parent) as entries:
+        for entry in entries:
+            match = pattern.match(entry.name)
+            if match and match.group(1) == _host_tag() and not _pid_alive(int(match.group(2))):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
 
 
 def current_umask() -> int:
@@ -61,7 +101,9 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     suffix = suffix if suffix is not None else "".join(target.suffixes)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    remove_stale_temporaries(target)
+    prefix = f".{target.name}.{TEMPORARY_TAG}-{_host_tag()}-{os.getpid()}-"
+    handle, temporary = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=target.parent)
     os.close(handle)
     temporary_path = Path(temporary)
     try:

@@ -288,6 +288,26 @@ def test_a_kill_while_the_staging_folder_is_created_leaves_an_unmarked_folder_th
     assert fresh.is_dir() and staging.is_dir()
 
 
+def test_a_file_write_killed_midway_leaves_a_temporary_the_next_write_of_that_file_removes(tmp_path):
+    from CervixAutoSegLib.atomic import TEMPORARY_TAG, _host_tag, write_text_atomic
+
+    target = tmp_path / "rtstruct.dcm"
+    code = ("import os, sys; from CervixAutoSegLib.atomic import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as temporary:\n"
+            "    temporary.write_bytes(b'half an RTSTRUCT'); os._exit(0)")  # dies inside the write, like a kill
+    subprocess.run([sys.executable, "-c", code, str(target)], check=True, timeout=60)
+    [left] = tmp_path.glob(f".rtstruct.dcm.{TEMPORARY_TAG}-*")
+    assert left.read_bytes() == b"half an RTSTRUCT" and not target.exists()
+    live = tmp_path / f".rtstruct.dcm.{TEMPORARY_TAG}-{_host_tag()}-{os.getpid()}-live.dcm"  # a running writer
+    live.write_bytes(b"being written")
+    elsewhere = tmp_path / f".rtstruct.dcm.{TEMPORARY_TAG}-zzzzzz-1-x.dcm"  # another host's (not a hex tag)
+    elsewhere.write_bytes(b"another host")
+
+    write_text_atomic(target, "complete")
+    assert target.read_text() == "complete" and not left.exists()
+    assert live.exists() and elsewhere.exists()
+
+
 # ------------------------------------------------------------------ modes follow the umask
 @contextlib.contextmanager
 def umask(mask: int):
