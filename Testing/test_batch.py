@@ -261,3 +261,14 @@ def test_unreachable_scheduler_is_one_line_and_writes_nothing(case_folders, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("cervixautoseg batch: error: --scheduler tcp://127.0.0.1:1:")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_local_cluster_leaves_this_process_environment_as_it_was():
+    from CervixAutoSegLib.cohort.cluster import open_client
+
+    before = dict(os.environ)
+    with open_client(workers=1, threads=1) as client:
+        in_worker = client.submit(lambda: __import__("os").environ.get("OMP_NUM_THREADS"), pure=False)
+        assert in_worker.result(timeout=60) == "1"  # the workers' share
+        assert dict(os.environ) == before  # Dask's worker settings (OMP_NUM_THREADS=1, ...) not left here
+    assert dict(os.environ) == before

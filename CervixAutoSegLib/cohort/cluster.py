@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -68,7 +69,7 @@ def open_client(scheduler: str | None = None, workers: int = 2, threads: int = 1
     dask = _dask()
     environment = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
     environment.update({name: str(threads) for name in THREAD_VARIABLES})
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environment}):
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environment}), _environment_kept():
         cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                            dashboard_address=None, silence_logs=logging.ERROR)
     try:
@@ -79,6 +80,20 @@ def open_client(scheduler: str | None = None, workers: int = 2, threads: int = 1
             client.close()
     finally:
         cluster.close()
+
+
+@contextlib.contextmanager
+def _environment_kept() -> Iterator[None]:
+    """Starting the local cluster leaves its workers' settings (OMP_NUM_THREADS=1, PYTHONHASHSEED,
+    ...) in this process's ``os.environ``; put it back once the workers are spawned, so that a
+    process this one starts later (a Slicer job, a benchmark worker) gets the user's environment."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for name in set(os.environ) - set(saved):
+            del os.environ[name]
+        os.environ.update(saved)
 
 
 def _connect(distributed: Any, address: str) -> Any:
