@@ -481,7 +481,8 @@ class CervixAutoSegTest(ScriptedLoadableModuleTest):
     MIN_DICE = 0.6
     """The bundled demo models must find every phantom structure at least this well..."""
     MIN_DICE_OF = {"GTVp": 0.2}
-    """... but the MR tumour: weights 0.1 reach 0.26 on this phantom (under-trained, issue 13)."""
+    """... but the MR tumour: weights 0.1 reached 0.26 on this phantom; the tumour stage is still
+    under-trained (issue 13)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
