@@ -87,6 +87,7 @@ def killed_run(case_folders, tmp_path_factory):
     """``run_batch`` on a local cluster of 2 workers x 1 thread, one worker killed mid-case."""
     out = tmp_path_factory.mktemp("batch") / "out"
     killer = WorkerKiller(out)
+    environment = dict(os.environ)
     killer.start()
     try:
         run = run_batch(case_folders, out, CaseSettings(device="cpu", options=(("flip_tta", False),)),
@@ -94,6 +95,8 @@ def killed_run(case_folders, tmp_path_factory):
     finally:
         killer.stop.set()
         killer.join()
+    # A nanny restarting the killed worker sets OMP_NUM_THREADS=1 etc. here again: batch must undo it.
+    assert dict(os.environ) == environment
     return run, out, killer.killed
 
 
@@ -184,8 +187,11 @@ def scheduler_address():
     """A Dask cluster started outside ``batch`` (2 worker processes), for ``--scheduler``."""
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        yield cluster.scheduler_address
+    from CervixAutoSegLib.cohort.cluster import environment_kept
+
+    with environment_kept():  # Dask leaves its workers' OMP_NUM_THREADS=1 etc. in this process otherwise
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+            yield cluster.scheduler_address
 
 
 def test_broken_case_fails_alone_and_the_others_are_evaluated(dataset_with_a_broken_case, scheduler_address,
@@ -270,5 +276,4 @@ def test_a_local_cluster_leaves_this_process_environment_as_it_was():
     with open_client(workers=1, threads=1) as client:
         in_worker = client.submit(lambda: __import__("os").environ.get("OMP_NUM_THREADS"), pure=False)
         assert in_worker.result(timeout=60) == "1"  # the workers' share
-        assert dict(os.environ) == before  # Dask's worker settings (OMP_NUM_THREADS=1, ...) not left here
-    assert dict(os.environ) == before
+    assert dict(os.environ) == before  # Dask's worker settings (OMP_NUM_THREADS=1, ...) not left here

@@ -69,24 +69,27 @@ def open_client(scheduler: str | None = None, workers: int = 2, threads: int = 1
     dask = _dask()
     environment = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
     environment.update({name: str(threads) for name in THREAD_VARIABLES})
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environment}), _environment_kept():
-        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                           dashboard_address=None, silence_logs=logging.ERROR)
-    try:
-        client = distributed.Client(cluster)
+    # The nannies live in this process and set their workers' environment in it at every (re)start.
+    with environment_kept():
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environment}):
+            cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                               dashboard_address=None, silence_logs=logging.ERROR)
         try:
-            yield client
+            client = distributed.Client(cluster)
+            try:
+                yield client
+            finally:
+                client.close()
         finally:
-            client.close()
-    finally:
-        cluster.close()
+            cluster.close()
 
 
 @contextlib.contextmanager
-def _environment_kept() -> Iterator[None]:
-    """Starting the local cluster leaves its workers' settings (OMP_NUM_THREADS=1, PYTHONHASHSEED,
-    ...) in this process's ``os.environ``; put it back once the workers are spawned, so that a
-    process this one starts later (a Slicer job, a benchmark worker) gets the user's environment."""
+def environment_kept() -> Iterator[None]:
+    """A local cluster's nannies (in this process) put their workers' settings (OMP_NUM_THREADS=1,
+    PYTHONHASHSEED, ...) into this process's ``os.environ`` whenever they start a worker; put it back
+    when the cluster is closed, so that a process this one starts later (a Slicer job, a benchmark
+    worker) gets the user's environment."""
     saved = dict(os.environ)
     try:
         yield
