@@ -28,6 +28,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from .processes import process_alive
+
 _UMASK_LOCK = threading.Lock()
 TEMPORARY_TAG = "cervixautoseg-tmp"
 
@@ -37,25 +39,15 @@ def _host_tag() -> str:
     return hashlib.sha256(socket.gethostname().encode("utf-8")).hexdigest()[:6]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # someone else's process, or no way to tell: keep its file
-    return True
-
-
 def remove_stale_temporaries(target: str | Path) -> list[Path]:
     """Remove the temporary files that killed writes of ``target`` on this host left beside it."""
     target = Path(target)
     pattern = re.compile(rf"\.{re.escape(target.name)}\.{TEMPORARY_TAG}-([0-9a-f]{{6}})-(\d+)-")
-    removed = []
+    host, removed = _host_tag(), []
     with contextlib.suppress(OSError), os.scandir(target.parent) as entries:
         for entry in entries:
             match = pattern.match(entry.name)
-            if match and match.group(1) == _host_tag() and not _pid_alive(int(match.group(2))):
+            if match and match.group(1) == host and not process_alive(int(match.group(2))):
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
                     removed.append(Path(entry.path))

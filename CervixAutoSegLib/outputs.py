@@ -42,6 +42,7 @@ from pathlib import Path
 
 from .atomic import write_text_atomic
 from .errors import OutputConflictError, OutputError
+from .processes import process_alive, process_start
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ def make_staging(out_dir: Path) -> Path:
     # remove_stale_staging can recognise as empty, rather than a staging folder nobody can own.
     unmarked = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{UNMARKED_TAG}-{pid}-", dir=out_dir.parent))
     marker = {"format": STAGING_TAG, "out_dir": out_dir.name, "pid": pid, "host": socket.gethostname(),
-              "process_started": _process_start(pid), "created_utc": _utc_now()}
+              "process_started": process_start(pid), "created_utc": _utc_now()}
     write_text_atomic(unmarked / STAGING_MARKER, json.dumps(marker, indent=2) + "\n")
     staging = unmarked.with_name(unmarked.name.replace(UNMARKED_TAG, STAGING_TAG, 1))
     os.rename(unmarked, staging)
@@ -271,50 +272,7 @@ def _abandoned(folder: Path, out_name: str, pid: int) -> bool:
         return False
     if not ours or marker.get("host") != socket.gethostname():
         return False
-    return not _process_alive(pid, marker.get("process_started"))
-
-
-def _process_alive(pid: int, started: str | None) -> bool:
-    """Whether process ``pid`` (started at ``started``, when known) still runs on this host."""
-    if pid == os.getpid():
-        return True  # another run in this very process (a thread) may still be writing it
-    if os.name == "nt":  # pragma: no cover - Windows; os.kill(pid, 0) would terminate the process there
-        return _windows_process_alive(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # it exists but belongs to someone else
-    now = _process_start(pid)
-    # A zombie has finished; a different start time means the pid was reused by another process.
-    return not (now == "zombie" or (started is not None and now is not None and now != started))
-
-
-def _process_start(pid: int) -> str | None:
-    """The start time of ``pid`` in clock ticks after boot (Linux), ``"zombie"`` for a finished
-    process not yet reaped, None where the system does not tell."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stream:
-            fields = stream.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return "zombie" if fields[0] == "Z" else fields[19]
-
-
-def _windows_process_alive(pid: int) -> bool:  # pragma: no cover - Windows only
-    """Whether ``pid`` runs, asked of the kernel without touching the process."""
-    import ctypes
-
-    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
-    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-    if not handle:
-        return ctypes.get_last_error() == 5  # ERROR_ACCESS_DENIED: it exists
-    try:
-        code = ctypes.c_ulong()
-        return not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)) or code.value == 259  # STILL_ACTIVE
-    finally:
-        kernel32.CloseHandle(handle)
+    return not process_alive(pid, marker.get("process_started"))
 
 
 def _utc_now() -> str:
