@@ -564,9 +564,6 @@ class _ResultNotLoaded(Exception):
 
 
 def _read_report(out_dir: Path | None) -> dict:
-    if out_dir is None:
-        return {}
-    try:
-        return json.loads((out_dir / REPORT_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    from .report import read_report
+
+    return (read_report(out_dir / REPORT_FILE) if out_dir is not None else None) or {}

@@ -264,7 +264,8 @@ def _unreadable(path: Path) -> UnreadableFile | None:
     return UnreadableFile(path, f"its {size} bytes hold no DICOM preamble or data set")
 
 
-def _has_part10_preamble(path: Path) -> bool:
+def has_part10_preamble(path: Path) -> bool:
+    """Whether ``path`` starts as a DICOM Part 10 file: 128-byte preamble, then "DICM" (OSError if unreadable)."""
     with open(path, "rb") as stream:
         return stream.read(PREAMBLE_LENGTH + 4)[PREAMBLE_LENGTH:] == b"DICM"
 
@@ -285,7 +286,7 @@ def read_dataset(path: Path, *, stop_before_pixels: bool = False, defer_size: in
     """Read a Part 10 file, or a raw dataset without preamble (only when it starts like one)."""
     import pydicom
 
-    force = not _has_part10_preamble(path) and _looks_like_raw_dataset(path)
+    force = not has_part10_preamble(path) and _looks_like_raw_dataset(path)
     with _quiet_pydicom():
         ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=force, defer_size=defer_size)
     if force and "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
@@ -311,7 +312,7 @@ def _set_transfer_syntax_from_encoding(ds) -> None:
 
 def _read_header(path: Path) -> Any:
     """The dataset of ``path`` (pixel data deferred), a :class:`DamagedFile`, or None when it is not DICOM."""
-    if not (_has_part10_preamble(path) or _looks_like_raw_dataset(path)):
+    if not (has_part10_preamble(path) or _looks_like_raw_dataset(path)):
         return None
     try:
         ds = read_dataset(path, defer_size=SCAN_DEFER_BYTES)

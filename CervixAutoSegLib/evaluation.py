@@ -246,13 +246,14 @@ def pair_cases(truth: Path, pred: Path) -> tuple[list[CasePair], dict[str, list[
 
 def is_rtstruct_path(path: Path) -> bool:
     """A file taken as an RTSTRUCT: ``.dcm``, or a file without suffix that starts as DICOM Part 10 does."""
+    from .dicom_series import has_part10_preamble
+
     if path.suffix.lower() == RTSTRUCT_SUFFIX:
         return True
     if path.suffix or not path.is_file():
         return False
     try:
-        with open(path, "rb") as stream:
-            return stream.read(132)[128:] == b"DICM"
+        return has_part10_preamble(path)
     except OSError:
         return False
 
@@ -274,13 +275,17 @@ def pair_dataset(root: Path, pred: Path) -> tuple[list[CasePair], dict[str, list
     return pairs, unmatched
 
 
+def _segment_input_entry(pred: Path) -> Mapping[str, object]:
+    """The ``input`` entry of the ``report.json`` beside a predicted label map (what ``segment`` read), or {}."""
+    from .report import read_report
+
+    entry = (read_report(pred.parent / "report.json") or {}).get("input") or {}
+    return entry if isinstance(entry, Mapping) else {}
+
+
 def prediction_series(pred: Path) -> str | None:
     """The Series Instance UID ``segment`` recorded in ``report.json`` beside a predicted label map."""
-    report = pred.parent / "report.json"
-    try:
-        return (json.loads(report.read_text(encoding="utf-8")).get("input") or {}).get("series_instance_uid")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return _segment_input_entry(pred).get("series_instance_uid")  # type: ignore[return-value]
 
 
 def pair_by_series(tree: Path, preds: Mapping[str, Path]) -> tuple[list[CasePair], dict[str, list[str]]]:
@@ -380,11 +385,8 @@ def _segment_input(pair: CasePair | None) -> Path | None:
     """The DICOM folder ``segment`` read for ``pair.pred`` (report.json ``input.path``), when it still exists."""
     if pair is None:
         return None
-    try:
-        path = (json.loads((pair.pred.parent / "report.json").read_text(encoding="utf-8")).get("input") or {}).get("path")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return Path(path) if path and Path(path).is_dir() else None
+    path = _segment_input_entry(pair.pred).get("path")
+    return Path(path) if isinstance(path, str) and path and Path(path).is_dir() else None
 
 
 def dataset_status(labels: Path) -> Mapping[str, str] | None:

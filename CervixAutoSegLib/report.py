@@ -324,6 +324,15 @@ def write_report(path: str | Path, report: Mapping[str, Any]) -> None:
     write_text_atomic(Path(path), json.dumps(report, indent=2, default=_json_default) + "\n")
 
 
+def read_report(path: str | Path) -> dict | None:
+    """A report written by :func:`write_report`, or None when it is missing, unreadable or not a JSON object."""
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()

@@ -10,12 +10,12 @@ next run into it) and, during the renames, a pending manifest, so neither is mis
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..models import file_sha256
 from ..outputs import MANIFEST_FILE, read_manifest
 from ..pipeline import REPORT_FILE
+from ..report import read_report
 
 
 def incomplete_reason(folder: Path, model: str = "auto") -> str | None:
@@ -35,7 +35,7 @@ def incomplete_reason(folder: Path, model: str = "auto") -> str | None:
             return f"{name} is missing"
         if file_sha256(path) != digest:
             return f"{name} changed since it was written"
-    report = read_report(folder)
+    report = read_report(folder / REPORT_FILE)
     if report is None:
         return f"{REPORT_FILE} cannot be read"
     missing = [name for name in report.get("outputs", ()) if name not in manifest.files]
@@ -44,15 +44,6 @@ def incomplete_reason(folder: Path, model: str = "auto") -> str | None:
     if not _made_by(report, model):
         return f"made by model {report.get('model', {}).get('id')}, not {model}"
     return None
-
-
-def read_report(folder: Path) -> dict | None:
-    """``report.json`` of a case folder, or None when it is missing or not a JSON object."""
-    try:
-        report = json.loads((Path(folder) / REPORT_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return report if isinstance(report, dict) else None
 
 
 def _made_by(report: dict, model: str) -> bool:

@@ -95,8 +95,9 @@ def run_case(case: BatchCase, out_dir: str, settings: CaseSettings) -> CaseResul
 def _segment_or_skip(case: BatchCase, folder: Path, settings: CaseSettings, result: CaseResult) -> None:
     """Skip a finished case folder (status ``skipped``), else run the pipeline into it (``ok``)."""
     from ..outputs import remove_stale_staging
-    from ..pipeline import segment
-    from .state import incomplete_reason, read_report
+    from ..pipeline import REPORT_FILE, segment
+    from ..report import read_report
+    from .state import incomplete_reason
 
     # What a dead attempt left (this host's only): counted, so the summary can say the case was retried.
     result.interrupted_attempts = len(remove_stale_staging(folder))
@@ -108,7 +109,7 @@ def _segment_or_skip(case: BatchCase, folder: Path, settings: CaseSettings, resu
                           allow_non_t2=settings.allow_non_t2, overwrite=settings.overwrite)
         report, result.status = outcome.report, OK
     else:
-        report, result.status = read_report(folder) or {}, SKIPPED
+        report, result.status = read_report(folder / REPORT_FILE) or {}, SKIPPED
     result.model = str((report.get("model") or {}).get("id", ""))
     result.volumes_ml = {entry["name"]: float(entry["volume_ml"]) for entry in report.get("structures", ())}
     result.warnings.extend(str(line) for line in report.get("warnings", ()) if str(line) not in result.warnings)
