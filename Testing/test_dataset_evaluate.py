@@ -30,8 +30,15 @@ PATIENTS = {"A": (2000, "HFS", None), "B": (2001, "FFS", None), "C": (2002, "HFS
 def cohort(tmp_path_factory) -> dict:
     import torch
 
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("evaluate")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # for this fixture's segment runs only: later tests get the process's threads back
+    try:
+        return _segmented_cohort(tmp_path_factory.mktemp("evaluate"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _segmented_cohort(root: Path) -> dict:
     tree, maps, pred = root / "tree", root / "truth_maps", root / "pred"
     for name, (seed, position, tilt) in PATIENTS.items():
         case = small_ct_phantom(seed, position=position, tilt_degrees=tilt)
