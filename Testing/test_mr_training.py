@@ -64,6 +64,24 @@ def test_dice_ce_is_small_for_a_confident_right_answer_and_large_for_a_wrong_one
     assert float(dice_ce(-right, target)) > 5.0
 
 
+def test_per_patch_dice_makes_an_over_drawn_small_tumour_cost_as_much_as_in_a_batch_of_its_own():
+    """The batch-pooled Dice hides a small tumour drawn four times too large behind a large tumour
+    drawn right; per-patch Dice (the default for new runs) does not."""
+    target = torch.zeros((2, 8, 32, 32), dtype=torch.int64)
+    target[0, 2:6, 4:28, 4:28] = 1  # large, drawn right
+    target[1, 3:5, 14:18, 14:18] = 1  # small, drawn as 4x the volume
+    drawn = target.clone()
+    drawn[1, 2:6, 13:19, 13:19] = 1
+    logits = torch.stack([(1 - drawn) * 10.0, drawn * 10.0], dim=1).float()
+    pooled, per_patch = float(dice_ce(logits, target)), float(dice_ce(logits, target, per_patch=True))
+    small = 2 * 32 / (32 + 144)  # Dice of the small tumour alone
+    batch = 2 * (2304 + 32) / (2304 + 2304 + 32 + 144)
+    # the cross-entropy is the same in both; only the Dice term differs
+    assert per_patch - pooled == pytest.approx((1 - small) / 2 - (1 - batch), abs=0.01)
+    assert per_patch - pooled > 0.25
+    assert MRTrainConfig().per_patch_dice
+
+
 def test_deep_supervision_weights_the_main_output_most():
     target = small_target()
     good = torch.stack([(1 - target) * 10.0, target * 10.0], dim=1).float()

@@ -46,6 +46,9 @@ class MRTrainConfig(LoopConfig):
     val_overlap: float = 0.25
     """Sliding-window overlap of the per-epoch validation (inference uses the card's, 0.5)."""
     max_val_cases: int = 2
+    per_patch_dice: bool = True
+    """Dice per training patch, averaged (nnU-Net's default), rather than over the pooled batch: the
+    0.1/0.2 tumour networks, trained batch-pooled, drew small tumours several times too large."""
     """Validation cases per epoch, each on a box around its structure (3D windows are slow on a CPU)."""
 
     @classmethod

@@ -50,6 +50,10 @@ class PocketNetTrainer:
         group.add_argument("--plain-blocks", action="store_true", help="basic conv blocks instead of residual ones")
         group.add_argument("--foreground-fraction", type=float, default=defaults.foreground_fraction)
         group.add_argument("--no-augment", action="store_true")
+        group.add_argument("--batch-dice", action="store_true",
+                           help="one Dice over the pooled batch instead of per patch (the 0.1/0.2 weights' loss)")
+        group.add_argument("--max-val-cases", type=int, default=defaults.max_val_cases,
+                           help="validation cases scored per epoch (default %(default)s)")
         parser.set_defaults(lr=defaults.learning_rate, batch_size=defaults.batch_size, max_epochs=defaults.max_epochs,
                             steps_per_epoch=defaults.steps_per_epoch, patience=defaults.patience,
                             lr_schedule=defaults.lr_schedule, weight_decay=defaults.weight_decay)
@@ -58,6 +62,8 @@ class PocketNetTrainer:
         from ..errors import InputError
         from .config import MRTrainConfig
 
+        if args.max_val_cases < 1:
+            raise InputError(f"--max-val-cases must be at least 1, got {args.max_val_cases}")
         if not 0.0 <= args.foreground_fraction <= 1.0:
             raise InputError(f"--foreground-fraction must be between 0 and 1, got {args.foreground_fraction}")
         from .network import plan_unet
@@ -71,7 +77,8 @@ class PocketNetTrainer:
         return MRTrainConfig(**loop, stage=args.stage, patch_size_xyz=tuple(args.patch_size),
                              spacing_xyz=tuple(args.spacing),
                              residual=not args.plain_blocks, foreground_fraction=args.foreground_fraction,
-                             augment=not args.no_augment)
+                             augment=not args.no_augment, per_patch_dice=not args.batch_dice,
+                             max_val_cases=args.max_val_cases)
 
     def task(self, config, train_sources, val_sources, work: Path):
         from .preprocess import MRPreprocessing

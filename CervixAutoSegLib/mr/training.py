@@ -10,6 +10,7 @@ heads (weights 1, 1/2, 1/4, normalised), as MIST trains PocketNet.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -144,20 +145,25 @@ def jitter_organ(organ: np.ndarray, limits_zyx: Sequence[int], rng: np.random.Ge
     return shifted
 
 
-def dice_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Soft Dice (foreground class, batch-pooled) + cross-entropy of (N, 2, z, y, x) logits."""
+def dice_ce(logits: torch.Tensor, target: torch.Tensor, per_patch: bool = False) -> torch.Tensor:
+    """Soft Dice of the foreground class + cross-entropy of (N, 2, z, y, x) logits.
+
+    ``per_patch``: Dice of each patch, then averaged (nnU-Net's default) — a small tumour counts
+    as much as a large one, so drawing it four times too big costs as much as missing half of a
+    large one; otherwise one Dice over the pooled batch, which large structures dominate."""
     ce = torch.nn.functional.cross_entropy(logits, target)
     probability = logits.softmax(dim=1)[:, 1]
     truth = (target == 1).float()
-    dice = (2 * (probability * truth).sum() + 1.0) / (probability.sum() + truth.sum() + 1.0)
-    return ce + 1.0 - dice
+    axes = tuple(range(1, probability.ndim)) if per_patch else tuple(range(probability.ndim))
+    dice = (2 * (probability * truth).sum(axes) + 1.0) / (probability.sum(axes) + truth.sum(axes) + 1.0)
+    return ce + 1.0 - dice.mean()
 
 
-def deep_supervision_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def deep_supervision_loss(output: torch.Tensor, target: torch.Tensor, per_patch: bool = False) -> torch.Tensor:
     """:func:`dice_ce` on the main output and each head (MONAI upsamples the heads to full size)."""
     main, heads = split_deep_supervision(output.float())
     weights = HEAD_WEIGHTS[:1 + len(heads)]
-    losses = [dice_ce(logits, target) for logits in [main, *heads]]
+    losses = [dice_ce(logits, target, per_patch) for logits in [main, *heads]]
     return sum(w * loss for w, loss in zip(weights, losses)) / sum(weights)
 
 
@@ -184,7 +190,7 @@ class PocketNetTask(TrainingTask):
         return PatchBatches(self.train_cases, config, rng)
 
     def loss(self, config: MRTrainConfig):
-        return deep_supervision_loss
+        return functools.partial(deep_supervision_loss, per_patch=config.per_patch_dice)
 
     @torch.no_grad()
     def validate(self, network: torch.nn.Module, config: MRTrainConfig) -> dict:
