@@ -35,6 +35,8 @@ RAS_SPACE = "right-anterior-superior"
 BINARY_LABELMAP = "Binary labelmap"
 REFERENCE_GEOMETRY_PARAMETER = "Reference image geometry"
 TERMINOLOGY_TAG = "TerminologyEntry"
+GZIP_LEVEL = 6
+"""zlib's default: pynrrd's 9 took 4x as long for 2 % smaller label layers."""
 
 TERMINOLOGY_CONTEXT = "CervixAutoSeg - category and type"
 """``SegmentationCategoryTypeContextName`` of ``Resources/CervixAutoSeg.term.json``.
@@ -213,7 +215,8 @@ def write_segments_nrrd(path: str | Path, grid: Volume, segments: Sequence[Segme
     header = segmentation_header(grid, segments, layers)
     path = Path(path)
     with atomic_path(path, suffix=".seg.nrrd") as temporary:
-        nrrd.write(str(temporary), np.ascontiguousarray(data), header, index_order="C")
+        nrrd.write(str(temporary), np.ascontiguousarray(data), header, index_order="C",
+                   compression_level=GZIP_LEVEL)
     return path
 
 

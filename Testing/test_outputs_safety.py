@@ -188,9 +188,13 @@ KILLER = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
     mode, out = sys.argv[1], Path(sys.argv[2]).absolute()
-    if mode == "preview":  # SIGKILL in the write stage: labels, .seg.nrrd and RTSTRUCT are staged
-        import CervixAutoSegLib.preview as preview
-        preview.write_preview = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "write":  # SIGKILL in the write stage, right after the RTSTRUCT is staged
+        import CervixAutoSegLib.rtstruct as rtstruct
+        real_write = rtstruct.write_rtstruct
+        def write_then_die(*args, **kwargs):
+            real_write(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+        rtstruct.write_rtstruct = write_then_die
     else:  # SIGKILL between the second and the third rename into the output folder
         renames, real_replace = [], os.replace
         def replace(source, target, *args, **kwargs):
@@ -221,7 +225,7 @@ def test_a_kill_in_the_write_stage_leaves_a_marked_staging_folder_the_next_run_r
     out = copy_of(earlier_run, tmp_path)
     (out / "notes.txt").write_text("keep me")
     before = snapshot(out)
-    killed_segment("preview", inputs["dicom"], out)
+    killed_segment("write", inputs["dicom"], out)
     assert snapshot(out) == before
     [staging] = staging_folders(tmp_path)
     marker = json.loads((staging / STAGING_MARKER).read_text())

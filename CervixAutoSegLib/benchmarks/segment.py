@@ -143,7 +143,8 @@ def _baseline_worker(config: dict) -> dict:
 def _run_worker(config: dict, worker: str = "_segment_worker") -> dict:
     """``worker(config)`` of this module in a fresh Python process → its JSON answer."""
     code = (f"import json, sys; from CervixAutoSegLib.benchmarks.segment import {worker}; "
-            f"print(json.dumps({worker}(json.loads(sys.argv[1]))))")
+            f"print(json.dumps({worker}(json.loads(sys.argv[1])))); "
+            "from CervixAutoSegLib.cli import exit_promptly; exit_promptly(0)")  # ends as the program does
     started = time.perf_counter()
     completed = subprocess.run([sys.executable, "-c", code, json.dumps(config)], capture_output=True, text=True,
                                check=False)

@@ -148,7 +148,7 @@ def body_mask(hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> np.nda
 
     mask = hu > threshold_hu
     labels, count = ndimage.label(mask)
-    if count == 0:
+    if count <= 1:  # the usual case: counting 26 M labels would cost more than the labelling
         return mask
     sizes = np.bincount(labels.reshape(-1), minlength=count + 1)
     sizes[0] = 0
