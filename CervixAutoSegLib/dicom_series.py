@@ -862,10 +862,12 @@ def _check_evenly_spaced(positions: np.ndarray, names: Sequence[str]) -> None:
 
 
 # ----------------------------------------------------------------- pixels
-def _pixels(path: Path) -> tuple[np.ndarray, Any]:
-    """(rows, columns) stored pixel values and the full dataset of one file."""
+def _pixels(path: Path, ds: Any = None) -> tuple[np.ndarray, Any]:
+    """(rows, columns) stored pixel values and the dataset of one file: ``ds``, its header as read
+    with the pixel data deferred (pydicom reads the element from the file on access), or None to
+    read the whole file."""
     try:
-        ds = read_dataset(path)
+        ds = read_dataset(path) if ds is None else ds
     except Exception as error:
         raise InputError(f"cannot read DICOM file {path}: {_one_line(error)}") from error
     if "PixelData" not in ds:
@@ -967,16 +969,23 @@ def _to_output_values(stored: np.ndarray, slopes: np.ndarray, intercepts: np.nda
 
 
 # ----------------------------------------------------------------- reading
-def _read_pixels(paths: Sequence[Path], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stored values (z, y, x) of ``paths`` in order, with per-slice rescale slopes and intercepts."""
+def _read_pixels(members: Sequence[tuple[Path, Any]], size: tuple[int, int]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stored values (z, y, x) of ``members`` ((path, header with deferred pixel data)) in order, with
+    per-slice rescale slopes and intercepts.  Each header's pixel data is let go once copied: parsing
+    every file a second time for its pixels cost 0.1-0.2 s per 100 slices."""
     stored: np.ndarray | None = None
-    slopes, intercepts = np.ones(len(paths)), np.zeros(len(paths))
-    for k, path in enumerate(paths):
-        array, ds = _pixels(path)
+    slopes, intercepts = np.ones(len(members)), np.zeros(len(members))
+    for k, (path, header) in enumerate(members):
+        try:
+            array, ds = _pixels(path, header)
+        finally:
+            if "PixelData" in header:
+                del header["PixelData"]  # deleting it (not pop) also drops pydicom's cached array
         if array.shape != size:
             raise InputError(f"pixel data of {path} is {array.shape[0]}x{array.shape[1]}, header says {size[0]}x{size[1]}")
         if stored is None:
-            stored = np.empty((len(paths), *size), array.dtype)
+            stored = np.empty((len(members), *size), array.dtype)
         elif not np.can_cast(array.dtype, stored.dtype, "safe"):
             # Signed and unsigned slices in one series: widen instead of wrapping.
             stored = stored.astype(np.result_type(stored.dtype, array.dtype))
@@ -1077,7 +1086,7 @@ def read_series_files(info: SeriesInfo, *, t2: bool | None = None) -> Volume:
     single_spacing = _single_slice_spacing(first, first_path) if len(members) == 1 else DEFAULT_SINGLE_SLICE_SPACING_MM
     geometry = _stack_geometry(positions, iop, pixel_spacing, [p.name for p, _ in members], single_spacing)
 
-    stored, slopes, intercepts = _read_pixels([path for path, _ in members], (int(first.Rows), int(first.Columns)))
+    stored, slopes, intercepts = _read_pixels(members, (int(first.Rows), int(first.Columns)))
     values = _to_output_values(stored, slopes, intercepts)
     return Volume(
         array=values, spacing=geometry.spacing, origin=geometry.origin, direction=geometry.direction,

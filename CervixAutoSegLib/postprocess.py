@@ -247,7 +247,12 @@ def _paint(labels: np.ndarray, ordered: Sequence[StructureRule],
            masks: Mapping[int, tuple[tuple[slice, ...], np.ndarray]]) -> np.ndarray:
     """Cleaned masks → one uint8 label map (precedence in the module docstring)."""
     handled = [rule.value for rule in ordered]
-    out = np.where(np.isin(labels, handled), 0, labels).astype(np.uint8)
+    if labels.dtype == np.uint8:  # a lookup table: np.isin sorts its way through every voxel (10x slower)
+        table = np.arange(256, dtype=np.uint8)
+        table[handled] = 0
+        out = table[labels]
+    else:
+        out = np.where(np.isin(labels, handled), 0, labels).astype(np.uint8)
     for rule in ordered:
         if rule.value not in masks:
             continue
