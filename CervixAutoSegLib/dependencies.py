@@ -65,7 +65,8 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("scipy", "scipy", "1.14.1"),
     Requirement("skimage", "scikit-image", "0.24.0"),
     Requirement("nrrd", "pynrrd", "1.1.1"),
-    Requirement("matplotlib", "matplotlib", "3.9.2"),
+    Requirement("matplotlib", "matplotlib", "3.9.2"),  # evaluation and review plots
+    Requirement("PIL", "pillow", "10.4.0"),  # preview.png (scalable built-in font: 10.1 or later)
     Requirement("pydicom", "pydicom", "2.4.4"),
     Requirement("monai", "monai", "1.5.2"),  # PocketNet (DynUNet) and sliding-window inference
     # Their dependencies (installed explicitly because every install is --no-deps).
@@ -73,7 +74,6 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("tifffile", "tifffile", "2024.8.30"),
     Requirement("networkx", "networkx", "3.3"),
     Requirement("lazy_loader", "lazy_loader", "0.4"),
-    Requirement("PIL", "pillow", "10.4.0"),
     Requirement("packaging", "packaging", "24.1"),
     Requirement("typing_extensions", "typing_extensions", "4.12.2"),
     Requirement("contourpy", "contourpy", "1.3.0"),

@@ -363,17 +363,10 @@ def write_outputs(out_dir: Path, outcome: Outcome, *, job_started: float, cancel
     return files, report
 
 
-WRITE_WORKERS = 3
-"""Files written at once: gzip and numpy release the GIL, so the label map, the .seg.nrrd, the
-RTSTRUCT and the preview overlap on a multi-core machine instead of queueing."""
-
-
 def _write_all(staging: Path, outcome: Outcome, job_started: float,
                step: Callable[[float, str], None]) -> tuple[dict[str, str], dict]:
     """Every output file into ``staging`` (report.json last, with the timings); returns
     ({key: file name}, report document)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from .report import write_report
 
     started = time.perf_counter()
@@ -382,11 +375,10 @@ def _write_all(staging: Path, outcome: Outcome, job_started: float,
     names["preview"], names["report"] = PREVIEW_FILE, REPORT_FILE
     report = outcome.report(outputs=tuple(names.values()))
     jobs.append(("preview", PREVIEW_FILE, _preview_job(staging / PREVIEW_FILE, outcome, report)))
-    with ThreadPoolExecutor(max_workers=WRITE_WORKERS, thread_name_prefix="cervixautoseg-write") as pool:
-        futures = [(name, pool.submit(job)) for _, name, job in jobs]
-        for done, (name, future) in enumerate(futures):
-            future.result()  # the first failure propagates; the pool still waits for the others
-            step((done + 1) / (len(futures) + 1), name)
+    # One after the other: threads made this stage slower (the writers hold the GIL most of the time).
+    for done, (_, name, job) in enumerate(jobs):
+        step(done / (len(jobs) + 1), name)
+        job()
     outcome.timings["write"] = time.perf_counter() - started
     outcome.timings["total"] = time.perf_counter() - job_started
     report["timings_s"] = {name: round(float(seconds), 3) for name, seconds in outcome.timings.items()}

@@ -93,7 +93,9 @@ def _display_range(image: np.ndarray, modality: str) -> tuple[float, float]:
     """(low, high) intensities shown black and white: the CT window, or MR percentiles of the volume."""
     if modality.upper() == "CT":
         return CT_DISPLAY_WINDOW_HU
-    low, high = np.percentile(image, MR_DISPLAY_PERCENTILES)
+    # every other row and third column: grey levels, not measurements (all 26 M voxels took 0.3 s)
+    sample = image[..., ::2, ::3] if image.ndim >= 2 and min(image.shape[-2:]) >= 16 else image
+    low, high = np.percentile(sample, MR_DISPLAY_PERCENTILES)
     return float(low), float(max(high, low + 1e-6))
 
 
