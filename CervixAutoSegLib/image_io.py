@@ -24,6 +24,7 @@ import numpy as np
 from .atomic import atomic_path
 from .errors import InputError
 from .input_checks import check_spacing_values
+from .nifti import DATATYPES, write_nifti
 from .volume import Volume
 
 ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -207,11 +208,9 @@ def write_image(volume: Volume, path: str | Path) -> None:
     """Write ``volume`` with its exact grid to NIfTI/NRRD/MetaImage, atomically.
 
     The format comes from the suffix (:data:`WRITE_SUFFIXES`). SimpleITK converts LPS to
-    NIfTI's RAS on disk. A sheared (gantry-tilt) grid cannot be stored in NIfTI:
-    InputError asking for ``.nrrd``.
+    NIfTI's RAS on disk (NIfTI itself is written by :mod:`.nifti`, without importing SimpleITK).
+    A sheared (gantry-tilt) grid cannot be stored in NIfTI: InputError asking for ``.nrrd``.
     """
-    import SimpleITK as sitk
-
     path = Path(path)
     suffix = image_suffix(path)
     if suffix not in WRITE_SUFFIXES:
@@ -223,6 +222,12 @@ def write_image(volume: Volume, path: str | Path) -> None:
     array = volume.array
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
-    image = volume.with_array(array).to_sitk()
+    volume = volume.with_array(array)
+    compress = suffix in (".nii.gz", ".nrrd", ".mha")
     with atomic_path(path, suffix=suffix) as temporary:
-        sitk.WriteImage(image, str(temporary), useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
+        if suffix.startswith(".nii") and array.dtype in DATATYPES:
+            write_nifti(volume, temporary, compress)
+        else:
+            import SimpleITK as sitk
+
+            sitk.WriteImage(volume.to_sitk(), str(temporary), useCompression=compress)
