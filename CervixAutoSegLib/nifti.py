@@ -28,7 +28,9 @@ XFORM_SCANNER = 1
 UNITS_MM_SECONDS = 2 | 8
 """``xyzt_units``: NIFTI_UNITS_MM | NIFTI_UNITS_SEC, as ITK writes them."""
 GZIP_LEVEL = 6
-"""zlib's default, ITK's choice: level 1 left label maps three times as large for 60 ms less."""
+"""zlib's default, ITK's choice, for images."""
+GZIP_LEVEL_BYTES = 1
+"""For 8-bit voxels (label maps): 0.09 -> 0.03 s at 512x512x100, and 200 kB instead of 70 kB is still small."""
 DATATYPES = {np.dtype(np.uint8): 2, np.dtype(np.int16): 4, np.dtype(np.int32): 8, np.dtype(np.float32): 16,
              np.dtype(np.float64): 64, np.dtype(np.int8): 256, np.dtype(np.uint16): 512, np.dtype(np.uint32): 768,
              np.dtype(np.int64): 1024, np.dtype(np.uint64): 1280}
@@ -99,5 +101,6 @@ def write_nifti(volume: Volume, path: str | Path, compress: bool) -> None:
     by itself: :func:`~.image_io.write_image` hands it a temporary path."""
     voxels = np.ascontiguousarray(volume.array, dtype=np.dtype(volume.array.dtype).newbyteorder("<"))
     content = nifti_header(volume) + voxels.tobytes()
-    data = gzip.compress(content, compresslevel=GZIP_LEVEL, mtime=0) if compress else content
+    level = GZIP_LEVEL_BYTES if voxels.itemsize == 1 else GZIP_LEVEL
+    data = gzip.compress(content, compresslevel=level, mtime=0) if compress else content
     Path(path).write_bytes(data)
