@@ -93,6 +93,37 @@ def fuse_batchnorms(module: nn.Module) -> int:
     return fused
 
 
+class LayoutKeepingInstanceNorm(nn.Module):
+    """An InstanceNorm whose output keeps its input's memory layout (channels-last stays).
+
+    ``torch.instance_norm`` runs batch norm over a (1, N*C, ...) view of its input, which it
+    first makes contiguous: on a channels-last 3D feature map that is a copy in and a copy out,
+    55 % of a PocketNet window's CPU time.  Group norm with one group per channel is the same
+    normalisation (biased variance, the same eps, affine weight and bias shared with the module
+    it replaces), and its CPU kernel works on channels-last data as it lies.
+    """
+
+    def __init__(self, norm: nn.modules.instancenorm._InstanceNorm):
+        super().__init__()
+        self.channels, self.eps, self.weight, self.bias = norm.num_features, norm.eps, norm.weight, norm.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (N, C, *spatial), any memory format → same shape and format."""
+        return nn.functional.group_norm(x, self.channels, self.weight, self.bias, self.eps)
+
+
+def keep_layout_in_instance_norms(module: nn.Module) -> int:
+    """Replace every InstanceNorm without running statistics by :class:`LayoutKeepingInstanceNorm`;
+    returns how many were replaced."""
+    replaced = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.modules.instancenorm._InstanceNorm) and not child.track_running_stats:
+                setattr(parent, name, LayoutKeepingInstanceNorm(child))
+                replaced += 1
+    return replaced
+
+
 def memory_format(spatial_dims: int, channels_last: bool) -> torch.memory_format:
     if not channels_last:
         return torch.contiguous_format
@@ -101,12 +132,13 @@ def memory_format(spatial_dims: int, channels_last: bool) -> torch.memory_format
 
 def prepare_network(network: nn.Module, device: torch.device, options: InferenceOptions = InferenceOptions(),
                     spatial_dims: int = 2) -> nn.Module:
-    """Eval mode, BN folded (optional), channels-last (optional), on ``device``."""
+    """Eval mode, BN folded (optional), channels-last (optional; InstanceNorms then keep the layout), on ``device``."""
     network = network.eval()
     if options.fuse_batchnorm:
         fuse_batchnorms(network)
     network = network.to(device)
     if options.channels_last:
+        keep_layout_in_instance_norms(network)
         network = network.to(memory_format=memory_format(spatial_dims, True))
     return network
 

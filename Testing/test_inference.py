@@ -252,3 +252,45 @@ def test_sliding_window_halves_the_batch_on_out_of_memory_and_cancels():
     assert info.out_of_memory_retries == 2 and info.batch_size == 1 and set(network.batch_sizes) == {4, 2, 1}
     with pytest.raises(Cancelled):
         inferer(VoxelThreshold3D(), image, cancel=lambda: True)
+
+
+# ------------------------------------------------------------------ layout-keeping instance norm
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+def test_layout_keeping_instance_norm_is_instance_norm_and_keeps_channels_last(affine, layout):
+    from CervixAutoSegLib.inferers import LayoutKeepingInstanceNorm
+
+    torch.manual_seed(1)
+    stock = torch.nn.InstanceNorm3d(6, affine=affine, eps=1e-5)
+    if affine:
+        torch.nn.init.normal_(stock.weight)
+        torch.nn.init.normal_(stock.bias)
+    x = (torch.randn(2, 6, 5, 12, 10) * 3 + 7).to(memory_format=layout)
+    ours = LayoutKeepingInstanceNorm(stock)
+    with torch.no_grad():
+        expected, got = stock(x), ours(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert got.is_contiguous(memory_format=layout)
+
+
+def test_prepared_pocketnet_swaps_its_instance_norms_and_gives_the_same_logits():
+    from CervixAutoSegLib.inferers import LayoutKeepingInstanceNorm
+    from CervixAutoSegLib.mr.network import build_pocketnet
+
+    torch.manual_seed(2)
+    stock = build_pocketnet(1, 2, (64, 64, 16), (0.469, 0.469, 5.0), deep_supervision=False).eval()
+    for module in stock.modules():  # non-trivial affine parameters
+        if isinstance(module, torch.nn.InstanceNorm3d):
+            torch.nn.init.normal_(module.weight, 1.0, 0.2)
+            torch.nn.init.normal_(module.bias, 0.0, 0.2)
+    x = torch.randn(1, 1, 16, 64, 64)
+    with torch.no_grad():
+        expected = stock(x)
+    prepared = prepare_network(copy.deepcopy(stock), torch.device("cpu"), InferenceOptions(channels_last=True),
+                               spatial_dims=3)
+    assert not any(isinstance(m, torch.nn.InstanceNorm3d) for m in prepared.modules())
+    assert sum(isinstance(m, LayoutKeepingInstanceNorm) for m in prepared.modules()) == sum(
+        isinstance(m, torch.nn.InstanceNorm3d) for m in stock.modules()) > 0
+    with torch.no_grad():
+        got = prepared(x.to(memory_format=torch.channels_last_3d))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
