@@ -172,6 +172,26 @@ def _worst_flagged_slice(quality: Mapping | None) -> int | None:
     return int(max(flagged, key=lambda entry: entry["score"])["slice"]) if flagged else None
 
 
+TYPOGRAPHIC_ASCII = str.maketrans({"\u2014": "-", "\u2013": "-", "\u2212": "-", "\u2265": ">=", "\u2264": "<=",
+                                   "\u00d7": "x", "\u2192": "->", "\u00b5": "u", "\u00b2": "2", "\u00b3": "3",
+                                   "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2026": "..."})
+"""Characters of our own texts that Pillow's bundled font (ASCII plus a few signs) has no glyph for."""
+
+
+def drawable(text: str) -> str:
+    """``text`` in characters the bundled font draws: typographic signs spelled in ASCII, accents
+    dropped (a patient or model name may carry them), anything else '?' (not an empty box)."""
+    import unicodedata
+
+    spelled = unicodedata.normalize("NFKD", str(text).translate(TYPOGRAPHIC_ASCII))
+    return "".join(c if c.isascii() or c in "\u00b1\u00b0" else "" if unicodedata.combining(c) else "?"
+                   for c in spelled)
+
+
+def _text(draw: Any, xy: tuple[float, float], text: str, **style: Any) -> None:
+    draw.text(xy, drawable(text), **style)
+
+
 @functools.lru_cache(maxsize=None)
 def _font(size: int) -> Any:
     """Pillow's bundled scalable font at ``size`` px (its bitmap font where Pillow lacks FreeType)."""
@@ -281,7 +301,7 @@ def _draw_legend(draw: Any, rows: Sequence[Sequence[tuple[str, RGB, int]]], top:
             draw.rectangle((x, swatch_top, x + swatch_width - 1, swatch_top + swatch_height - 1),
                            fill=colour, outline=WHITE)
             text_left = x + swatch_width + SWATCH_TEXT_GAP_PX
-            draw.text((text_left, middle), text, fill=WHITE, font=font, anchor="lm")
+            _text(draw, (text_left, middle), text, fill=WHITE, font=font, anchor="lm")
             x += entry_width + LEGEND_GAP_PX
 
 
@@ -289,7 +309,7 @@ def _bold_text(draw: Any, xy: tuple[int, int], text: str, fill: RGB | str, font:
     """``text`` drawn twice one pixel apart: Pillow's bundled font has no bold face, and a stroke
     smudges glyphs this small."""
     for offset in (0, 1):
-        draw.text((xy[0] + offset, xy[1]), text, fill=fill, font=font, anchor=anchor)
+        _text(draw, (xy[0] + offset, xy[1]), text, fill=fill, font=font, anchor=anchor)
 
 
 def _draw_directions(draw: Any, box: tuple[int, int, int, int], directions: tuple[str, ...]) -> None:
@@ -317,13 +337,13 @@ def _draw_header(draw: Any, title: str, lines: Sequence[tuple[str, str]]) -> Non
     y = HEADER_TOP_PX
     if title:
         font = _font(FONT_SIZES["title"])
-        draw.text((IMAGE_WIDTH_PX // 2, y + 2), title, fill=WHITE, font=font, anchor="mt")
+        _text(draw, (IMAGE_WIDTH_PX // 2, y + 2), title, fill=WHITE, font=font, anchor="mt")
         y += LINE_HEIGHTS_PX["title"]
     for number, (text, colour) in enumerate(lines):
         if number == 0:
             _bold_text(draw, (MARGIN_PX, y), text, colour, _font(FONT_SIZES["verdict"]), "la")
         else:
-            draw.text((MARGIN_PX, y), text, fill=colour, font=_font(FONT_SIZES["reason"]), anchor="la")
+            _text(draw, (MARGIN_PX, y), text, fill=colour, font=_font(FONT_SIZES["reason"]), anchor="la")
         y += LINE_HEIGHTS_PX["verdict"]
 
 
@@ -351,7 +371,7 @@ def _compose(panels: Sequence[tuple[str, np.ndarray, tuple[str, ...]]], title: s
     draw = ImageDraw.Draw(picture)
     _draw_header(draw, title, lines)
     for name, box, directions in placed:
-        draw.text(((box[0] + box[2]) // 2, box[1] - 3), name, fill=WHITE, font=_font(FONT_SIZES["panel"]),
+        _text(draw, ((box[0] + box[2]) // 2, box[1] - 3), name, fill=WHITE, font=_font(FONT_SIZES["panel"]),
                   anchor="md")
         _draw_directions(draw, box, directions)
     _draw_legend(draw, legend, legend_top)

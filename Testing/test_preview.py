@@ -223,3 +223,18 @@ def test_writing_over_an_existing_preview_is_atomic(tmp_path, monkeypatch):
         render(tmp_path, image, labels, title="third")
     assert (tmp_path / "preview.png").read_bytes() == second
     assert sorted(p.name for p in tmp_path.iterdir()) == ["preview.png"]
+
+
+def test_texts_are_spelled_in_glyphs_the_bundled_font_has():
+    """The bundled font has ASCII and a few signs: anything else would print as an empty box."""
+    from PIL import ImageFont
+
+    from CervixAutoSegLib.preview import drawable
+
+    assert drawable("ct-resaunet-phantom v1 — NOT FOR CLINICAL USE") == "ct-resaunet-phantom v1 - NOT FOR CLINICAL USE"
+    assert drawable("Müller: GTVp ≥ 5 ml × 2 → check, ± 2°") == "Muller: GTVp >= 5 ml x 2 -> check, ± 2°"
+    assert drawable("患者") == "??"
+    font = ImageFont.load_default(size=14)
+    missing = font.getbbox("\u2014")  # what the font draws for a character it lacks
+    for character in set(drawable("—–≥≤×→µ²³ ± ° é ü ß")):
+        assert character == " " or font.getbbox(character) != missing, repr(character)
