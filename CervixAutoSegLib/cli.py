@@ -138,6 +138,10 @@ def exit_promptly(code: int) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
+    with contextlib.suppress(Exception):  # C libraries' stdio buffers (oneDNN's verbose lines into a pipe)
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
     os._exit(code)
 
 

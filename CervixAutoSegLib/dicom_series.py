@@ -878,6 +878,9 @@ def _pixels(path: Path, ds: Any = None) -> tuple[np.ndarray, Any]:
         with _quiet_pydicom():
             array = ds.pixel_array
     except Exception as error:
+        if "deferred read" in str(error).lower():  # pydicom went back to the file for the pixels
+            raise InputError(f"{path} changed or disappeared while the series was being read; copy or export "
+                             "the series again and rerun") from error
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", str(syntax))
         raise InputError(f"cannot decode pixel data of {path} (transfer syntax {name}): {_one_line(error)}") from error

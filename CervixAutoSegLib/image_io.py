@@ -225,7 +225,7 @@ def write_image(volume: Volume, path: str | Path) -> None:
     volume = volume.with_array(array)
     compress = suffix in (".nii.gz", ".nrrd", ".mha")
     with atomic_path(path, suffix=suffix) as temporary:
-        if suffix.startswith(".nii") and array.dtype in DATATYPES:
+        if suffix.startswith(".nii") and array.dtype.newbyteorder("=") in DATATYPES:
             write_nifti(volume, temporary, compress)
         else:
             import SimpleITK as sitk

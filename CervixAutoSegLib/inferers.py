@@ -100,7 +100,11 @@ class LayoutKeepingInstanceNorm(nn.Module):
     first makes contiguous: on a channels-last 3D feature map that is a copy in and a copy out,
     55 % of a PocketNet window's CPU time.  Group norm with one group per channel is the same
     normalisation (biased variance, the same eps, affine weight and bias shared with the module
-    it replaces), and its CPU kernel works on channels-last data as it lies.
+    it replaces), and its CPU kernel works on channels-last data as it lies — but it takes the
+    variance as E[x²] - E[x]², which loses float32 digits once a channel's mean is large
+    against its spread (0.03 logits over a PocketNet window, labels changed).  So only bf16/fp16
+    feature maps, whose own rounding is coarser than that, take the group-norm path; float32
+    ones are normalised by ``instance_norm`` as before.
     """
 
     def __init__(self, norm: nn.modules.instancenorm._InstanceNorm):
@@ -108,8 +112,10 @@ class LayoutKeepingInstanceNorm(nn.Module):
         self.channels, self.eps, self.weight, self.bias = norm.num_features, norm.eps, norm.weight, norm.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: (N, C, *spatial), any memory format → same shape and format."""
-        return nn.functional.group_norm(x, self.channels, self.weight, self.bias, self.eps)
+        """``x``: (N, C, *spatial), any memory format → same shape (bf16/fp16: same format)."""
+        if x.dtype in (torch.bfloat16, torch.float16):
+            return nn.functional.group_norm(x, self.channels, self.weight, self.bias, self.eps)
+        return nn.functional.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
 
 
 def keep_layout_in_instance_norms(module: nn.Module) -> int:

@@ -18,12 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
 from .volume import Volume
 
 HEADER_BYTES = 348
 VOXEL_OFFSET = 352
 """Header plus the 4-byte extension flag (no extensions)."""
 MAGIC = b"n+1\x00"
+MAX_DIMENSION = 32767
+"""``dim`` is a signed 16-bit field."""
 XFORM_SCANNER = 1
 UNITS_MM_SECONDS = 2 | 8
 """``xyzt_units``: NIFTI_UNITS_MM | NIFTI_UNITS_SEC, as ITK writes them."""
@@ -78,9 +81,12 @@ def quaternion(rotation: np.ndarray) -> tuple[np.ndarray, float]:
 
 def nifti_header(volume: Volume) -> bytes:
     """The 348-byte NIfTI-1 header of ``volume`` (orthogonal grid) plus the empty extension flag."""
-    dtype = np.dtype(volume.array.dtype)
+    dtype = np.dtype(volume.array.dtype).newbyteorder("=")
     if dtype not in DATATYPES:
-        raise ValueError(f"NIfTI-1 has no voxel type for {dtype}")
+        raise InputError(f"NIfTI-1 has no voxel type for {dtype}")
+    if not all(0 < n <= MAX_DIMENSION for n in volume.size_ijk):
+        raise InputError(f"NIfTI-1 cannot hold a {'x'.join(map(str, volume.size_ijk))} grid "
+                         f"(each size 1 to {MAX_DIMENSION})")
     ras_affine = volume.ijk_to_ras
     header = np.zeros((), dtype=HEADER)
     header["sizeof_hdr"], header["regular"] = HEADER_BYTES, b"r"
@@ -98,9 +104,16 @@ def nifti_header(volume: Volume) -> bytes:
 
 def write_nifti(volume: Volume, path: str | Path, compress: bool) -> None:
     """``volume`` as one NIfTI-1 file at ``path`` (gzip-compressed when ``compress``); not atomic
-    by itself: :func:`~.image_io.write_image` hands it a temporary path."""
+    by itself: :func:`~.image_io.write_image` hands it a temporary path.  The voxels are streamed
+    from the array (no second copy of the volume in memory)."""
+    header = nifti_header(volume)
     voxels = np.ascontiguousarray(volume.array, dtype=np.dtype(volume.array.dtype).newbyteorder("<"))
-    content = nifti_header(volume) + voxels.tobytes()
-    level = GZIP_LEVEL_BYTES if voxels.itemsize == 1 else GZIP_LEVEL
-    data = gzip.compress(content, compresslevel=level, mtime=0) if compress else content
-    Path(path).write_bytes(data)
+    with open(path, "wb") as raw:
+        if compress:
+            level = GZIP_LEVEL_BYTES if voxels.itemsize == 1 else GZIP_LEVEL
+            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=level, mtime=0) as stream:
+                stream.write(header)
+                stream.write(memoryview(voxels.reshape(-1)).cast("B"))
+        else:
+            raw.write(header)
+            raw.write(memoryview(voxels.reshape(-1)).cast("B"))

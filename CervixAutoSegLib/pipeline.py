@@ -363,6 +363,11 @@ def write_outputs(out_dir: Path, outcome: Outcome, *, job_started: float, cancel
     return files, report
 
 
+WRITE_MESSAGES = {"labels": "label map", "labels_json": "label names", "segmentation": "Slicer segmentation",
+                  "rtstruct": "RTSTRUCT", "preview": "preview"}
+"""Progress message while each output is written."""
+
+
 def _write_all(staging: Path, outcome: Outcome, job_started: float,
                step: Callable[[float, str], None]) -> tuple[dict[str, str], dict]:
     """Every output file into ``staging`` (report.json last, with the timings); returns
@@ -376,8 +381,8 @@ def _write_all(staging: Path, outcome: Outcome, job_started: float,
     report = outcome.report(outputs=tuple(names.values()))
     jobs.append(("preview", PREVIEW_FILE, _preview_job(staging / PREVIEW_FILE, outcome, report)))
     # One after the other: threads made this stage slower (the writers hold the GIL most of the time).
-    for done, (_, name, job) in enumerate(jobs):
-        step(done / (len(jobs) + 1), name)
+    for done, (key, _, job) in enumerate(jobs):
+        step(done / (len(jobs) + 1), WRITE_MESSAGES.get(key, key))
         job()
     outcome.timings["write"] = time.perf_counter() - started
     outcome.timings["total"] = time.perf_counter() - job_started

@@ -184,8 +184,9 @@ def drawable(text: str) -> str:
     import unicodedata
 
     spelled = unicodedata.normalize("NFKD", str(text).translate(TYPOGRAPHIC_ASCII))
-    return "".join(c if c.isascii() or c in "\u00b1\u00b0" else "" if unicodedata.combining(c) else "?"
-                   for c in spelled)
+    # control characters (a newline in a model id) as spaces: Pillow refuses anchored multi-line text
+    return "".join(" " if not c.isprintable() else c if c.isascii() or c in "\u00b1\u00b0"
+                   else "" if unicodedata.combining(c) else "?" for c in spelled)
 
 
 def _text(draw: Any, xy: tuple[float, float], text: str, **style: Any) -> None:
@@ -197,7 +198,10 @@ def _font(size: int) -> Any:
     """Pillow's bundled scalable font at ``size`` px (its bitmap font where Pillow lacks FreeType)."""
     from PIL import ImageFont
 
-    return ImageFont.load_default(size=size)
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow before 10.1 (an older Slicer's): its fixed-size bitmap font
+        return ImageFont.load_default()
 
 
 def _display_shape(shape: tuple[int, int], aspect: float,

@@ -16,12 +16,13 @@ def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
 
 def test_exit_promptly_keeps_the_code_the_streams_the_exit_handlers_and_the_log(tmp_path):
     code = """
-        import atexit, logging, sys
+        import atexit, logging, logging.handlers, sys
         from pathlib import Path
         from CervixAutoSegLib.cli import exit_promptly
         folder = Path(sys.argv[1])
         atexit.register(lambda: (folder / "atexit.txt").write_text("ran"))
-        handler = logging.FileHandler(folder / "run.log")
+        # buffered until logging shuts down: only an exit that runs the exit handlers writes it
+        handler = logging.handlers.MemoryHandler(100, target=logging.FileHandler(folder / "run.log"))
         logging.getLogger("t").addHandler(handler)
         logging.getLogger("t").warning("logged")
         sys.stdout.write("partial line without newline")  # still in the buffer

@@ -439,3 +439,30 @@ def test_rescale_is_applied_per_slice(tmp_path):
     expected = volume.array.astype(np.int32)
     expected[2] += 24
     np.testing.assert_array_equal(loaded.array, expected)
+
+
+def test_a_file_removed_between_its_header_and_its_pixels_is_named_in_one_line(tmp_path, monkeypatch):
+    """Pixels are read from the header dataset (deferred): a file gone by then is named, not a decoder error."""
+    import numpy as np
+
+    from CervixAutoSegLib import dicom_series
+    from CervixAutoSegLib.dicom_writer import write_dicom_series
+    from CervixAutoSegLib.errors import InputError
+    from CervixAutoSegLib.volume import Volume
+
+    # 256 x 256 x 2 bytes: more than the scan reads before deferring the pixel data
+    volume = Volume(array=np.full((4, 256, 256), 40, np.int16), spacing=np.array([1.0, 1.0, 3.0]), origin=np.zeros(3),
+                    direction=np.eye(3), modality="CT")
+    write_dicom_series(volume, tmp_path / "ct", modality="CT")
+    real_pixels, removed = dicom_series._pixels, []
+
+    def remove_then_read(path, ds=None):
+        if not removed:
+            path.unlink()
+            removed.append(path)
+        return real_pixels(path, ds)
+
+    monkeypatch.setattr(dicom_series, "_pixels", remove_then_read)
+    with pytest.raises(InputError, match="changed or disappeared") as caught:
+        dicom_series.read_dicom_series(tmp_path / "ct")
+    assert removed[0].name in str(caught.value) and "\n" not in str(caught.value)

@@ -266,3 +266,31 @@ def test_a_broken_card_beside_a_usable_model_is_warned_about_once(tmp_path, netw
     warnings = [record.getMessage() for record in caplog.records]
     assert len(warnings) == 1 and str(tmp_path / "ct-clinic" / "model.json") in warnings[0]
     assert warnings[0].endswith("that model is skipped")
+
+
+def test_loaded_networks_hold_the_file_weights_and_nothing_left_on_the_meta_device(monkeypatch):
+    """Networks are built on the meta device (no random init) and get the file's tensors assigned; a
+    buffer the file does not hold sends the load back to a normal build."""
+    import torch
+
+    from CervixAutoSegLib import models
+
+    card = models.find_model("ct")
+    network = models.load_network(card)
+    stored = torch.load(card.weights_path(None), map_location="cpu", weights_only=True)
+    assert not any(t.is_meta for t in (*network.parameters(), *network.buffers()))
+    for name, value in network.state_dict().items():
+        torch.testing.assert_close(value, stored[name].to(value.dtype), rtol=0, atol=0)
+
+    real_build = models.build_network
+
+    def with_scratch_buffer(card, role=None):
+        built = real_build(card, role)
+        built.register_buffer("scratch", torch.ones(3), persistent=False)  # not in any weights file
+        return built
+
+    monkeypatch.setattr(models, "build_network", with_scratch_buffer)
+    rebuilt = models.load_network(card)
+    assert not any(t.is_meta for t in (*rebuilt.parameters(), *rebuilt.buffers()))
+    assert torch.equal(rebuilt.scratch, torch.ones(3))
+    torch.testing.assert_close(rebuilt.state_dict(), network.state_dict(), rtol=0, atol=0)

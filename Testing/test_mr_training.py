@@ -79,7 +79,8 @@ def test_per_patch_dice_makes_an_over_drawn_small_tumour_cost_as_much_as_in_a_ba
     # the cross-entropy is the same in both; only the Dice term differs
     assert per_patch - pooled == pytest.approx((1 - small) / 2 - (1 - batch), abs=0.01)
     assert per_patch - pooled > 0.25
-    assert MRTrainConfig().per_patch_dice
+    assert MRTrainConfig().per_patch_dice and MRTrainConfig.from_dict(MRTrainConfig().to_dict()).per_patch_dice
+    assert not MRTrainConfig.from_dict({"stage": "tumor"}).per_patch_dice  # a checkpoint from before the option
 
 
 def test_deep_supervision_weights_the_main_output_most():

@@ -20,8 +20,8 @@ def rotation(axis: str, degrees: float) -> np.ndarray:
             "z": np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])}[axis]
 
 
-# LPS direction matrices (columns = i, j, k directions): head-first supine, feet-first (k towards the
-# feet, j and i mirrored: left-handed), prone, sagittal, coronal, two oblique tilts, and a rotation
+# LPS direction matrices (columns = i, j, k directions): head-first supine, feet-first (i and k
+# mirrored), prone, a left-handed grid (qfac -1), sagittal, coronal, two oblique tilts, and a rotation
 # near 180 degrees (the quaternion's small-trace branches).
 DIRECTIONS = {
     "HFS": np.eye(3),
@@ -102,3 +102,21 @@ def test_compressed_file_is_plain_gzip_with_the_voxels_after_byte_352(tmp_path):
     assert len(content) == VOXEL_OFFSET + original.array.nbytes
     np.testing.assert_array_equal(np.frombuffer(content[VOXEL_OFFSET:], np.uint8).reshape(original.shape),
                                   original.array)
+
+
+def test_big_endian_voxels_are_written_little_endian_with_their_values(tmp_path):
+    original = volume(DIRECTIONS["oblique"], np.int16)
+    swapped = original.with_array(original.array.astype(">i2"))
+    write_image(swapped, tmp_path / "image.nii.gz")
+    np.testing.assert_array_equal(load_image(tmp_path / "image.nii.gz").array, original.array)
+
+
+@pytest.mark.parametrize("shape", [(0, 6, 7), (2, 3, 40000)])
+def test_a_grid_nifti_cannot_hold_is_refused_in_one_line_and_nothing_is_left(tmp_path, shape):
+    from CervixAutoSegLib.errors import InputError
+
+    empty = Volume(array=np.zeros(shape, np.uint8), spacing=np.ones(3), origin=np.zeros(3), direction=np.eye(3),
+                   modality="CT")
+    with pytest.raises(InputError, match="NIfTI-1 cannot hold"):
+        write_image(empty, tmp_path / "labels.nii.gz")
+    assert list(tmp_path.iterdir()) == []

@@ -314,9 +314,18 @@ def test_preview_views_show_the_same_anatomy_in_every_patient_position(tmp_path)
     path = write_preview(tmp_path / "preview.png", image, labels, CT_STRUCTURES, {1: 1.5}, title="test")
     from PIL import Image
 
-    with Image.open(path) as png:
-        pixels = np.asarray(png.convert("RGB"))
-    assert np.any(np.all(pixels == CT_STRUCTURES[0].color, axis=-1))  # the bladder's contour, in its exact colour
+    from CervixAutoSegLib.preview import LEGEND_TOP_PX, LINE_HEIGHTS_PX
+
+    def bladder_pixels_above_the_legend(png_path) -> int:
+        with Image.open(png_path) as png:
+            pixels = np.asarray(png.convert("RGB"))
+        panels = pixels[:pixels.shape[0] - LEGEND_TOP_PX - LINE_HEIGHTS_PX["legend"]]  # not the legend's swatch
+        return int(np.all(panels == CT_STRUCTURES[0].color, axis=-1).sum())
+
+    assert bladder_pixels_above_the_legend(path) > 0  # the bladder's contour, in its exact colour
+    empty = write_preview(tmp_path / "empty.png", image, labels.with_array(np.zeros_like(labels.array)),
+                          CT_STRUCTURES, {}, title="test")
+    assert bladder_pixels_above_the_legend(empty) == 0
 
 
 # ------------------------------------------------------------------ accuracy across orientations (bundled model)

@@ -234,6 +234,7 @@ def test_texts_are_spelled_in_glyphs_the_bundled_font_has():
     assert drawable("ct-resaunet-phantom v1 — NOT FOR CLINICAL USE") == "ct-resaunet-phantom v1 - NOT FOR CLINICAL USE"
     assert drawable("Müller: GTVp ≥ 5 ml × 2 → check, ± 2°") == "Muller: GTVp >= 5 ml x 2 -> check, ± 2°"
     assert drawable("患者") == "??"
+    assert drawable("model\nv1\t0.2") == "model v1 0.2"  # Pillow refuses anchored multi-line text
     font = ImageFont.load_default(size=14)
     missing = font.getbbox("\u2014")  # what the font draws for a character it lacks
     for character in set(drawable("—–≥≤×→µ²³ ± ° é ü ß")):

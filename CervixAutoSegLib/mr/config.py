@@ -46,14 +46,15 @@ class MRTrainConfig(LoopConfig):
     val_overlap: float = 0.25
     """Sliding-window overlap of the per-epoch validation (inference uses the card's, 0.5)."""
     max_val_cases: int = 2
+    """Validation cases per epoch, each on a box around its structure (3D windows are slow on a CPU)."""
     per_patch_dice: bool = True
     """Dice per training patch, averaged (nnU-Net's default), rather than over the pooled batch: the
-    0.1/0.2 tumour networks, trained batch-pooled, drew small tumours several times too large."""
-    """Validation cases per epoch, each on a box around its structure (3D windows are slow on a CPU)."""
+    0.1/0.2 tumour networks, trained batch-pooled, drew small tumours several times too large.
+    A stored config without the key (written before it existed) was trained batch-pooled."""
 
     @classmethod
     def from_dict(cls, values: dict) -> "MRTrainConfig":
-        config = super().from_dict(values)
+        config = super().from_dict({"per_patch_dice": False, **values})
         config.patch_size_xyz = tuple(int(v) for v in config.patch_size_xyz)  # JSON gives a list
         config.network_patch_xyz = tuple(int(v) for v in config.network_patch_xyz)
         config.organ_jitter_xyz = tuple(int(v) for v in config.organ_jitter_xyz)
