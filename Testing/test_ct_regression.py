@@ -10,18 +10,11 @@ import pytest
 
 PINNED = Path(__file__).parent / "Data" / "ct_phantom_seed3_labels_model_0.3.npz"
 PINNED_SHA256 = "c834a1819f872075ebcd7c315773abea44be462a6dc6b1f82720d89994318f8b"
-PINNED_CPU = "AVX512"
-"""ATen CPU capability the pin was made with (on an AMD EPYC without AMX): bf16 kernels, and so
-ties in the arg-max, differ between instruction sets, so elsewhere only near-identity can be
-asked for.  oneDNN also takes other bf16 paths on CPUs with AMX tiles (Intel Sapphire Rapids and
-later: 54 of 28.3 M voxels differ there), so those count as elsewhere too."""
-
-
-def _has_amx() -> bool:
-    try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+MAX_DIFFERING_VOXELS = 200
+"""bf16 kernels, and so ties in the arg-max, differ between CPUs even of one instruction set: the pin
+(an AMD EPYC without AMX) is matched exactly there, another AMD EPYC with AVX-512 BF16 differs in
+1 voxel, an Intel CPU with AMX tiles in 54 of 28.3 M.  A change of the pipeline itself (geometry,
+preprocessing, cleaning) moves thousands."""
 
 
 @pytest.mark.slow
@@ -46,8 +39,7 @@ def test_ct_labels_on_a_fixed_phantom_are_unchanged():
         expected = pinned["labels"]
     assert hashlib.sha256(expected.tobytes()).hexdigest() == PINNED_SHA256
     assert labels.shape == expected.shape
-    if torch.backends.cpu.get_cpu_capability() == PINNED_CPU and not _has_amx():
-        differing = np.flatnonzero(labels != expected).size
-        assert differing == 0, f"{differing} voxels differ from the pinned labels"
-    else:
-        assert np.mean(labels == expected) > 0.9995
+    differing = int(np.count_nonzero(labels != expected))
+    assert differing <= MAX_DIFFERING_VOXELS, f"{differing} voxels differ from the pinned labels"
+    for value in range(1, 5):  # every structure keeps its volume
+        assert abs(int(np.count_nonzero(labels == value)) - int(np.count_nonzero(expected == value))) <= differing
