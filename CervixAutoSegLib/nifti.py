@@ -13,6 +13,7 @@ grid (the caller refuses those).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 from pathlib import Path
 
@@ -108,12 +109,8 @@ def write_nifti(volume: Volume, path: str | Path, compress: bool) -> None:
     from the array (no second copy of the volume in memory)."""
     header = nifti_header(volume)
     voxels = np.ascontiguousarray(volume.array, dtype=np.dtype(volume.array.dtype).newbyteorder("<"))
-    with open(path, "wb") as raw:
-        if compress:
-            level = GZIP_LEVEL_BYTES if voxels.itemsize == 1 else GZIP_LEVEL
-            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=level, mtime=0) as stream:
-                stream.write(header)
-                stream.write(memoryview(voxels.reshape(-1)).cast("B"))
-        else:
-            raw.write(header)
-            raw.write(memoryview(voxels.reshape(-1)).cast("B"))
+    level = GZIP_LEVEL_BYTES if voxels.itemsize == 1 else GZIP_LEVEL
+    with open(path, "wb") as raw, (gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=level, mtime=0)
+                                   if compress else contextlib.nullcontext(raw)) as stream:
+        stream.write(header)
+        stream.write(memoryview(voxels.reshape(-1)).cast("B"))

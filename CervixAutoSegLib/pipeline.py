@@ -363,27 +363,48 @@ def write_outputs(out_dir: Path, outcome: Outcome, *, job_started: float, cancel
     return files, report
 
 
-WRITE_MESSAGES = {"labels": "label map", "labels_json": "label names", "segmentation": "Slicer segmentation",
-                  "rtstruct": "RTSTRUCT", "preview": "preview"}
-"""Progress message while each output is written."""
+WRITE_STEPS = {"labels": 0.0, "segmentation": 0.1, "rtstruct": 0.25, "preview": 0.75, "report": 0.95}
+"""Where in the writing stage each file starts (RTSTRUCT contouring dominates)."""
 
 
 def _write_all(staging: Path, outcome: Outcome, job_started: float,
                step: Callable[[float, str], None]) -> tuple[dict[str, str], dict]:
-    """Every output file into ``staging`` (report.json last, with the timings); returns
-    ({key: file name}, report document)."""
+    """Every output file into ``staging``; returns ({key: file name}, report document)."""
+    from .image_io import write_image
+    from .preview import write_preview
     from .report import write_report
+    from .rtstruct import organ_tumour_containment
+    from .structures import write_labels_json
 
     started = time.perf_counter()
-    jobs = _write_jobs(staging, outcome)
-    names = {key: name for key, name, _ in jobs}
+    card, labels, structures = outcome.card, outcome.labels, outcome.card.structures
+    containment = organ_tumour_containment(structures)
+    names: dict[str, str] = {}
+
+    step(WRITE_STEPS["labels"], "label map")
+    names["labels"] = LABELS_FILE if labels.is_orthogonal else LABELS_FILE_SHEARED
+    write_image(labels, staging / names["labels"])
+    write_labels_json(staging / LABELS_JSON, card.id, structures)
+    names["labels_json"] = LABELS_JSON
+    step(WRITE_STEPS["segmentation"], "Slicer segmentation")
+    if _write_segmentation(staging / SEGMENTATION_FILE, labels, structures, containment):
+        names["segmentation"] = SEGMENTATION_FILE
+    if outcome.volume.meta.get("source") == "dicom":
+        from .rtstruct import write_rtstruct
+
+        step(WRITE_STEPS["rtstruct"], "RTSTRUCT")
+        write_rtstruct(staging / RTSTRUCT_FILE, labels, outcome.volume, structures, model_name=card.id,
+                       model_version=card.version, containment=containment)
+        names["rtstruct"] = RTSTRUCT_FILE
+
+    step(WRITE_STEPS["preview"], "preview")
     names["preview"], names["report"] = PREVIEW_FILE, REPORT_FILE
     report = outcome.report(outputs=tuple(names.values()))
-    jobs.append(("preview", PREVIEW_FILE, _preview_job(staging / PREVIEW_FILE, outcome, report)))
-    # One after the other: threads made this stage slower (the writers hold the GIL most of the time).
-    for done, (key, _, job) in enumerate(jobs):
-        step(done / (len(jobs) + 1), WRITE_MESSAGES.get(key, key))
-        job()
+    volumes = {entry["value"]: entry["volume_ml"] for entry in report["structures"]}
+    write_preview(staging / PREVIEW_FILE, outcome.volume, labels, structures, volumes, title=_preview_title(card),
+                  quality=report["qa"])
+
+    step(WRITE_STEPS["report"], "report")
     outcome.timings["write"] = time.perf_counter() - started
     outcome.timings["total"] = time.perf_counter() - job_started
     report["timings_s"] = {name: round(float(seconds), 3) for name, seconds in outcome.timings.items()}
@@ -391,57 +412,20 @@ def _write_all(staging: Path, outcome: Outcome, job_started: float,
     return names, report
 
 
-def _write_jobs(staging: Path, outcome: Outcome) -> list[tuple[str, str, Callable[[], Any]]]:
-    """(key, file name, writer) of each output but the preview and the report."""
-    from functools import partial
-
-    from .image_io import write_image
-    from .rtstruct import organ_tumour_containment
-    from .structures import write_labels_json
-
-    card, labels, structures = outcome.card, outcome.labels, outcome.card.structures
-    containment = organ_tumour_containment(structures)
-    label_file = LABELS_FILE if labels.is_orthogonal else LABELS_FILE_SHEARED
-    jobs: list[tuple[str, str, Callable[[], Any]]] = [
-        ("labels", label_file, partial(write_image, labels, staging / label_file)),
-        ("labels_json", LABELS_JSON, partial(write_labels_json, staging / LABELS_JSON, card.id, structures)),
-    ]
-    segmentation_writer = _segmentation_writer()
-    if segmentation_writer is not None:
-        jobs.append(("segmentation", SEGMENTATION_FILE, partial(
-            segmentation_writer, staging / SEGMENTATION_FILE, labels, structures, containment)))
-    if outcome.volume.meta.get("source") == "dicom":
-        from .rtstruct import write_rtstruct
-
-        jobs.append(("rtstruct", RTSTRUCT_FILE, partial(
-            write_rtstruct, staging / RTSTRUCT_FILE, labels, outcome.volume, structures, model_name=card.id,
-            model_version=card.version, containment=containment)))
-    return jobs
-
-
-def _preview_job(path: Path, outcome: Outcome, report: Mapping[str, Any]) -> Callable[[], Any]:
-    from functools import partial
-
-    from .preview import write_preview
-
-    volumes = {entry["value"]: entry["volume_ml"] for entry in report["structures"]}
-    return partial(write_preview, path, outcome.volume, outcome.labels, outcome.card.structures, volumes,
-                   title=_preview_title(outcome.card), quality=report["qa"])
-
-
 def _preview_title(card: Any) -> str:
     research_only = "NOT FOR CLINICAL USE" in card.intended_use.upper()
     return f"{card.id} v{card.version}" + (" — NOT FOR CLINICAL USE" if research_only else "")
 
 
-def _segmentation_writer() -> Callable[..., Any] | None:
-    """The .seg.nrrd writer; None (with a warning) when it is not installed."""
+def _write_segmentation(path: Path, labels: Volume, structures: tuple, containment: Mapping[int, Any]) -> bool:
+    """The .seg.nrrd; False (with a warning) when the writer is not installed."""
     try:
         from .segfile import write_segmentation_nrrd
     except ImportError:  # pragma: no cover - only while the writer is not installed
         log.warning("segmentation.seg.nrrd not written: the .seg.nrrd writer is not available")
-        return None
-    return write_segmentation_nrrd
+        return False
+    write_segmentation_nrrd(path, labels, structures, containment)
+    return True
 
 
 @contextlib.contextmanager

@@ -247,7 +247,7 @@ def _paint(labels: np.ndarray, ordered: Sequence[StructureRule],
            masks: Mapping[int, tuple[tuple[slice, ...], np.ndarray]]) -> np.ndarray:
     """Cleaned masks → one uint8 label map (precedence in the module docstring)."""
     handled = [rule.value for rule in ordered]
-    if labels.dtype == np.uint8:  # a lookup table: np.isin sorts its way through every voxel (10x slower)
+    if labels.dtype == np.uint8:  # a lookup table: half the time of np.where(np.isin(...)) on 26 M voxels
         table = np.arange(256, dtype=np.uint8)
         table[handled] = 0
         out = table[labels]

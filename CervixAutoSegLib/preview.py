@@ -104,25 +104,28 @@ def _label_box(labels: np.ndarray) -> tuple[slice, slice, slice] | None:
 
     Structures fill a small part of a CT, so the work on label values is done inside this box.
     """
+    from .cropping import bounding_box
+
     # A flipped view (negative stride, as oriented_to_lps gives for FFS/HFP) is read several
-    # times slower than memory order: reduce the unflipped array, then reverse that axis's profile.
+    # times slower than memory order: box the unflipped array, then mirror those axes' ranges.
     flipped = tuple(axis for axis in range(labels.ndim) if labels.strides[axis] < 0)
-    forward = np.flip(labels, flipped) if flipped else labels
+    found = bounding_box(np.flip(labels, flipped) if flipped else labels)
+    if found is None:
+        return None
     box = []
-    for axis in range(labels.ndim):
-        profile = np.any(forward, axis=tuple(other for other in range(labels.ndim) if other != axis))
-        indices = np.flatnonzero(profile[::-1] if axis in flipped else profile)
-        if indices.size == 0:
-            return None
-        box.append(slice(int(indices[0]), int(indices[-1]) + 1))
+    for axis, (start, size) in enumerate(zip(*found)):
+        if axis in flipped:
+            start = labels.shape[axis] - start - size
+        box.append(slice(start, start + size))
     return tuple(box)  # type: ignore[return-value]
 
 
-def _centre(labels: np.ndarray, values: Sequence[int]) -> tuple[int, int, int]:
-    """(z, y, x) index of the centroid of all structure voxels (volume centre if none)."""
+def _centre(labels: np.ndarray, values: Sequence[int], box: tuple[slice, ...] | None) -> tuple[int, int, int]:
+    """(z, y, x) index of the centroid of all structure voxels (volume centre if none); ``box`` is
+    :func:`_label_box` of ``labels``."""
     middle = tuple(int(n // 2) for n in labels.shape)
-    # The box bounds every non-zero value; asking for value 0 (background) needs the whole volume.
-    box = _label_box(labels) if 0 not in values else tuple(slice(0, n) for n in labels.shape)
+    if 0 in values:  # the box bounds every non-zero value; background needs the whole volume
+        box = tuple(slice(0, n) for n in labels.shape)
     if box is None:
         return middle  # type: ignore[return-value]
     inside = labels[box]
@@ -402,7 +405,7 @@ def write_preview(path: str | Path, image: Volume, labels: Volume, structures: S
     box = _label_box(label_array)
     inside = label_array[box] if box is not None else label_array[:0]
     present = [s.value for s in structures if np.any(inside == s.value)]
-    centre = _centre(label_array, present)
+    centre = _centre(label_array, present, box)
     worst_slice = _worst_flagged_slice(quality)
     if worst_slice is not None:
         centre = (_oriented_axial_index(labels, worst_slice, centre), centre[1], centre[2])

@@ -98,7 +98,7 @@ def structure_segments(
                 name=structure.name,
                 color=structure.color_float,
                 terminology=terminology_tag(structure),
-                mask=array == values[0] if len(values) == 1 else np.isin(array, values),
+                mask=np.isin(array, values),
                 label_value=structure.value,
             )
         )
