@@ -51,6 +51,7 @@ import numpy as np
 
 from .errors import ModelError
 from .families import NetworkOutput
+from .heap import retained_heap
 from .mr_weighting import check_input_weighting
 from .progress import CancelCheck, ProgressCallback, StagedProgress, check_cancelled
 from .volume import Volume
@@ -240,7 +241,8 @@ def segment(
     timings["load"] = time.perf_counter() - started
 
     tracker.start("preprocess", f"model {card.id} on {describe_device(torch_device)}")
-    output = _run_network(volume, card, torch_device, options, tracker, cancel)
+    with retained_heap():  # both stages of a two-stage family reuse one heap
+        output = _run_network(volume, card, torch_device, options, tracker, cancel)
     warnings += output.warnings
     for stage in ("preprocess", "model_load", "network"):
         timings[stage] = output.timings.get(stage, 0.0)

@@ -315,3 +315,38 @@ def test_prepared_pocketnet_swaps_its_instance_norms_and_gives_the_same_logits()
     with torch.no_grad():
         got = prepared(x.to(memory_format=torch.channels_last_3d))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------ layouts and class-axis reductions
+def test_one_channel_input_gets_channels_last_strides_and_pocketnet_stays_channels_last():
+    """``contiguous(memory_format=...)`` leaves a one-channel tensor ambiguous; the residual 1x1x1
+    convolution of PocketNet's input block then wrote channels-first and met a channels-last map in the
+    sum (in bf16, the CPU's inference precision; float32 1x1x1 convolutions write channels-first anyway)."""
+    from CervixAutoSegLib.inferers import in_layout
+    from CervixAutoSegLib.mr.network import build_pocketnet
+
+    x = torch.randn(1, 1, 16, 64, 64)
+    laid = in_layout(x, torch.channels_last_3d)
+    assert laid.stride(1) == 1 and torch.equal(laid, x)
+    assert in_layout(torch.randn(2, 3, 4, 5), torch.contiguous_format).is_contiguous()
+    network = prepare_network(build_pocketnet(1, 2, (64, 64, 16), (0.469, 0.469, 5.0), deep_supervision=False),
+                              torch.device("cpu"), InferenceOptions(channels_last=True), spatial_dims=3)
+    outputs = {}
+    network.input_block.conv3.register_forward_hook(lambda module, args, out: outputs.setdefault("residual", out))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        network(laid)
+    residual = outputs["residual"]
+    assert residual.is_contiguous(memory_format=torch.channels_last_3d) and not residual.is_contiguous()
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 7, 9), (1, 5, 4, 6, 8), (2, 1, 5, 5), (4, 6, 3)])
+def test_class_argmax_and_top2_uncertainty_match_argmax_and_topk_ties_included(shape):
+    from CervixAutoSegLib.inferers import class_argmax, top2_uncertainty
+
+    generator = torch.Generator().manual_seed(sum(shape))
+    scores = torch.randint(0, 4, shape, generator=generator).float() / 4  # many exact ties
+    assert torch.equal(class_argmax(scores), scores.argmax(dim=1).to(torch.uint8))
+    assert torch.equal(class_argmax(scores, dim=0), scores.argmax(dim=0).to(torch.uint8))
+    if shape[1] >= 2:
+        top = scores.topk(2, dim=1).values
+        torch.testing.assert_close(top2_uncertainty(scores), 1.0 - (top[:, 0] - top[:, 1]), rtol=0, atol=0)

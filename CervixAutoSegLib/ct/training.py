@@ -20,6 +20,7 @@ import torch
 
 from ..cases import CaseSource
 from ..errors import ModelError
+from ..inferers import class_argmax
 from ..precision import autocast
 from ..training import BatchSource, TrainingTask, TrainOutcome, hd95_by_structure, mean_of, per_structure_dsc
 from ..training import grid_search as shared_grid_search
@@ -126,7 +127,7 @@ def validate(network: torch.nn.Module, cases: Sequence[SliceCase], config: Train
                 logits = network(images.to(memory_format=torch.channels_last))
             losses.append(float(loss_fn(logits.float(), labels)))
             weights.append(len(chosen))
-            predictions.append(logits.float().argmax(1).numpy().astype(np.uint8))
+            predictions.append(class_argmax(logits.float()).numpy())
         pred, truth = np.concatenate(predictions), case.labels[indices]
         pairs.append((pred, truth))
         if number < config.hd95_cases:

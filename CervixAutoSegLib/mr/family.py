@@ -23,10 +23,19 @@ MR_STRUCTURES: tuple[Structure, ...] = (
 
 
 def build_pocketnet(**kwargs):
-    """The PocketNet of a model card's ``architecture_kwargs`` (imports torch and MONAI)."""
+    """The PocketNet of a model card's ``architecture_kwargs`` (imports torch and MONAI).
+
+    Built on the CPU even inside :func:`~CervixAutoSegLib.models.load_network`'s meta-device
+    block: DynUNet draws its weights with ``kaiming_normal_``, whose meta-tensor form runs
+    through torch's Python references, and their first use imports ``torch._dynamo`` (1.1 s of
+    a 13 s case); the real draw of PocketNet's 0.55 M weights takes 15 ms.
+    """
+    import torch
+
     from .network import build_pocketnet as build
 
-    return build(**kwargs)
+    with torch.device("cpu"):
+        return build(**kwargs)
 
 
 MR_FAMILY = ModelFamily(

@@ -197,7 +197,7 @@ class PocketNetTask(TrainingTask):
         """Dice + CE and DSC of the stage's structure on the first ``max_val_cases`` cases, each on a
         box around its structure (one or a few windows: full images take minutes per case on a CPU)."""
         from ..inference_options import InferenceOptions
-        from ..inferers import SlidingWindowInferer
+        from ..inferers import SlidingWindowInferer, class_argmax
 
         network.eval()
         inferer = SlidingWindowInferer(config.patch_size_xyz[::-1], InferenceOptions(
@@ -211,7 +211,7 @@ class PocketNetTask(TrainingTask):
             if not np.isfinite(losses[-1]):  # name the case: a NaN mean alone cannot be traced
                 log.warning("validation case %s: loss %s (%d non-finite scores of %d, box %s)", case.name, losses[-1],
                             int((~torch.isfinite(scores)).sum()), scores.numel(), tuple(target.shape))
-            predicted = scores.argmax(0).numpy().astype(bool)
+            predicted = class_argmax(scores, 0).numpy().astype(bool)
             if config.stage == "tumor":  # as the runner does: the tumour lies inside the organ
                 predicted &= inputs[1] > 0.5
             pairs.append((predicted.astype(np.uint8) * structure.value, target.astype(np.uint8) * structure.value))
