@@ -108,7 +108,16 @@ def test_targets_are_judged_on_the_first_flip_setting_and_the_speedup_is_baselin
     baselines[0]["network_s"] = 50.0
     slow = judge(summarise(cases, 2.0, card, False, plan, baselines)["cases"], baselines, targets)
     assert slow["speedup_vs_baseline"]["met"] is False
+    assert slow["speedup_vs_baseline"]["measure"] == "speedup_whole_case"  # no process times: the passes alone
     assert judge(cases, [], targets)["speedup_vs_baseline"]["met"] is None  # --no-baselines: not measured
+    # With both processes timed, the judged speed-up is process over process (54 s / 26 s).
+    cases[0]["process_s"], baselines[0]["process_s"] = 26.0, 54.0
+    summary = summarise(cases, 2.0, card, False, plan, baselines)
+    assert summary["baselines"][0]["speedup_process"] == pytest.approx(54.0 / 26.0)
+    assert summary["targets"]["speedup_vs_baseline"] == {"target": ">= 2.0", "met": True,
+                                                         "measure": "speedup_process"}
+    baselines[0]["process_s"] = 50.0
+    assert summarise(cases, 2.0, card, False, plan, baselines)["targets"]["speedup_vs_baseline"]["met"] is False
 
 
 def test_mr_times_both_series_with_flip_tta_off_then_on_and_ct_keeps_one_run_per_size_and_its_targets():
@@ -198,3 +207,28 @@ def test_random_benchmark_model_calls_everything_organ_and_nothing_tumour(tmp_pa
         with torch.inference_mode():
             labels = network(torch.randn(1, channels, 8, 64, 64) * 3).argmax(1)  # (N, z, y, x)
         assert (labels == expected).all()
+
+
+def test_repeated_runs_take_turns_and_each_measurement_reports_its_median_run(monkeypatch, tmp_path):
+    """``--repeat 3``: segment and baseline alternate round by round, and each row is its median run
+    (by the whole process for a case, by the network for a baseline), every repetition listed."""
+    calls = []
+    seconds = {"_segment_worker": iter([30.0, 10.0, 20.0]), "_baseline_worker": iter([5.0, 9.0, 7.0])}
+
+    def fake_worker(config, worker="_segment_worker"):
+        calls.append(worker)
+        value = next(seconds[worker])
+        if worker == "_segment_worker":
+            return {"process_s": value, "timings_s": {"total": value - 1}, "out": config["out"]}
+        return {"network_s": value, "passes": 6}
+
+    monkeypatch.setattr(bench, "_run_worker", fake_worker)
+    plan = {"flip_tta_runs": [False], "full_tta_comparison": False}
+    family = get_family("mr")
+    baselines = [argparse.Namespace(name="doubling_dynunet")]
+    jobs = bench._jobs(family, plan, baselines, "32x32x30", "axial", True)
+    case, baseline = bench._repeated(jobs, {"dicom": "x"}, tmp_path, 3)
+    assert calls == ["_segment_worker", "_baseline_worker"] * 3
+    assert case["process_s"] == 20.0 and case["repeats_s"] == [30.0, 10.0, 20.0] and case["target_run"]
+    assert "config" not in case and "label" not in case
+    assert baseline["network_s"] == 7.0 and baseline["name"] == "doubling_dynunet"

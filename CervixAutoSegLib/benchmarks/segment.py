@@ -82,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser, family: Any) -> None:
                         help="folder of model directories (default: the bundled models, else random weights)")
     parser.add_argument("--check-bf16", type=int, default=0, metavar="N",
                         help="also compare bf16 with fp32 labels on N slices of the first case (accuracy check)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="run every measurement N times, the case's runs and its baselines' in turn, and report "
+                             "the median run (a shared machine's noise; default: %(default)s)")
     if comparative:
         parser.add_argument("--series", nargs="+", choices=case.series, default=list(case.series),
                             help="series to segment (default: %(default)s)")
@@ -319,26 +322,57 @@ def _measure(family: Any, card: Any, plan: dict, baselines: list, args: argparse
             shape = "x".join(str(n) for n in volume.shape[::-1])
             del volume
             where = {"slices": size, "series": series, "shape_xyz": shape}
-            for index, flip in enumerate(plan["flip_tta_runs"]):
-                tta = "" if flip is None else f", flip TTA {'on' if flip else 'off'}"
-                print(f"segmenting a {shape} {family.modality}{' ' + series if series else ''}{tta} ...",
-                      file=sys.stderr)
-                measured = _run_worker({**config, "dicom": str(dicom), "out": str(work / f"out{len(cases)}"),
-                                        "flip_tta": flip})
-                cases.append({**measured, **where, "target_run": index == 0, "tta_mode": _tta_mode(measured)})
-            if plan["full_tta_comparison"] and size == args.sizes[0]:
-                print(f"segmenting a {shape} {family.modality} with full flip TTA (every item mirrored) ...",
-                      file=sys.stderr)
-                measured = _run_worker({**config, "dicom": str(dicom), "out": str(work / f"out{len(cases)}"),
-                                        "flip_tta": True, "selective_tta": False})
-                cases.append({**measured, **where, "target_run": False, "tta_mode": "full"})
-            for baseline in baselines:
-                print(f"{baseline.name}: one pass over the {shape} {series or ''} ...", file=sys.stderr)
-                measured = _run_worker({**config, "dicom": str(dicom), "baseline": baseline.name,
-                                        "flip_tta": plan["flip_tta_runs"][0]}, "_baseline_worker")
-                baseline_runs.append({**measured, **where, "name": baseline.name})
+            jobs = _jobs(family, plan, baselines, shape, series, size == args.sizes[0])
+            runs = _repeated(jobs, {**config, "dicom": str(dicom)}, work, max(1, args.repeat))
+            for (kind, extra), measured in zip(jobs, runs):
+                if kind == "segment":
+                    cases.append({**measured, **where, "tta_mode": extra["tta_mode"] or _tta_mode(measured)})
+                else:
+                    baseline_runs.append({**measured, **where})
             shutil.rmtree(dicom)
     return cases, baseline_runs, agreement
+
+
+def _jobs(family: Any, plan: dict, baselines: list, shape: str, series: str | None, first_size: bool
+          ) -> list[tuple[str, dict]]:
+    """The measurements of one image, in order: (``"segment"`` or ``"baseline"``, what the row records
+    plus, under ``"config"``, what its worker is told and, under ``"label"``, its progress line)."""
+    name = f"{shape} {family.modality}{' ' + series if series else ''}"
+    jobs = []
+    for index, flip in enumerate(plan["flip_tta_runs"]):
+        tta = "" if flip is None else f", flip TTA {'on' if flip else 'off'}"
+        jobs.append(("segment", {"target_run": index == 0, "tta_mode": None, "config": {"flip_tta": flip},
+                                 "label": f"segmenting a {name}{tta}"}))
+    if plan["full_tta_comparison"] and first_size:
+        jobs.append(("segment", {"target_run": False, "tta_mode": "full",
+                                 "config": {"flip_tta": True, "selective_tta": False},
+                                 "label": f"segmenting a {name} with full flip TTA (every item mirrored)"}))
+    for baseline in baselines:
+        jobs.append(("baseline", {"name": baseline.name, "label": f"{baseline.name}: one pass over the {name}",
+                                  "config": {"baseline": baseline.name, "flip_tta": plan["flip_tta_runs"][0]}}))
+    return jobs
+
+
+def _repeated(jobs: list[tuple[str, dict]], config: dict, work: Path, repeat: int) -> list[dict]:
+    """Each job's worker run ``repeat`` times, the jobs taking turns (so a slow spell of a shared machine
+    falls on all of them alike) → per job its median run by wall time (segment: the whole process;
+    baseline: its network seconds), with every repetition's seconds under ``repeats_s``."""
+    runs: list[list[dict]] = [[] for _ in jobs]
+    for round_ in range(repeat):
+        for index, (kind, extra) in enumerate(jobs):
+            print(f"{extra['label']}{f' (run {round_ + 1} of {repeat})' if repeat > 1 else ''} ...", file=sys.stderr)
+            if kind == "segment":
+                runs[index].append(_run_worker({**config, **extra["config"], "out": str(work / f"out{index}-{round_}")}))
+            else:
+                runs[index].append(_run_worker({**config, **extra["config"]}, "_baseline_worker"))
+    chosen = []
+    for (kind, extra), measured in zip(jobs, runs):
+        seconds = [run.get("process_s", run["timings_s"]["total"]) if kind == "segment" else run["network_s"]
+                   for run in measured]
+        median = measured[sorted(range(repeat), key=seconds.__getitem__)[(repeat - 1) // 2]]
+        row = {k: v for k, v in extra.items() if k not in ("config", "label", "tta_mode")}
+        chosen.append({**median, **row, "repeats_s": [round(value, 3) for value in seconds]})
+    return chosen
 
 
 def _tta_mode(measured: dict) -> str:

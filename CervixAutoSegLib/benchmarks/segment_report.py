@@ -44,8 +44,16 @@ def summarise(cases: list[dict], matmul: float, card: Any, random_weights: bool,
 
 
 def _add_speedups(run: dict, cases: list[dict]) -> None:
-    """``run`` (a baseline pass) gets the matching judged case's seconds and the two speed-ups:
-    baseline network seconds over the whole case's, and over the case's network seconds."""
+    """``run`` (a baseline pass) gets the matching judged case's seconds and the speed-ups:
+
+    * ``speedup_process``: the baseline's whole process over the case's (both fresh processes:
+      start-up, imports, reading and preprocessing the same DICOM; then the case runs both stages,
+      cleans and writes everything, the baseline runs its one pass and writes nothing — so this
+      understates the case's advantage a little); what a user waits for either way;
+    * ``speedup_whole_case``: the baseline's forward passes alone over the case's whole ``segment``
+      (imports, reading and writing on one side only: the strictest reading);
+    * ``speedup_network``: forward passes over forward passes (both PocketNet stages against one pass).
+    """
     case = next((c for c in cases if c["target_run"] and c["slices"] == run["slices"]
                  and c["series"] == run["series"]), None)
     if case is None:
@@ -54,6 +62,9 @@ def _add_speedups(run: dict, cases: list[dict]) -> None:
     run["case_total_s"], run["case_network_s"] = total, network
     run["speedup_whole_case"] = run["network_s"] / total if total > 0 else 0.0
     run["speedup_network"] = run["network_s"] / network if network > 0 else 0.0
+    if run.get("process_s") and case.get("process_s"):
+        run["case_process_s"] = case["process_s"]
+        run["speedup_process"] = run["process_s"] / case["process_s"]
 
 
 def judge(cases: list[dict], baselines: list[dict], targets: BenchmarkTargets) -> dict:
@@ -72,8 +83,9 @@ def judge(cases: list[dict], baselines: list[dict], targets: BenchmarkTargets) -
     if targets.min_speedup_vs_baseline is not None:
         floor = targets.min_speedup_vs_baseline
         measured = [b for b in baselines if "speedup_whole_case" in b]
-        met = all(b["speedup_whole_case"] >= floor for b in measured) if measured else None
-        results["speedup_vs_baseline"] = {"target": f">= {floor}", "met": met}
+        key = "speedup_process" if measured and all("speedup_process" in b for b in measured) else "speedup_whole_case"
+        met = all(b[key] >= floor for b in measured) if measured else None
+        results["speedup_vs_baseline"] = {"target": f">= {floor}", "met": met, "measure": key}
     results.update(_judge_selective_tta(cases, targets))
     return results
 
@@ -173,11 +185,15 @@ def _print_baselines(summary: dict) -> None:
         first = next(r for r in runs if r["name"] == name)
         print(f"baseline {name}: {first['description']}; {first['parameters']:,} parameters"
               f"{f' (model: {model})' if model else ''}, {first['gflop_per_item']:.2f} GFLOP per window "
-              f"(model: {summary['gflop_per_item']:.2f}); speed-up = baseline seconds / case seconds")
-        print(f"{'series':<9} {'size':>5} {'windows':>8} {'network':>10} {'peak RSS':>9} {'case total':>11}"
-              f" {'case network':>13} {'speed-up whole case':>20} {'network':>8}")
+              f"(model: {summary['gflop_per_item']:.2f}); speed-up = baseline seconds / case seconds: "
+              "process = both whole processes (the baseline reads, preprocesses and runs its one pass), "
+              "passes/case = its passes alone against the whole case, network = passes against passes")
+        print(f"{'series':<9} {'size':>5} {'windows':>8} {'network':>10} {'process':>9} {'peak RSS':>9}"
+              f" {'case process':>13} {'case total':>11} {'case network':>13} {'speed-up process':>17}"
+              f" {'passes/case':>12} {'network':>8}")
         for run in (r for r in runs if r["name"] == name):
             print(f"{run['series'] or '-':<9} {run['slices']:>5} {run['passes']:>8} {run['network_s']:9.2f}s "
-                  f"{run['peak_rss_gb']:7.2f}GB {run.get('case_total_s', 0.0):10.2f}s "
-                  f"{run.get('case_network_s', 0.0):12.2f}s {run.get('speedup_whole_case', 0.0):19.2f}x "
-                  f"{run.get('speedup_network', 0.0):7.2f}x")
+                  f"{run.get('process_s', 0.0):8.2f}s {run['peak_rss_gb']:7.2f}GB "
+                  f"{run.get('case_process_s', 0.0):12.2f}s {run.get('case_total_s', 0.0):10.2f}s "
+                  f"{run.get('case_network_s', 0.0):12.2f}s {run.get('speedup_process', 0.0):16.2f}x "
+                  f"{run.get('speedup_whole_case', 0.0):11.2f}x {run.get('speedup_network', 0.0):7.2f}x")

@@ -29,8 +29,9 @@ class BenchmarkTargets:
         total_up_to_size: the time target applies to cases of at most this size (``None``: all).
         total_name: the time target's name in the output and the JSON.
         min_network_fraction_of_matmul: the network's GFLOP/s over a plain matmul's, at least.
-        min_speedup_vs_baseline: a baseline pass's network seconds over the whole case's
-            seconds, at least (see :class:`BenchmarkBaseline`).
+        min_speedup_vs_baseline: a baseline's whole process (start-up, imports, read, preprocess, its
+            one pass) over the whole case's process, at least; where a run has no process times, the
+            baseline's passes alone over the case's ``segment`` seconds (see :class:`BenchmarkBaseline`).
         max_selective_tta_network_fraction: network seconds with selective flip TTA over those with
             full flip TTA on the same image in the same run, at most (the benchmark then also
             segments its first size with every item mirrored).
