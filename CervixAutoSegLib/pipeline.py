@@ -241,8 +241,7 @@ def segment(
     timings["load"] = time.perf_counter() - started
 
     tracker.start("preprocess", f"model {card.id} on {describe_device(torch_device)}")
-    with retained_heap():  # both stages of a two-stage family reuse one heap
-        output = _run_network(volume, card, torch_device, options, tracker, cancel)
+    output = _run_network(volume, card, torch_device, options, tracker, cancel)
     warnings += output.warnings
     for stage in ("preprocess", "model_load", "network"):
         timings[stage] = output.timings.get(stage, 0.0)
@@ -297,7 +296,8 @@ def _run_network(volume: Volume, card: Any, device: Any, options: Any, tracker: 
             tracker.start("network", "running the network")
         tracker.update(fraction, message)
 
-    return family.runner(volume, card, device, inference_options(family, options), network_fraction, cancel)
+    with retained_heap():  # both stages of a two-stage family reuse one heap
+        return family.runner(volume, card, device, inference_options(family, options), network_fraction, cancel)
 
 
 def inference_options(family: Any, options: Any = None) -> Any:
