@@ -39,8 +39,14 @@ def extract_box(array: np.ndarray, start: Sequence[int], size: Sequence[int], fi
 def paste_box(box: np.ndarray, start: Sequence[int], shape: Sequence[int], fill: float = 0) -> np.ndarray:
     """Inverse of :func:`extract_box`: the box placed into an array of trailing shape ``shape``."""
     lead = box.shape[:box.ndim - len(start)]
-    out = np.full(lead + tuple(shape), fill, dtype=box.dtype)
-    inside, in_box = _overlap(start, box.shape[len(lead):], shape)
+    return place_box(np.full(lead + tuple(shape), fill, dtype=box.dtype), box, start)
+
+
+def place_box(out: np.ndarray, box: np.ndarray, start: Sequence[int]) -> np.ndarray:
+    """Copy the part of ``box`` that falls inside ``out`` (its box at ``start`` over the trailing
+    axes, as in :func:`paste_box`) into ``out``, in place; the rest of ``out`` is left alone.  Returns ``out``."""
+    lead = box.ndim - len(start)
+    inside, in_box = _overlap(start, box.shape[lead:], out.shape[out.ndim - len(start):])
     if inside:
         out[(Ellipsis,) + inside] = box[(Ellipsis,) + in_box]
     return out
@@ -60,3 +66,12 @@ def bounding_box(mask: np.ndarray, margin: Sequence[int] | int = 0) -> tuple[tup
         start.append(low)
         size.append(high - low)
     return tuple(start), tuple(size)
+
+
+def label_boxes(array: np.ndarray) -> list:
+    """``scipy.ndimage.find_objects`` of a (z, y, x) label map: entry ``value - 1`` is the bounding
+    box (a tuple of slices) of label ``value``, None when absent.  One full scan of the volume,
+    so a run computes it once and hands it to every statistic."""
+    from scipy import ndimage
+
+    return ndimage.find_objects(array)

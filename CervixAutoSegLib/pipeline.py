@@ -101,14 +101,19 @@ class Outcome:
     """Input warnings for the user (e.g. T2 weighting not verifiable), one line each."""
     quality: dict | None = None
     """:func:`.qa.assess` of the result (report.json ``qa``); computed by :meth:`assess_quality`."""
+    label_boxes: list | None = None
+    """:func:`.cropping.label_boxes` of ``labels``: scanned once for the QA and the report."""
 
     def assess_quality(self, evidence: list | None = None) -> dict:
         """Per-slice flags and per-case plausibility (:mod:`.qa`), timed as ``timings["qa"]``."""
+        from .cropping import label_boxes
         from .qa import QAConfig, assess
 
         started = time.perf_counter()
+        self.label_boxes = label_boxes(self.labels.array)
         self.quality = assess(self.volume, self.labels, self.card.structures, QAConfig.from_card(self.card),
-                              evidence=evidence, field_of_view_border=self.field_of_view_border)
+                              evidence=evidence, field_of_view_border=self.field_of_view_border,
+                              boxes=self.label_boxes)
         self.timings["qa"] = time.perf_counter() - started
         return self.quality
 
@@ -121,7 +126,7 @@ class Outcome:
                             timings=self.timings, labels=self.labels, structures=self.card.structures,
                             cleanup=self.cleanup, field_of_view_border=self.field_of_view_border,
                             preprocessing=self.preprocessing, outputs=outputs, warnings=self.warnings,
-                            quality=self.quality)
+                            quality=self.quality, boxes=self.label_boxes)
 
 
 # ---------------------------------------------------------------- model choice

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import write_text_atomic
+from .cropping import label_boxes
 from .postprocess import voxel_volume_ml
 from .structures import Structure
 from .volume import Volume
@@ -86,15 +87,16 @@ def _per_slice_area_pixels(labels: np.ndarray, value: int, box: tuple | None = N
 
 
 def structure_statistics(labels: Volume, structures: Sequence[Structure],
-                         cleanup: Mapping[int, Any] | None = None) -> list[dict]:
-    """Voxel count, volume (ml), slice range and LPS centroid of every structure."""
-    from scipy import ndimage
+                         cleanup: Mapping[int, Any] | None = None, boxes: Sequence[Any] | None = None) -> list[dict]:
+    """Voxel count, volume (ml), slice range and LPS centroid of every structure.
 
+    ``boxes``: :func:`label_boxes` of ``labels`` when the caller has them already.
+    """
     voxel_ml = voxel_volume_ml(labels.spacing, labels.direction)
     array = np.asarray(labels.array, dtype=np.uint8)
     # Per label value its bounding box: counting and centroids then scan only that box
     # (np.bincount would first widen all voxels to 64-bit integers).
-    boxes = ndimage.find_objects(array)
+    boxes = label_boxes(array) if boxes is None else boxes
     entries = []
     for structure in structures:
         box = boxes[structure.value - 1] if structure.value <= len(boxes) else None
@@ -132,7 +134,7 @@ def _runs(indices: Iterable[int]) -> list[list[int]]:
 
 
 def slice_qa_flags(labels: Volume, structures: Sequence[Structure],
-                   field_of_view_border: np.ndarray | None = None) -> list[dict]:
+                   field_of_view_border: np.ndarray | None = None, boxes: Sequence[Any] | None = None) -> list[dict]:
     """Per-slice plausibility flags of every structure (see :data:`QA_KINDS`).
 
     Args:
@@ -140,12 +142,11 @@ def slice_qa_flags(labels: Volume, structures: Sequence[Structure],
         structures: the model's structures.
         field_of_view_border: boolean (z, y, x) on the input grid, True on the outermost
             pixels of the network's field of view (the crop) — for ``crop_border``.
+        boxes: :func:`label_boxes` of ``labels`` when the caller has them already.
     """
-    from scipy import ndimage
-
     pixel_mm2 = float(labels.spacing[0] * labels.spacing[1])
     array = np.asarray(labels.array)
-    boxes = ndimage.find_objects(array)
+    boxes = label_boxes(array) if boxes is None else boxes
     flags: list[dict] = []
     nz = labels.shape[0]
     border_labels = border_slices = None
@@ -232,19 +233,22 @@ def build_report(*, volume: Volume, input_path: str | None, card: Any, device: M
                  timings: Mapping[str, float], labels: Volume, structures: Sequence[Structure],
                  cleanup: Mapping[int, Any] | None = None, field_of_view_border: np.ndarray | None = None,
                  preprocessing: Mapping[str, Any] | None = None, outputs: Sequence[str] = (),
-                 warnings: Sequence[str] = (), quality: Mapping[str, Any] | None = None) -> dict:
+                 warnings: Sequence[str] = (), quality: Mapping[str, Any] | None = None,
+                 boxes: Sequence[Any] | None = None) -> dict:
     """Assemble the whole report document (layout in the module docstring).
 
     ``quality``: :func:`CervixAutoSegLib.qa.assess` of this result (computed here when None).
+    ``boxes``: :func:`label_boxes` of ``labels`` when the caller has them already.
     """
     from . import __version__
 
+    boxes = label_boxes(np.asarray(labels.array)) if boxes is None else boxes
     if quality is None:
         from .qa import QAConfig, assess
 
         quality = assess(volume, labels, structures, QAConfig.from_card(card),
-                         field_of_view_border=field_of_view_border)
-    flags = slice_qa_flags(labels, structures, field_of_view_border)
+                         field_of_view_border=field_of_view_border, boxes=boxes)
+    flags = slice_qa_flags(labels, structures, field_of_view_border, boxes)
     return {
         "format_version": REPORT_FORMAT_VERSION,
         "tool": {"name": "CervixAutoSeg", "version": __version__},
@@ -254,7 +258,7 @@ def build_report(*, volume: Volume, input_path: str | None, card: Any, device: M
         "device": dict(device),
         "preprocessing": dict(preprocessing or {}),
         "timings_s": {name: round(float(seconds), 3) for name, seconds in timings.items()},
-        "structures": structure_statistics(labels, structures, cleanup),
+        "structures": structure_statistics(labels, structures, cleanup, boxes),
         "qa": {
             **quality,
             "absent": [flag["structure"] for flag in flags if flag["kind"] == "absent"],

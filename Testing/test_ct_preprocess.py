@@ -87,6 +87,24 @@ def test_window_maps_w300_l50_to_unit_interval():
     np.testing.assert_allclose(window_hu(np.array([-1000, -100, 50, 200, 3000])), [0, 0, 0.5, 1, 1])
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.float32, np.uint16])
+@pytest.mark.parametrize("size_ijk", [SIZE_IJK, (200, 180, 5)], ids=["crop-inside", "crop-past-the-edges"])
+def test_batch_is_the_windowed_slices_cropped_with_air_outside_the_image(dtype, size_ijk):
+    # The batch is cropped before it is windowed (cheaper); it must equal windowing first.
+    volume, _ = make_volume(size_ijk=size_ijk)
+    hu = volume.array.astype(np.float64) + (1100 if dtype == np.uint16 else 0)  # unsigned: no negative HU
+    batch, context = preprocess_ct(volume.with_array(hu.astype(dtype)))
+    windowed = window_hu(hu.astype(np.float32))[list(context.slice_indices)]
+    expected = np.zeros((len(context.slice_indices), 256, 256), np.float32)  # AIR_VALUE
+    (y0, x0), (ny, nx) = context.crop_start, windowed.shape[1:]
+    rows, cols = slice(max(y0, 0), min(y0 + 256, ny)), slice(max(x0, 0), min(x0 + 256, nx))
+    expected[:, rows.start - y0:rows.stop - y0, cols.start - x0:cols.stop - x0] = windowed[:, rows, cols]
+    assert batch.dtype == np.float32 and batch.shape == (len(context.slice_indices), 1, 256, 256)
+    np.testing.assert_array_equal(batch[:, 0], expected)
+    if size_ijk != SIZE_IJK:
+        assert y0 < 0 or x0 < 0  # the crop did reach past the image
+
+
 @pytest.mark.parametrize("position", POSITIONS)
 def test_every_layout_gives_the_hfs_batch_and_restores_exactly(position):
     reference, reference_labels = make_volume()
@@ -137,6 +155,22 @@ def test_slices_without_body_are_left_out_and_come_back_as_background():
     assert batch.shape[0] == volume.shape[0] - 2 and context.slice_indices[0] == 2
     restored = restore_labels(np.full((batch.shape[0], 256, 256), 3, np.uint8), context)
     assert not restored[:2].any() and restored[2:].any()
+
+
+@pytest.mark.parametrize("empty", [[0, 1], [5], [3, 7, 8]], ids=["at-the-start", "one-inside", "two-gaps"])
+def test_crops_come_back_on_the_slices_they_came_from(empty):
+    volume, _ = make_volume()
+    array = volume.array.copy()
+    array[empty] = -1000
+    array[empty, 150:155, 170:175] = 40  # a thin bridge keeps the body one piece; too small a slice to segment
+    batch, context = preprocess_ct(volume.with_array(array))
+    kept = [k for k in range(volume.shape[0]) if k not in empty]
+    assert list(context.slice_indices) == kept
+    crops = (np.arange(len(kept), dtype=np.uint8) + 1)[:, None, None] * np.ones((1, 256, 256), np.uint8)
+    restored = restore_labels(crops, context)
+    assert not restored[empty].any()
+    for n, k in enumerate(kept):  # each crop on its own slice, and only inside the crop
+        assert set(np.unique(restored[k])) == {0, n + 1}
 
 
 def test_small_pixels_are_resampled_to_training_spacing_and_back():
@@ -201,3 +235,22 @@ def test_wrong_shapes_are_refused():
 ])
 def test_orientation_to_lps(direction, expected_axes, expected_flips):
     assert orientation_to_lps(direction) == (expected_axes, expected_flips)
+
+
+def test_body_mask_is_the_largest_component_of_the_whole_volume():
+    from scipy import ndimage
+
+    from CervixAutoSegLib.ct.preprocess import body_mask
+
+    hu = np.full((7, 60, 80), -1000, np.int16)
+    hu[1:6, 10:40, 20:70] = 40          # body, off centre
+    hu[:, 50:54, 5:78] = 200            # couch: on every slice, separate, smaller
+    hu[3, 2, 2] = 100                   # one noisy voxel in a corner
+    labels, _ = ndimage.label(hu > -500)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    np.testing.assert_array_equal(body_mask(hu), labels == np.argmax(sizes))
+    assert body_mask(hu).sum() == 5 * 30 * 50
+    only_body = np.where(hu == 40, hu, np.int16(-1000))
+    np.testing.assert_array_equal(body_mask(only_body), only_body == 40)
+    assert not body_mask(np.full((2, 5, 5), -1000, np.int16)).any()

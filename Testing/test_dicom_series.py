@@ -466,3 +466,23 @@ def test_a_file_removed_between_its_header_and_its_pixels_is_named_in_one_line(t
     with pytest.raises(InputError, match="changed or disappeared") as caught:
         dicom_series.read_dicom_series(tmp_path / "ct")
     assert removed[0].name in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("stored_type", "stored", "intercepts"), [
+    (np.uint16, [0, 40_000, 33_000, 1_000], [-8_000, -7_300, -10_000]),  # above 32767: wraps in 16 bits
+    (np.int16, [-2_000, 0, 30_000, 100], [-1_024, 0, 3]),
+    (np.uint8, [0, 255, 128, 1], [-1_024, 0, 5]),
+    (np.int32, [-2_000, 0, 30_000, 100], [-1_024, 0, 3]),
+    (np.uint32, [0, 40_000, 33_000, 1_000], [-8_000, -7_300, -10_000]),
+])
+def test_integer_rescale_to_int16_is_exact_for_every_stored_type(stored_type, stored, intercepts):
+    """Whenever every rescaled value fits int16 the result is int16, computed in 16-bit arithmetic
+    for 16-bit stored values, and must equal the 64-bit sum."""
+    from CervixAutoSegLib.dicom_series import _to_output_values
+
+    stored = np.array([np.reshape(stored, (2, 2))] * 3, stored_type)
+    intercepts = np.array(intercepts, np.float64)
+    values = _to_output_values(stored, np.ones(3), intercepts)
+    expected = stored.astype(np.int64) + intercepts.astype(np.int64)[:, None, None]
+    assert values.dtype == np.int16
+    np.testing.assert_array_equal(values, expected)

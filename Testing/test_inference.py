@@ -350,3 +350,27 @@ def test_class_argmax_and_top2_uncertainty_match_argmax_and_topk_ties_included(s
     if shape[1] >= 2:
         top = scores.topk(2, dim=1).values
         torch.testing.assert_close(top2_uncertainty(scores), 1.0 - (top[:, 0] - top[:, 1]), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model_id", ["ct-resaunet-phantom", "mr-pocketnet-phantom"])
+def test_loading_and_preparing_a_bundled_network_imports_no_compiler_stack_and_leaves_nothing_on_meta(model_id):
+    """A fresh interpreter, as a case runs: DynUNet's kaiming_normal_ on meta tensors imports
+    torch._dynamo (1.1 s), and Module.to_empty (nn.utils.skip_init) imports sympy (0.5 s); the
+    MR builder draws on the CPU and batch-norm folding assigns its computed weights instead."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from CervixAutoSegLib.families import get_family\n"
+            "from CervixAutoSegLib.inferers import prepare_network\n"
+            "from CervixAutoSegLib.models import find_model, load_network\n"
+            "from CervixAutoSegLib.pipeline import inference_options\n"
+            f"card = find_model({model_id!r})\n"
+            "family = get_family(card.family)\n"
+            "dims = 2 if card.family == 'ct' else 3\n"
+            "nets = [prepare_network(load_network(card, n.role), torch.device('cpu'), inference_options(family),\n"
+            "                        spatial_dims=dims) for n in card.networks]\n"
+            "assert not any(t.is_meta for n in nets for t in (*n.parameters(), *n.buffers()))\n"
+            "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert completed.stdout.strip() == "[]"

@@ -153,18 +153,3 @@ def test_real_mr_runs_onto_its_grid_and_says_plainly_when_no_organ_is_found(tmp_
     assert (NO_ORGAN_WARNING in capsys.readouterr().out) == no_organ
     if model == "organ-blind":
         assert no_organ and [s["role"] for s in report["device"]["stages"]] == ["organ"]
-
-
-def test_loading_the_bundled_networks_leaves_torch_dynamo_unimported_and_no_weight_on_meta():
-    """DynUNet's kaiming_normal_ on meta tensors imports torch._dynamo (1.1 s of a case): the MR
-    builder draws on the CPU even inside load_network's meta block.  A fresh interpreter, as a case runs."""
-    import subprocess
-    import sys
-
-    code = ("import sys; from CervixAutoSegLib.models import find_model, load_network\n"
-            "card = find_model('mr-pocketnet-phantom')\n"
-            "nets = [load_network(card, n.role) for n in card.networks]\n"
-            "assert not any(t.is_meta for n in nets for t in (*n.parameters(), *n.buffers()))\n"
-            "print('torch._dynamo' in sys.modules)")
-    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert completed.stdout.strip() == "False"

@@ -65,16 +65,10 @@ class ResAUNetRunner:
 def restore_map(crops: np.ndarray, context: Any) -> np.ndarray:
     """A per-pixel map of the network's crops ``(n, crop, crop)`` → ``(z, y, x)`` on the input grid, same
     dtype, 0 off the crops and on slices the network did not see (nearest neighbour: no new values)."""
-    from ..orientation import unreorient
     from ..qa.maps import nearest_in_plane
-    from .preprocess import paste_crops
+    from .preprocess import restore_crops
 
-    pasted = paste_crops(crops, context.crop_start, context.working_shape[1:])
-    if context.resampled:
-        pasted = nearest_in_plane(pasted, tuple(context.oriented_shape[1:]))
-    oriented = np.zeros(context.oriented_shape, dtype=crops.dtype)
-    oriented[list(context.slice_indices)] = pasted
-    return np.ascontiguousarray(unreorient(oriented, context.axes, context.flips))
+    return restore_crops(crops, context, nearest_in_plane)
 
 
 def restore_evidence(evidence: Any, context: Any) -> Any:

@@ -32,7 +32,8 @@ __all__ = ["CHECK", "IMPLAUSIBLE", "PLAUSIBLE", "VERDICTS", "EvidenceMaps", "QAC
 
 
 def assess(image: Any, labels: Any, structures: Sequence[Any], card_qa: "dict | QAConfig | None", *,
-           evidence: Sequence[EvidenceMaps] | None = None, field_of_view_border: np.ndarray | None = None) -> dict:
+           evidence: Sequence[EvidenceMaps] | None = None, field_of_view_border: np.ndarray | None = None,
+           boxes: Sequence[Any] | None = None) -> dict:
     """Per-slice flags and per-case plausibility of ``labels`` (a label Volume on the grid of ``image``).
 
     ``card_qa``: the model card's ``qa`` section, or a :class:`QAConfig` (``QAConfig.from_card(card)`` also
@@ -48,11 +49,12 @@ def assess(image: Any, labels: Any, structures: Sequence[Any], card_qa: "dict | 
          "flagged_slices": int, "thresholds": {"calibrated": bool, "stale": bool, "flag_score": 0.5},
          "evidence": bool}                 # whether the network's own evidence was used
     """
-    from scipy import ndimage
+    from ..cropping import label_boxes
 
     config = card_qa if isinstance(card_qa, QAConfig) else QAConfig.from_json(card_qa or {})
     array = np.asarray(labels.array)
-    boxes = ndimage.find_objects(array)  # once: the full-volume scan is the dearest step on a large CT
+    if boxes is None:  # once: the full-volume scan is the dearest step on a large CT
+        boxes = label_boxes(array)
     per_structure, slices = assess_slices(labels, structures, config, evidence=evidence,
                                           field_of_view_border=field_of_view_border, boxes=boxes)
     plausibility = judge_case(image, array, structures, config.plausibility, boxes)
