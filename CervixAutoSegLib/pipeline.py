@@ -205,6 +205,7 @@ def segment(
     allow_non_t2: bool = False,
     overwrite: bool = False,
     keep_evidence: bool = False,
+    prefetch_input: bool = False,
 ) -> SegmentationResult:
     """Segment one image and write every output into ``out_dir`` (None: compute only).
 
@@ -226,24 +227,25 @@ def segment(
             model does not imply it.
         overwrite: also replace files with our output names that this tool did not write (module docstring).
         keep_evidence: also return the network's evidence maps (a few bytes per voxel) in the result.
+        prefetch_input: read a DICOM folder or image file in a forked child while this process imports
+            torch, where that is safe (:mod:`.prefetch`: Linux, a single thread, torch not imported yet);
+            for a fresh command-line process.  Same result, same errors.
 
     Raises:
         InputError: unreadable input, modality without a model, a non-T2w MR series, bad device, ...
         OutputError: ``out_dir`` unusable, or holding a user's file under an output name (checked first).
         Cancelled: the user cancelled.
     """
-    from .devices import describe_device, resolve_device
+    from .devices import describe_device
 
     tracker = StagedProgress(progress, cancel)
     timings: dict[str, float] = {}
     job_started = time.perf_counter()
     out_dir = _prepare_out_dir(out_dir, overwrite)
 
-    torch_device = resolve_device(device)  # before reading: a bad --device fails fast
     tracker.start("load", "reading image")
-    started = time.perf_counter()
-    volume, input_path, card, warnings = _load(source, series_uid, model, models_root, allow_non_t2)
-    timings["load"] = time.perf_counter() - started
+    torch_device, (volume, input_path, card, warnings) = _device_and_input(
+        device, (source, series_uid, model, models_root, allow_non_t2), prefetch_input, timings)
 
     tracker.start("preprocess", f"model {card.id} on {describe_device(torch_device)}")
     output = _run_network(volume, card, torch_device, options, tracker, cancel)
@@ -271,6 +273,29 @@ def segment(
                                   overwrite=overwrite)
     tracker.finish(f"done: {out_dir}")
     return SegmentationResult(labels, card.structures, card, report, out_dir, files, evidence)
+
+
+def _device_and_input(device: str, load_args: tuple, prefetch_input: bool, timings: dict[str, float]) -> tuple:
+    """(torch device, :func:`_load` of ``load_args``); the device first, so a bad ``--device`` fails
+    before any reading.  With ``prefetch_input`` an image path is read by a forked child meanwhile
+    (resolving the device imports torch: a second of a fresh process); ``timings["load"]`` is then
+    the child's reading time, and ``timings["load_wait"]`` what was left to wait for after the import."""
+    from . import prefetch
+    from .devices import resolve_device
+
+    pending = prefetch.start(_load, *load_args) if prefetch_input and not isinstance(load_args[0], Volume) else None
+    try:
+        torch_device = resolve_device(device)
+    except BaseException:
+        if pending is not None:
+            pending.cancel()
+        raise
+    started = time.perf_counter()
+    loaded = _load(*load_args) if pending is None else pending.result()
+    timings["load"] = time.perf_counter() - started
+    if pending is not None and pending.seconds is not None:
+        timings["load_wait"], timings["load"] = timings["load"], pending.seconds
+    return torch_device, loaded
 
 
 def _load(source: str | Path | Volume, series_uid: str | None, model: str | Any, models_root: str | Path | None,

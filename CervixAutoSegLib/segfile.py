@@ -35,8 +35,9 @@ RAS_SPACE = "right-anterior-superior"
 BINARY_LABELMAP = "Binary labelmap"
 REFERENCE_GEOMETRY_PARAMETER = "Reference image geometry"
 TERMINOLOGY_TAG = "TerminologyEntry"
-GZIP_LEVEL = 6
-"""zlib's default: pynrrd's 9 took 4x as long for 2 % smaller label layers."""
+GZIP_LEVEL = 1
+"""zlib's fastest: on a 512x512x100 CT's labels 0.05 s and 218 kB, against 0.13 s and 69 kB at
+zlib's default 6 (pynrrd's 9 takes 4x as long again); Slicer reads every level."""
 
 TERMINOLOGY_CONTEXT = "CervixAutoSeg - category and type"
 """``SegmentationCategoryTypeContextName`` of ``Resources/CervixAutoSeg.term.json``.

@@ -104,7 +104,7 @@ def _segment_worker(config: dict) -> dict:
                "flip_tta": config["flip_tta"], "selective_tta": config.get("selective_tta")}
     started = time.perf_counter()
     result = segment(config["dicom"], config["out"], model=config["model"], device=config["device"],
-                     options=options, models_root=config["models_root"])
+                     options=options, models_root=config["models_root"], prefetch_input=True)  # as the command
     wall = time.perf_counter() - started
     device = result.report["device"]
     return {
@@ -119,7 +119,9 @@ def _segment_worker(config: dict) -> dict:
         "precision": device.get("precision"),
         "batch_size": device.get("batch_size"),
         "device": device.get("description"),
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / _KB_PER_GB,
+        # the input reader's child counted on top: their peaks may coincide
+        "peak_rss_gb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                        + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / _KB_PER_GB,
     }
 
 

@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
         with cancel_on_sigterm():
             result = segment(args.input, args.out, model=args.model, device=args.device,
                              series_uid=args.series, progress=reporter, options=options,
-                             models_root=args.models, allow_non_t2=args.allow_non_t2, overwrite=args.overwrite)
+                             models_root=args.models, allow_non_t2=args.allow_non_t2, overwrite=args.overwrite,
+                             prefetch_input=True)
     finally:
         if isinstance(reporter, TextProgressBar):
             reporter.close()

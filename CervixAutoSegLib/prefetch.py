@@ -1,0 +1,157 @@
+"""Read the input in a forked child while this process imports torch (the command line's head start).
+
+Why.  A fresh ``cervixautoseg segment`` spends about a second importing torch before the network
+can start, and half a second reading and checking a 100-slice CT series; both are
+single-threaded Python, so threads cannot overlap them (the GIL), but two processes can.
+:func:`start` forks a child that runs the loading function and sends its result back through a
+pipe (pickle protocol 5: the voxel array travels as one raw buffer, copied once), while the
+parent goes on importing torch.  :meth:`Prefetch.result` then returns the child's result or
+raises the child's exception, as if the function had run here.
+
+When.  Only where forking is safe and pays: Linux, torch not imported yet (otherwise there is
+nothing to overlap), and a single thread (forking a multi-threaded process can deadlock the
+child).  Elsewhere :func:`start` returns None and the caller loads in-process, as it does inside
+Slicer, whose Qt process is never forked.  A child that dies without an answer (killed, out of
+memory) makes :meth:`Prefetch.result` load in-process instead, with a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_LENGTH = struct.Struct("<Q")
+"""Every message part is preceded by its length in bytes (unsigned 64-bit, little endian)."""
+
+
+def can_fork() -> bool:
+    """Whether :func:`start` would fork here (see the module docstring)."""
+    return (sys.platform.startswith("linux") and hasattr(os, "fork") and "torch" not in sys.modules
+            and threading.active_count() == 1)
+
+
+class Prefetch:
+    """A forked child computing ``function(*args)``; :meth:`result` collects it (once)."""
+
+    def __init__(self, function: Callable[..., Any], args: tuple) -> None:
+        self._function, self._args = function, args
+        self.seconds: float | None = None
+        """The child's own seconds for ``function`` (None until :meth:`result`, or when it ran here)."""
+        read_end, write_end = os.pipe()
+        for stream in (sys.stdout, sys.stderr):  # else the child's exit could write the parent's buffers twice
+            stream.flush()
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - runs in the child, which never returns
+            os.close(read_end)
+            _serve(write_end, function, args)
+        os.close(write_end)
+        self._read_end = read_end
+
+    def result(self) -> Any:
+        """The child's return value (its exception raised here), or ``function(*args)`` computed here
+        when the child died without an answer."""
+        try:
+            status, value, seconds = _receive(self._read_end)
+        except (EOFError, OSError, pickle.UnpicklingError) as error:
+            log.info("the input reader (process %d) gave no answer (%s); reading in this process", self.pid, error)
+            self.cancel()
+            return self._function(*self._args)
+        finally:
+            self._close()
+        self.seconds = seconds
+        if status == "error":
+            raise value
+        return value
+
+    def cancel(self) -> None:
+        """Stop the child (when its result is not wanted any more)."""
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._close()
+
+    def _close(self) -> None:
+        if self._read_end is not None:
+            os.close(self._read_end)
+            self._read_end = None
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+
+
+def start(function: Callable[..., Any], *args: Any) -> Prefetch | None:
+    """``function(*args)`` started in a forked child, or None where :func:`can_fork` says no."""
+    return Prefetch(function, args) if can_fork() else None
+
+
+def _serve(write_end: int, function: Callable[..., Any], args: tuple) -> None:  # pragma: no cover - child
+    """The child: compute, send (status, value, seconds), leave without running any exit handler."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    code = 0
+    try:
+        started = time.perf_counter()
+        try:
+            message = ("ok", function(*args), time.perf_counter() - started)
+        except BaseException as error:  # noqa: BLE001 - every failure goes to the parent
+            message = ("error", _picklable(error), time.perf_counter() - started)
+        _send(write_end, message)
+    except BaseException:  # noqa: BLE001 - the parent sees EOF and reads in-process
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _picklable(error: BaseException) -> BaseException:
+    """``error`` itself when it survives pickling, else a RuntimeError with its one-line text."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:  # noqa: BLE001 - any exception type may refuse
+        return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+def _send(fd: int, message: Any) -> None:
+    buffers: list[pickle.PickleBuffer] = []
+    header = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
+    parts = [header] + [buffer.raw() for buffer in buffers]
+    _write_all(fd, _LENGTH.pack(len(buffers)))
+    for part in parts:
+        _write_all(fd, _LENGTH.pack(part.nbytes if isinstance(part, memoryview) else len(part)))
+        _write_all(fd, part)
+
+
+def _receive(fd: int) -> Any:
+    (count,) = _LENGTH.unpack(_read_exactly(fd, _LENGTH.size))
+    header = _read_exactly(fd, _LENGTH.unpack(_read_exactly(fd, _LENGTH.size))[0])
+    buffers = [_read_exactly(fd, _LENGTH.unpack(_read_exactly(fd, _LENGTH.size))[0]) for _ in range(count)]
+    return pickle.loads(header, buffers=buffers)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_exactly(fd: int, size: int) -> bytearray:
+    """``size`` bytes from ``fd`` into one writable buffer (numpy arrays then use it as it is)."""
+    data = bytearray(size)
+    view, done = memoryview(data), 0
+    while done < size:
+        got = os.readv(fd, [view[done:]])
+        if got == 0:
+            raise EOFError(f"the pipe closed after {done} of {size} bytes")
+        done += got
+    return data

@@ -1,0 +1,130 @@
+"""The command line's head start: the input read by a forked child while the parent imports torch.
+
+The forking runs in fresh interpreters (as a command does): this test process has torch imported
+and pytest's threads, so :func:`prefetch.can_fork` rightly says no here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_pipeline import synthetic_ct, write_random_ct_model
+
+from CervixAutoSegLib import prefetch
+from CervixAutoSegLib.dicom_writer import write_dicom_series
+from CervixAutoSegLib.image_io import load_image
+from CervixAutoSegLib.pipeline import segment
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory) -> Path:
+    return write_random_ct_model(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def feet_first_series(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("series") / "ct"
+    write_dicom_series(synthetic_ct("FFS"), folder, modality="CT", patient_position="FFS", shuffle_seed=3)
+    return folder
+
+
+def run_fresh(code: str) -> dict:
+    """``code`` in a fresh interpreter (torch not imported, one thread); its last stdout line as JSON."""
+    completed = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                               check=False, env={**os.environ, "PYTHONWARNINGS": "error::DeprecationWarning"})
+    assert completed.returncode == 0, completed.stderr
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def test_the_forked_reader_gives_exactly_what_reading_here_gives(feet_first_series, models_root):
+    result = run_fresh(f"""
+        import json, numpy as np
+        from CervixAutoSegLib import prefetch
+        from CervixAutoSegLib.pipeline import _load
+        args = ({str(feet_first_series)!r}, None, "auto", {str(models_root)!r}, False)
+        assert prefetch.can_fork()
+        pending = prefetch.start(_load, *args)
+        (forked, path, card, warnings), here = pending.result(), _load(*args)
+        print(json.dumps({{
+            "array": bool(np.array_equal(forked.array, here[0].array)) and forked.array.dtype == here[0].array.dtype,
+            "writeable": bool(forked.array.flags.writeable),
+            "geometry": bool(forked.same_grid(here[0], tolerance=0.0)),
+            "meta": repr(sorted(forked.meta.items())) == repr(sorted(here[0].meta.items())),
+            "rest": [path == here[1], card.id == here[2].id, warnings == here[3]],
+            "seconds": pending.seconds, "modality": forked.modality}}))
+    """)
+    assert result["array"] and result["writeable"] and result["geometry"] and result["meta"]
+    assert result["rest"] == [True, True, True] and result["modality"] == "CT" and result["seconds"] > 0
+
+
+def test_the_readers_error_is_raised_here_as_the_same_one_line(tmp_path, models_root):
+    (tmp_path / "notes.txt").write_text("not an image")
+    result = run_fresh(f"""
+        import json
+        from CervixAutoSegLib import prefetch
+        from CervixAutoSegLib.errors import InputError
+        from CervixAutoSegLib.pipeline import _load
+        args = ({str(tmp_path)!r}, None, "auto", {str(models_root)!r}, False)
+        messages = []
+        for attempt in (lambda: prefetch.start(_load, *args).result(), lambda: _load(*args)):
+            try:
+                attempt()
+            except InputError as error:
+                messages.append(str(error))
+        print(json.dumps(messages))
+    """)
+    assert len(result) == 2 and result[0] == result[1] and str(tmp_path) in result[0]
+
+
+def test_a_reader_that_dies_is_replaced_by_reading_here():
+    result = run_fresh("""
+        import json, os, signal
+        from CervixAutoSegLib import prefetch
+        parent = os.getpid()
+        def read():
+            if os.getpid() != parent:
+                os.kill(os.getpid(), signal.SIGKILL)  # the child dies without a word
+            return "read here"
+        pending = prefetch.start(read)
+        print(json.dumps([pending.result(), pending.seconds]))
+    """)
+    assert result == ["read here", None]
+
+
+def test_no_fork_with_torch_imported_or_another_thread_running():
+    assert "torch" in sys.modules and not prefetch.can_fork() and prefetch.start(print) is None
+    result = run_fresh("""
+        import json, threading
+        from CervixAutoSegLib import prefetch
+        alone = prefetch.can_fork()
+        stop = threading.Event()
+        worker = threading.Thread(target=stop.wait)
+        worker.start()
+        with_thread = prefetch.can_fork()
+        stop.set(); worker.join()
+        import torch
+        print(json.dumps([alone, with_thread, prefetch.can_fork()]))
+    """)
+    assert result == [True, False, False]
+    assert threading.active_count() >= 1
+
+
+def test_the_command_reads_ahead_and_contours_as_segment_does_here(tmp_path, feet_first_series, models_root):
+    completed = subprocess.run(
+        [sys.executable, "-m", "CervixAutoSegLib", "segment", str(feet_first_series), "--out", str(tmp_path / "cli"),
+         "--models", str(models_root), "--device", "cpu"], capture_output=True, text=True, check=False)
+    assert completed.returncode == 0, completed.stderr
+    timings = json.loads((tmp_path / "cli" / "report.json").read_text())["timings_s"]
+    assert "load_wait" in timings and timings["load"] > 0  # the forked reader did the reading
+    here = segment(feet_first_series, tmp_path / "here", models_root=models_root, device="cpu")
+    assert "load_wait" not in here.report["timings_s"]
+    np.testing.assert_array_equal(load_image(tmp_path / "cli" / "labels.nii.gz").array, here.labels.array)
+    assert sorted(path.name for path in (tmp_path / "cli").iterdir()) == sorted(path.name for path in here.out_dir.iterdir())
