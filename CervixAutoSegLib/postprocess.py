@@ -142,6 +142,21 @@ def _box(slices: Sequence[tuple | None], shape: tuple[int, ...]) -> tuple[slice,
     )
 
 
+IN_PLANE = np.array([[[0, 0, 0], [0, 0, 0], [0, 0, 0]],
+                     [[0, 1, 0], [1, 1, 1], [0, 1, 0]],
+                     [[0, 0, 0], [0, 0, 0], [0, 0, 0]]], dtype=bool)
+"""4-connectivity within a slice, none across slices: pieces, bands and outlines are per slice."""
+
+
+def any_of(array: np.ndarray, values: Sequence[int]) -> np.ndarray:
+    """``np.isin(array, values)`` for a few label values: one comparison each is ten times faster
+    than ``isin`` on a 512x512x100 label map."""
+    mask = array == values[0]
+    for value in values[1:]:
+        mask |= array == value
+    return mask
+
+
 def select_components(mask: np.ndarray, mode: str, min_voxels: float = 0.0) -> tuple[np.ndarray, int, int]:
     """3D components (26-connected) of a boolean ``mask`` to keep.
 
@@ -166,13 +181,20 @@ def select_components(mask: np.ndarray, mode: str, min_voxels: float = 0.0) -> t
 
 
 def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
-    """Fill enclosed 2D holes of a (z, y, x) boolean mask in every z slice (4-connected background)."""
+    """Fill enclosed 2D holes of a (z, y, x) boolean mask in every z slice (4-connected background).
+
+    The same as ``ndimage.binary_fill_holes`` on each slice (a hole is background not connected to
+    the slice's border), done as one labelling of the background with in-plane connectivity only:
+    ``binary_fill_holes`` erodes from the border over and over, 0.5 ms per slice for 381 slices of a CT.
+    """
     from scipy import ndimage
 
-    filled = mask.copy()
-    for k in np.flatnonzero(mask.any(axis=(1, 2))):
-        filled[k] = ndimage.binary_fill_holes(mask[k])
-    return filled
+    background, count = ndimage.label(~mask, structure=IN_PLANE)
+    reaches_border = np.zeros(count + 1, dtype=bool)
+    for edge in (background[:, 0, :], background[:, -1, :], background[:, :, 0], background[:, :, -1]):
+        reaches_border[edge] = True
+    reaches_border[0] = True  # label 0: the mask itself
+    return mask | ~reaches_border[background]
 
 
 def postprocess_labels(
@@ -208,7 +230,7 @@ def postprocess_labels(
         if box is None:
             continue
         region = labels[box]
-        mask = np.isin(region, values) if rule.includes else region == rule.value
+        mask = any_of(region, values)
         if rule.within is not None and rule.within in masks:
             mask &= _mask_in_box(masks[rule.within], box, labels.shape)
         elif rule.within is not None and rule.within in by_value:
@@ -217,7 +239,7 @@ def postprocess_labels(
         kept, found, kept_count = select_components(mask, rule.components, rule.min_component_ml / voxel_ml)
         after_components = int(np.count_nonzero(kept))
         if rule.fill_holes and after_components:
-            claimable = np.isin(region, (0, *values))
+            claimable = any_of(region, (0, *values))
             kept = kept | (fill_holes_per_slice(kept) & claimable)
         summary[rule.value] = StructureCleanup(
             components_found=found,

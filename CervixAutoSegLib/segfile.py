@@ -27,6 +27,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import InputError
+from .postprocess import any_of
 from .structures import Structure
 from .volume import LPS_TO_RAS, Volume
 
@@ -99,20 +100,11 @@ def structure_segments(
                 name=structure.name,
                 color=structure.color_float,
                 terminology=terminology_tag(structure),
-                mask=_any_of(array, values),
+                mask=any_of(array, values),
                 label_value=structure.value,
             )
         )
     return segments
-
-
-def _any_of(array: np.ndarray, values: Sequence[int]) -> np.ndarray:
-    """``np.isin(array, values)`` for a few values: one comparison each is ten times faster than
-    ``isin`` on a 512x512x100 label map."""
-    mask = array == values[0]
-    for value in values[1:]:
-        mask |= array == value
-    return mask
 
 
 def assign_layers(masks: Sequence[np.ndarray]) -> list[int]:

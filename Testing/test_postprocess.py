@@ -160,3 +160,26 @@ def test_structure_touching_the_volume_border():
 def test_voxel_volume_of_a_sheared_grid():
     sheared = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.2], [0.0, 0.0, 0.98]])
     assert voxel_volume_ml((1.0, 1.0, 2.0), sheared) == pytest.approx(2.0 * 0.98 / 1000)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_hole_filling_equals_filling_each_slice_on_its_own(seed):
+    """Random blobs with holes, holes open to the box edge, diagonal-only leaks and empty slices."""
+    from scipy import ndimage
+
+    from CervixAutoSegLib.postprocess import fill_holes_per_slice
+
+    rng = np.random.default_rng(seed)
+    mask = ndimage.binary_opening(rng.random((5, 23 + seed, 31)) < 0.55)
+    mask[:, 8:12, 5] = True
+    mask[2] = False                                   # an empty slice
+    mask[3, 4:9, 10:15] = True
+    mask[3, 6, 12] = False                            # a one-pixel hole
+    mask[3, 0, 20:25] = mask[3, 1:4, 20] = mask[3, 1:4, 24] = True
+    mask[3, 1:4, 21:24] = False                       # open to the edge of the box: not a hole
+    mask[4, 10:13, 10:13] = True
+    mask[4, 11, 11] = False
+    mask[4, 10, 10] = False                           # hole leaks only diagonally: still a hole (4-connected)
+    expected = np.stack([ndimage.binary_fill_holes(plane) for plane in mask])
+    np.testing.assert_array_equal(fill_holes_per_slice(mask), expected)
+    assert expected[3, 6, 12] and not expected[3, 2, 22] and expected[4, 11, 11]

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from ..postprocess import fill_holes_per_slice
+
 STRUCTURE_FEATURES = ("volume_ml", "extent_mm", "pieces", "body_lr", "body_ap", "inside_body")
 PAIR_FEATURES = ("dx_mm", "dy_mm", "dz_mm")
 INPUT_FEATURES = ("scan_extent_mm", "structures_extent_mm", "body_width_mm", "body_depth_mm",
@@ -79,24 +81,7 @@ def body_of(image: Any) -> Body:
         sizes = np.bincount(pieces.ravel())
         sizes[0] = 0
         mask = pieces == int(np.argmax(sizes))
-    return Body(_holes_filled(mask), stride, _slice_boxes(image, mask, stride))  # type: ignore[arg-type]
-
-
-def _holes_filled(mask: np.ndarray) -> np.ndarray:
-    """Each slice of ``mask`` with its holes filled: background pieces (4-connected in-plane) that do
-    not reach the slice's edge.  One labelling of the whole stack instead of a fill per slice."""
-    from scipy import ndimage
-
-    from .slice_signals import IN_PLANE
-
-    background, count = ndimage.label(~mask, structure=IN_PLANE)
-    if count == 0:
-        return mask
-    edge = np.zeros(count + 1, bool)
-    for border in (background[:, 0, :], background[:, -1, :], background[:, :, 0], background[:, :, -1]):
-        edge[border.ravel()] = True
-    edge[0] = True
-    return mask | ~edge[background]
+    return Body(fill_holes_per_slice(mask), stride, _slice_boxes(image, mask, stride))  # type: ignore[arg-type]
 
 
 def _slice_boxes(image: Any, mask: np.ndarray, stride: tuple[int, int]) -> np.ndarray:

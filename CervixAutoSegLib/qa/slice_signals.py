@@ -39,12 +39,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..postprocess import IN_PLANE
 from .maps import UNIT, EvidenceMaps
 
-IN_PLANE = np.array([[[0, 0, 0], [0, 0, 0], [0, 0, 0]],
-                     [[0, 1, 0], [1, 1, 1], [0, 1, 0]],
-                     [[0, 0, 0], [0, 0, 0], [0, 0, 0]]], dtype=bool)
-"""4-connectivity within a slice, none across slices: pieces, bands and outlines are per slice."""
 MIN_PIECE_MM2 = 5.0
 """Pieces smaller than this (a few pixels) do not count in ``pieces_change``: speckle, not anatomy."""
 MIRRORED_COVERAGE = 0.5
