@@ -278,8 +278,7 @@ def preprocess_ct(volume: Volume, params: CTPreprocessing | Mapping[str, Any] | 
             f"no patient body found in the CT (no region above {params.body_threshold_hu:g} HU of at least "
             f"{MIN_BODY_AREA_MM2:g} mm² on any slice); is the image a CT in Hounsfield units?"
         )
-    working_hu = oriented[slice_indices]
-    working_mask = mask[slice_indices]
+    working_hu, working_mask = _slices_of(oriented, slice_indices), _slices_of(mask, slice_indices)
     resampled = needs_resampling(spacing_xy, params)
     working_spacing = context_base["oriented_spacing"]
     if resampled:
@@ -311,6 +310,13 @@ def preprocess_ct(volume: Volume, params: CTPreprocessing | Mapping[str, Any] | 
         slice_indices=tuple(int(i) for i in slice_indices),
     )
     return np.ascontiguousarray(batch, dtype=np.float32), context
+
+
+def _slices_of(array: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """``array[indices]`` along the first axis; a view (no copy) when the indices are one consecutive run."""
+    if indices.size and indices[-1] - indices[0] + 1 == indices.size:
+        return array[indices[0]:indices[-1] + 1]
+    return array[indices]
 
 
 def _orient(volume: Volume) -> tuple[np.ndarray, dict]:
