@@ -7,7 +7,8 @@ row of SlicerTotalSegmentator's task table):
 * ``modality`` of the images it contours, and its ``structures`` (label values, TG-263
   names, colours, RT ROI types, codes);
 * ``runner``: a :class:`NetworkRunner` turning an image and a model card into raw labels on
-  the input grid (preprocess → network(s) → back onto the grid);
+  the input grid (preprocess → network(s) → back onto the grid); a :class:`PreparingRunner`
+  also lets its torch-free preprocessing run ahead;
 * ``architectures``: network builders by the architecture name a model card records;
 * ``inference_defaults``, the ``trainer`` behind ``cervixautoseg train NAME`` and the
   ``benchmark`` case behind ``cervixautoseg benchmark NAME``.
@@ -90,6 +91,24 @@ class NetworkRunner(Protocol):
         ``device`` is a ``torch.device``; ``progress`` reports the network stage's fraction;
         ``cancel`` is polled between batches (raises :class:`~.errors.Cancelled`).
         """
+
+
+@runtime_checkable
+class PreparingRunner(NetworkRunner, Protocol):
+    """A runner whose first step, the preprocessing, needs no torch and can run ahead of it.
+
+    ``segment(..., prefetch_input=True)`` calls :meth:`prepare` in the child process that reads
+    the input while the command imports torch (:mod:`.prefetch`), and hands its result to the
+    runner as ``prepared``; everywhere else the runner prepares the image itself.
+    """
+
+    def prepare(self, volume: "Volume", card: "ModelCard") -> Any:
+        """The preprocessed image and whatever undoes it; must pickle (it may cross processes)."""
+
+    def __call__(self, volume: "Volume", card: "ModelCard", device: Any, options: InferenceOptions,
+                 progress: FractionProgress, cancel: CancelCheck | None, prepared: Any = None) -> NetworkOutput:
+        """As :meth:`NetworkRunner.__call__`; ``prepared`` is :meth:`prepare` of this volume and card
+        when it ran already (``timings["preprocess"]`` is then the runner's own part, about 0)."""
 
 
 class FamilyTrainer(Protocol):

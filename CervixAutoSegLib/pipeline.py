@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -244,14 +245,14 @@ def segment(
     out_dir = _prepare_out_dir(out_dir, overwrite)
 
     tracker.start("load", "reading image")
-    torch_device, (volume, input_path, card, warnings) = _device_and_input(
+    torch_device, (volume, input_path, card, warnings), prepared = _device_and_input(
         device, (source, series_uid, model, models_root, allow_non_t2), prefetch_input, timings)
 
     tracker.start("preprocess", f"model {card.id} on {describe_device(torch_device)}")
-    output = _run_network(volume, card, torch_device, options, tracker, cancel)
+    output = _run_network(volume, card, torch_device, options, tracker, cancel, prepared)
     warnings += output.warnings
     for stage in ("preprocess", "model_load", "network"):
-        timings[stage] = output.timings.get(stage, 0.0)
+        timings[stage] = timings.get(stage, 0.0) + output.timings.get(stage, 0.0)
 
     tracker.start("postprocess", "cleaning contours")
     started = time.perf_counter()
@@ -276,14 +277,18 @@ def segment(
 
 
 def _device_and_input(device: str, load_args: tuple, prefetch_input: bool, timings: dict[str, float]) -> tuple:
-    """(torch device, :func:`_load` of ``load_args``); the device first, so a bad ``--device`` fails
-    before any reading.  With ``prefetch_input`` an image path is read by a forked child meanwhile
-    (resolving the device imports torch: a second of a fresh process); ``timings["load"]`` is then
-    the child's reading time, and ``timings["load_wait"]`` what was left to wait for after the import."""
+    """(torch device, :func:`_load` of ``load_args``, the runner's prepared image or None); the device
+    first, so a bad ``--device`` fails before any reading.
+
+    With ``prefetch_input`` an image path is read, and prepared by a :class:`~.families.PreparingRunner`,
+    in a forked child meanwhile (resolving the device imports torch: a second of a fresh process);
+    ``timings["load"]`` and ``timings["preprocess"]`` are then the child's, and ``timings["load_wait"]``
+    what was left to wait for after the import.
+    """
     from . import prefetch
     from .devices import resolve_device
 
-    pending = prefetch.start(_load, *load_args) if prefetch_input and not isinstance(load_args[0], Volume) else None
+    pending = prefetch.start(_read_ahead, *load_args) if prefetch_input and not isinstance(load_args[0], Volume) else None
     try:
         torch_device = resolve_device(device)
     except BaseException:
@@ -291,11 +296,29 @@ def _device_and_input(device: str, load_args: tuple, prefetch_input: bool, timin
             pending.cancel()
         raise
     started = time.perf_counter()
-    loaded = _load(*load_args) if pending is None else pending.result()
-    timings["load"] = time.perf_counter() - started
-    if pending is not None and pending.seconds is not None:
-        timings["load_wait"], timings["load"] = timings["load"], pending.seconds
-    return torch_device, loaded
+    if pending is None:
+        loaded, prepared = _load(*load_args), None
+        timings["load"] = time.perf_counter() - started
+    else:
+        loaded, prepared, timings["load"], timings["preprocess"] = pending.result()
+        timings["load_wait"] = time.perf_counter() - started
+    return torch_device, loaded, prepared
+
+
+def _read_ahead(*load_args: Any) -> tuple:
+    """(:func:`_load` of ``load_args``, the family runner's :meth:`~.families.PreparingRunner.prepare` of
+    the image or None, seconds loading, seconds preparing): the prefetch child's work."""
+    from .families import PreparingRunner, get_family
+
+    started = time.perf_counter()
+    loaded = _load(*load_args)
+    load_s = time.perf_counter() - started
+    volume, card = loaded[0], loaded[2]
+    runner = get_family(card.family).runner
+    if not isinstance(runner, PreparingRunner):
+        return loaded, None, load_s, 0.0
+    started = time.perf_counter()
+    return loaded, runner.prepare(volume, card), load_s, time.perf_counter() - started
 
 
 def _load(source: str | Path | Volume, series_uid: str | None, model: str | Any, models_root: str | Path | None,
@@ -313,8 +336,9 @@ def _load(source: str | Path | Volume, series_uid: str | None, model: str | Any,
 
 
 def _run_network(volume: Volume, card: Any, device: Any, options: Any, tracker: StagedProgress,
-                 cancel: CancelCheck | None) -> NetworkOutput:
-    """The family's runner, its batch progress shown as the ``network`` stage."""
+                 cancel: CancelCheck | None, prepared: Any = None) -> NetworkOutput:
+    """The family's runner, its batch progress shown as the ``network`` stage (``prepared``: what its
+    :meth:`~.families.PreparingRunner.prepare` gave already, or None)."""
     from .families import get_family
 
     family = get_family(card.family)
@@ -326,8 +350,10 @@ def _run_network(volume: Volume, card: Any, device: Any, options: Any, tracker: 
             tracker.start("network", "running the network")
         tracker.update(fraction, message)
 
+    run = functools.partial(family.runner, volume, card, device, inference_options(family, options),
+                            network_fraction, cancel)
     with retained_heap():  # both stages of a two-stage family reuse one heap
-        return family.runner(volume, card, device, inference_options(family, options), network_fraction, cancel)
+        return run() if prepared is None else run(prepared=prepared)
 
 
 def inference_options(family: Any, options: Any = None) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +47,12 @@ def test_windows_are_the_trained_patch_or_the_image_rounded_up_to_the_network_di
     assert all(r <= p for r, p in zip(small, (16, 64, 64)))
 
 
-@pytest.mark.parametrize("plane", ["axial", "sagittal"])
-def test_stage_two_sees_a_box_around_the_largest_organ_and_the_tumour_is_kept_inside(tmp_path, monkeypatch, plane):
+@pytest.mark.parametrize(("plane", "prepared_ahead"), [("axial", False), ("sagittal", False), ("sagittal", True)])
+def test_stage_two_sees_a_box_around_the_largest_organ_and_the_tumour_is_kept_inside(tmp_path, monkeypatch, plane,
+                                                                                    prepared_ahead):
     """The network stages are replaced by planted answers: what is tested is the two-stage logic,
-    on the working grid, and its way back onto an axial or a sagittal input grid."""
+    on the working grid, and its way back onto an axial or a sagittal input grid; ``prepared_ahead``:
+    the image was preprocessed by ``prepare`` and came through pickle, as from the prefetch child."""
     card = tiny_mr_model(tmp_path)
     phantom = make_mr_phantom(3, plane=plane, **SMALL_GRID)
     seen = {}
@@ -67,8 +70,10 @@ def test_stage_two_sees_a_box_around_the_largest_organ_and_the_tumour_is_kept_in
         return labels, {"passes": 1}, None  # (labels, inference facts, evidence)
 
     monkeypatch.setattr(mr_runner.PocketNetRunner, "_stage", planted)
-    output = get_family("mr").runner(phantom.image, card, torch.device("cpu"), get_family("mr").inference_defaults,
-                                     lambda f, m: None, None)
+    runner = get_family("mr").runner
+    extra = {"prepared": pickle.loads(pickle.dumps(runner.prepare(phantom.image, card)))} if prepared_ahead else {}
+    output = runner(phantom.image, card, torch.device("cpu"), get_family("mr").inference_defaults,
+                    lambda f, m: None, None, **extra)
     organ_input, tumour_input = seen["organ"], seen["tumor"]
     assert organ_input.shape[0] == 1 and tumour_input.shape[0] == 2
     organ_in_box = tumour_input[1] > 0

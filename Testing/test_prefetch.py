@@ -124,6 +124,7 @@ def test_the_command_reads_ahead_and_contours_as_segment_does_here(tmp_path, fee
     assert completed.returncode == 0, completed.stderr
     timings = json.loads((tmp_path / "cli" / "report.json").read_text())["timings_s"]
     assert "load_wait" in timings and timings["load"] > 0  # the forked reader did the reading
+    assert timings["preprocess"] > 0  # and the CT runner's preprocessing, handed over as prepared
     here = segment(feet_first_series, tmp_path / "here", models_root=models_root, device="cpu")
     assert "load_wait" not in here.report["timings_s"]
     np.testing.assert_array_equal(load_image(tmp_path / "cli" / "labels.nii.gz").array, here.labels.array)

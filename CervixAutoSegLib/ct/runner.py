@@ -24,18 +24,24 @@ log = logging.getLogger(__name__)
 
 
 class ResAUNetRunner:
-    """:class:`~CervixAutoSegLib.families.NetworkRunner` of the CT family (torch imported when called)."""
+    """:class:`~CervixAutoSegLib.families.PreparingRunner` of the CT family (torch imported when called)."""
+
+    def prepare(self, volume: Volume, card: Any) -> tuple[np.ndarray, Any]:
+        """(batch ``(n, 1, crop, crop)`` float32, :class:`~.preprocess.PreprocessContext`): :func:`~.preprocess.preprocess_ct`."""
+        from .preprocess import preprocess_ct
+
+        return preprocess_ct(volume, card.preprocessing)
 
     def __call__(self, volume: Volume, card: Any, device: Any, options: InferenceOptions,
-                 progress: FractionProgress, cancel: CancelCheck | None) -> NetworkOutput:
+                 progress: FractionProgress, cancel: CancelCheck | None, prepared: Any = None) -> NetworkOutput:
         from ..inferers import SliceInferer, prepare_network
         from ..models import load_network
         from ..qa.config import QAConfig
-        from .preprocess import preprocess_ct, restore_labels
+        from .preprocess import restore_labels
 
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        batch, context = preprocess_ct(volume, card.preprocessing)
+        batch, context = self.prepare(volume, card) if prepared is None else prepared
         timings["preprocess"] = time.perf_counter() - started
         check_cancelled(cancel)
 

@@ -59,15 +59,21 @@ NO_ORGAN_WARNING = ("no uterus, cervix or vagina was found, so no tumour was loo
 
 
 class PocketNetRunner:
-    """:class:`~CervixAutoSegLib.families.NetworkRunner` of the MR family (torch imported when called)."""
+    """:class:`~CervixAutoSegLib.families.PreparingRunner` of the MR family (torch imported when called)."""
+
+    def prepare(self, volume: Volume, card: Any) -> tuple[np.ndarray, Any]:
+        """(image on the working grid, :class:`~.preprocess.MRPreprocessContext`): :func:`~.preprocess.preprocess_mr`."""
+        from .preprocess import preprocess_mr
+
+        return preprocess_mr(volume, card.preprocessing)
 
     def __call__(self, volume: Volume, card: Any, device: Any, options: InferenceOptions,
-                 progress: FractionProgress, cancel: CancelCheck | None) -> NetworkOutput:
-        from .preprocess import preprocess_mr, restore_labels
+                 progress: FractionProgress, cancel: CancelCheck | None, prepared: Any = None) -> NetworkOutput:
+        from .preprocess import restore_labels
 
         timings: dict[str, float] = {"model_load": 0.0, "network": 0.0}
         started = time.perf_counter()
-        image, context = preprocess_mr(volume, card.preprocessing)
+        image, context = self.prepare(volume, card) if prepared is None else prepared
         timings["preprocess"] = time.perf_counter() - started
         check_cancelled(cancel)
         two_stages = TUMOR_ROLE in card.roles
