@@ -255,9 +255,7 @@ def segment(
         timings[stage] = timings.get(stage, 0.0) + output.timings.get(stage, 0.0)
 
     tracker.start("postprocess", "cleaning contours")
-    started = time.perf_counter()
-    labels, cleanup = _postprocess(output.labels, volume, card)
-    timings["postprocess"] = time.perf_counter() - started + output.timings.get("restore", 0.0)
+    labels, cleanup = _postprocess(output, volume, card, timings)
 
     outcome = Outcome(volume, input_path, card, _device_entry(device, torch_device, output), labels, cleanup,
                       output.field_of_view_border, output.preprocessing, timings, warnings)
@@ -367,11 +365,14 @@ def inference_options(family: Any, options: Any = None) -> Any:
     return family.inference_defaults.replace(**changes)
 
 
-def _postprocess(raw: np.ndarray, volume: Volume, card: Any) -> tuple[Volume, dict]:
-    """Rule-table cleaning (:mod:`.postprocess`) → label Volume on the input grid + cleanup summary."""
+def _postprocess(output: NetworkOutput, volume: Volume, card: Any, timings: dict[str, float]) -> tuple[Volume, dict]:
+    """Rule-table cleaning (:mod:`.postprocess`) of the runner's labels → label Volume on the input grid
+    + cleanup summary; ``timings["postprocess"]`` counts the runner's way back onto the grid too."""
     from .postprocess import postprocess_labels, rules_for
 
-    cleaned, cleanup = postprocess_labels(raw, rules_for(card.structures), volume.spacing, volume.direction)
+    started = time.perf_counter()
+    cleaned, cleanup = postprocess_labels(output.labels, rules_for(card.structures), volume.spacing, volume.direction)
+    timings["postprocess"] = time.perf_counter() - started + output.timings.get("restore", 0.0)
     return labels_volume(volume, cleaned, card.id), cleanup
 
 

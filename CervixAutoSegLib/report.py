@@ -12,7 +12,9 @@ array axis 0 of the *input* grid, i.e. the acquired image planes)::
       "model": {"id", "version", "family", "architecture", "weights_sha256", "networks": [{"role",
                 "architecture", "weights_sha256"}], "intended_use", "validation"},
       "device": {"requested", "used", "description", "precision", "batch_size", "fell_back_to_cpu", ...},
-      "timings_s": {"load", "preprocess", "network", "postprocess", "write", "total"},
+      "timings_s": {"load", "preprocess", "model_load", "network", "postprocess", "qa", "write", "total",
+                    "load_wait" (the command: reading and preprocessing ran in a child while torch was
+                    imported; this is what was left to wait for)},
       "structures": [{"value", "name", "paper_name", "voxels", "volume_ml", "slices": [k_first, k_last],
                       "centroid_lps_mm", "postprocess": {...}}],
       "qa": {

@@ -293,7 +293,7 @@ def test_segment_writes_the_tumour_inside_the_organ_roi(tmp_path, mr_models, mon
     from CervixAutoSegLib import pipeline
     from CervixAutoSegLib.families import NetworkOutput
 
-    def planted(volume, card, device, options, tracker, cancel):
+    def planted(volume, card, device, options, tracker, cancel, prepared=None):
         labels = np.zeros(volume.shape, np.uint8)
         labels[:, 2:10, 2:10] = 1
         labels[1:3, 4:7, 4:8] = 2
