@@ -59,7 +59,8 @@ class ResAUNetRunner:
 
         started = time.perf_counter()
         labels = restore_labels(crop_labels, context)
-        border = restore_labels(crop_ring(crop_labels.shape, ring_width(context)), context).astype(bool)
+        # 0/1 labels viewed as bool: no second full-size copy
+        border = restore_labels(crop_ring(crop_labels.shape, ring_width(context)), context).view(bool)
         maps = restore_evidence(evidence, context)
         timings["restore"] = time.perf_counter() - started
         log.info("network: %d slices (%d mirrored) in %.1f s", len(context.slice_indices), info.mirrored_items,
