@@ -33,3 +33,12 @@ def internal_error_logs(request, tmp_path_factory, monkeypatch):
     monkeypatch.setenv(_INTERNAL_ERROR_LOGS, str(folder))
     request.node.internal_error_log_folder = folder
     return folder
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory) -> pathlib.Path:
+    """A folder holding one randomly initialised CT model (``test_pipeline.write_random_ct_model``),
+    made once per test module."""
+    from test_pipeline import write_random_ct_model
+
+    return write_random_ct_model(tmp_path_factory.mktemp("models"))

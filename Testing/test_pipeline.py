@@ -69,11 +69,6 @@ def synthetic_ct(position: str = "HFS", shape: tuple[int, int, int] = (6, 96, 12
     return volume.with_array(hu)
 
 
-@pytest.fixture(scope="module")
-def models_root(tmp_path_factory) -> Path:
-    return write_random_ct_model(tmp_path_factory.mktemp("models"))
-
-
 def run(source, out_dir, models_root, **kwargs) -> pipeline.SegmentationResult:
     return pipeline.segment(source, out_dir, models_root=models_root, device="cpu", **kwargs)
 

@@ -16,17 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_pipeline import synthetic_ct, write_random_ct_model
+from test_pipeline import synthetic_ct
 
 from CervixAutoSegLib import prefetch
 from CervixAutoSegLib.dicom_writer import write_dicom_series
 from CervixAutoSegLib.image_io import load_image
 from CervixAutoSegLib.pipeline import segment
-
-
-@pytest.fixture(scope="module")
-def models_root(tmp_path_factory) -> Path:
-    return write_random_ct_model(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_pipeline import synthetic_ct, write_random_ct_model
+from test_pipeline import synthetic_ct
 
 from CervixAutoSegLib.cli import main
 from CervixAutoSegLib.image_io import write_image
 from CervixAutoSegLib.progress import parse_progress_line
-
-
-@pytest.fixture(scope="module")
-def models_root(tmp_path_factory) -> Path:
-    return write_random_ct_model(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")

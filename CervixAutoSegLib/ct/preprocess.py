@@ -314,9 +314,15 @@ def preprocess_ct(volume: Volume, params: CTPreprocessing | Mapping[str, Any] | 
 
 def _slices_of(array: np.ndarray, indices: np.ndarray) -> np.ndarray:
     """``array[indices]`` along the first axis; a view (no copy) when the indices are one consecutive run."""
+    run = _as_run(indices)
+    return array[indices] if run is None else array[run]
+
+
+def _as_run(indices: np.ndarray) -> slice | None:
+    """The slice equal to sorted ``indices`` when they are one consecutive run (the usual body), else None."""
     if indices.size and indices[-1] - indices[0] + 1 == indices.size:
-        return array[indices[0]:indices[-1] + 1]
-    return array[indices]
+        return slice(int(indices[0]), int(indices[-1]) + 1)
+    return None
 
 
 def _orient(volume: Volume) -> tuple[np.ndarray, dict]:
@@ -366,12 +372,12 @@ def restore_crops(crops: np.ndarray, context: PreprocessContext,
     """
     oriented = np.zeros(context.oriented_shape, dtype=crops.dtype)
     indices = np.asarray(context.slice_indices)
+    run = _as_run(indices)
     if context.resampled:
         pasted = paste_crops(crops, context.crop_start, context.working_shape[1:])
         oriented[indices] = resample(pasted, tuple(context.oriented_shape[1:]))
-    elif indices.size and indices[-1] - indices[0] + 1 == indices.size:
-        # The usual run of consecutive slices: crops go straight into place, no full-size temporary.
-        place_box(oriented[indices[0]:indices[-1] + 1], crops, context.crop_start)
+    elif run is not None:  # crops go straight into place, no full-size temporary
+        place_box(oriented[run], crops, context.crop_start)
     else:
         oriented[indices] = paste_crops(crops, context.crop_start, context.working_shape[1:])
     return np.ascontiguousarray(unreorient(oriented, context.axes, context.flips))
