@@ -102,19 +102,29 @@ class Outcome:
     """Input warnings for the user (e.g. T2 weighting not verifiable), one line each."""
     quality: dict | None = None
     """:func:`.qa.assess` of the result (report.json ``qa``); computed by :meth:`assess_quality`."""
+    evidence: list = dataclasses.field(default_factory=list)
+    """The network's evidence maps (:class:`~.qa.maps.EvidenceMaps`) for the QA; dropped once it ran."""
     label_boxes: list | None = None
-    """:func:`.cropping.label_boxes` of ``labels``: scanned once for the QA and the report."""
+    """:func:`.cropping.label_boxes` of ``labels``: scanned once for the QA, the report and the files."""
 
-    def assess_quality(self, evidence: list | None = None) -> dict:
-        """Per-slice flags and per-case plausibility (:mod:`.qa`), timed as ``timings["qa"]``."""
-        from .cropping import label_boxes
+    def boxes(self) -> list:
+        """:attr:`label_boxes`, scanned on first use."""
+        if self.label_boxes is None:
+            from .cropping import label_boxes
+
+            self.label_boxes = label_boxes(self.labels.array)
+        return self.label_boxes
+
+    def assess_quality(self) -> dict:
+        """Per-slice flags and per-case plausibility (:mod:`.qa`), timed as ``timings["qa"]``; the
+        evidence maps (a few bytes per voxel) are let go afterwards."""
         from .qa import QAConfig, assess
 
         started = time.perf_counter()
-        self.label_boxes = label_boxes(self.labels.array)
         self.quality = assess(self.volume, self.labels, self.card.structures, QAConfig.from_card(self.card),
-                              evidence=evidence, field_of_view_border=self.field_of_view_border,
-                              boxes=self.label_boxes)
+                              evidence=self.evidence, field_of_view_border=self.field_of_view_border,
+                              boxes=self.boxes())
+        self.evidence = []
         self.timings["qa"] = time.perf_counter() - started
         return self.quality
 
@@ -258,16 +268,16 @@ def segment(
     labels, cleanup = _postprocess(output, volume, card, timings)
 
     outcome = Outcome(volume, input_path, card, _device_entry(device, torch_device, output), labels, cleanup,
-                      output.field_of_view_border, output.preprocessing, timings, warnings)
-    outcome.assess_quality(output.evidence)
+                      output.field_of_view_border, output.preprocessing, timings, warnings, evidence=output.evidence)
     evidence = output.evidence if keep_evidence else []
-    del output  # the evidence maps (a few bytes per voxel) are not needed any more
+    del output  # the outcome holds the evidence maps until its QA ran
     if out_dir is None:
+        outcome.assess_quality()
         timings["total"] = time.perf_counter() - job_started
         tracker.finish()
         return SegmentationResult(labels, card.structures, card, outcome.report(), None, {}, evidence)
 
-    tracker.start("write", "writing outputs")
+    tracker.start("write", "checking the result, writing outputs")
     files, report = write_outputs(out_dir, outcome, job_started=job_started, cancel=cancel, step=tracker.update,
                                   overwrite=overwrite)
     tracker.finish(f"done: {out_dir}")
@@ -405,16 +415,32 @@ def write_outputs(out_dir: Path, outcome: Outcome, *, job_started: float, cancel
                   overwrite: bool = False) -> tuple[dict[str, Path], dict]:
     """Write all outputs into a staging folder, then move them into ``out_dir`` (see module docstring).
 
-    ``step(fraction, message)`` is told before each file (fraction of the writing done).
+    The label files (label map, ``.seg.nrrd``, RTSTRUCT) are written by a second thread while this
+    one runs the outcome's QA, if it has not run yet (they do not depend on it; the preview and the
+    report do).  ``timings["write"]`` is then the writing's wall time beyond the QA's.
+    ``step(fraction, message)`` is told before each part (fraction of the writing done).
     ``overwrite``: files with our names that are not ours may be replaced too.
     Returns ({output key: path in out_dir}, the report document).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from .outputs import make_staging
 
+    step = step or (lambda fraction, message: None)
     out_dir = Path(out_dir).absolute()
     staging = make_staging(out_dir)
+    started = time.perf_counter()
     try:
-        names, report = _write_all(staging, outcome, job_started, step or (lambda fraction, message: None))
+        outcome.boxes()  # before the second thread reads them
+        step(0.0, "label map, Slicer segmentation, RTSTRUCT")
+        with ThreadPoolExecutor(1, thread_name_prefix="cervixautoseg-write") as pool:
+            label_files = pool.submit(_write_label_files, staging, outcome)
+            overlapped = 0.0
+            if outcome.quality is None:
+                outcome.assess_quality()
+                overlapped = outcome.timings["qa"]
+            names = label_files.result()
+        report = _write_summary(staging, outcome, names, started + overlapped, job_started, step)
         check_cancelled(cancel)
         files = _publish(staging, out_dir, names, overwrite)
     finally:
@@ -422,53 +448,51 @@ def write_outputs(out_dir: Path, outcome: Outcome, *, job_started: float, cancel
     return files, report
 
 
-WRITE_STEPS = {"labels": 0.0, "segmentation": 0.1, "rtstruct": 0.25, "preview": 0.75, "report": 0.95}
-"""Where in the writing stage each file starts (RTSTRUCT contouring dominates)."""
-
-
-def _write_all(staging: Path, outcome: Outcome, job_started: float,
-               step: Callable[[float, str], None]) -> tuple[dict[str, str], dict]:
-    """Every output file into ``staging``; returns ({key: file name}, report document)."""
+def _write_label_files(staging: Path, outcome: Outcome) -> dict[str, str]:
+    """The label map, labels.json, the Slicer segmentation and (DICOM input) the RTSTRUCT into
+    ``staging``; returns {key: file name}."""
     from .image_io import write_image
-    from .preview import write_preview
-    from .report import write_report
     from .rtstruct import organ_tumour_containment
     from .structures import write_labels_json
 
-    started = time.perf_counter()
     card, labels, structures = outcome.card, outcome.labels, outcome.card.structures
     containment = organ_tumour_containment(structures)
-    names: dict[str, str] = {}
-
-    step(WRITE_STEPS["labels"], "label map")
-    names["labels"] = LABELS_FILE if labels.is_orthogonal else LABELS_FILE_SHEARED
+    names: dict[str, str] = {"labels": LABELS_FILE if labels.is_orthogonal else LABELS_FILE_SHEARED}
     write_image(labels, staging / names["labels"])
     write_labels_json(staging / LABELS_JSON, card.id, structures)
     names["labels_json"] = LABELS_JSON
-    step(WRITE_STEPS["segmentation"], "Slicer segmentation")
-    if _write_segmentation(staging / SEGMENTATION_FILE, labels, structures, containment):
+    if _write_segmentation(staging / SEGMENTATION_FILE, labels, structures, containment, outcome.boxes()):
         names["segmentation"] = SEGMENTATION_FILE
     if outcome.volume.meta.get("source") == "dicom":
         from .rtstruct import write_rtstruct
 
-        step(WRITE_STEPS["rtstruct"], "RTSTRUCT")
         write_rtstruct(staging / RTSTRUCT_FILE, labels, outcome.volume, structures, model_name=card.id,
-                       model_version=card.version, containment=containment)
+                       model_version=card.version, containment=containment, boxes=outcome.boxes())
         names["rtstruct"] = RTSTRUCT_FILE
+    return names
 
-    step(WRITE_STEPS["preview"], "preview")
+
+def _write_summary(staging: Path, outcome: Outcome, names: dict[str, str], started: float, job_started: float,
+                   step: Callable[[float, str], None]) -> dict:
+    """preview.png and report.json into ``staging`` (``names`` gains them); returns the report document.
+
+    ``started``: when the writing began, plus the QA's seconds it overlapped (``timings["write"]``)."""
+    from .preview import write_preview
+    from .report import write_report
+
+    step(0.75, "preview")
     names["preview"], names["report"] = PREVIEW_FILE, REPORT_FILE
     report = outcome.report(outputs=tuple(names.values()))
     volumes = {entry["value"]: entry["volume_ml"] for entry in report["structures"]}
-    write_preview(staging / PREVIEW_FILE, outcome.volume, labels, structures, volumes, title=_preview_title(card),
-                  quality=report["qa"])
+    write_preview(staging / PREVIEW_FILE, outcome.volume, outcome.labels, outcome.card.structures, volumes,
+                  title=_preview_title(outcome.card), quality=report["qa"])
 
-    step(WRITE_STEPS["report"], "report")
+    step(0.95, "report")
     outcome.timings["write"] = time.perf_counter() - started
     outcome.timings["total"] = time.perf_counter() - job_started
     report["timings_s"] = {name: round(float(seconds), 3) for name, seconds in outcome.timings.items()}
     write_report(staging / REPORT_FILE, report)
-    return names, report
+    return report
 
 
 def _preview_title(card: Any) -> str:
@@ -476,14 +500,15 @@ def _preview_title(card: Any) -> str:
     return f"{card.id} v{card.version}" + (" — NOT FOR CLINICAL USE" if research_only else "")
 
 
-def _write_segmentation(path: Path, labels: Volume, structures: tuple, containment: Mapping[int, Any]) -> bool:
+def _write_segmentation(path: Path, labels: Volume, structures: tuple, containment: Mapping[int, Any],
+                        boxes: list | None = None) -> bool:
     """The .seg.nrrd; False (with a warning) when the writer is not installed."""
     try:
         from .segfile import write_segmentation_nrrd
     except ImportError:  # pragma: no cover - only while the writer is not installed
         log.warning("segmentation.seg.nrrd not written: the .seg.nrrd writer is not available")
         return False
-    write_segmentation_nrrd(path, labels, structures, containment)
+    write_segmentation_nrrd(path, labels, structures, containment, boxes)
     return True
 
 

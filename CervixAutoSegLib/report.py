@@ -14,7 +14,8 @@ array axis 0 of the *input* grid, i.e. the acquired image planes)::
       "device": {"requested", "used", "description", "precision", "batch_size", "fell_back_to_cpu", ...},
       "timings_s": {"load", "preprocess", "model_load", "network", "postprocess", "qa", "write", "total",
                     "load_wait" (the command: reading and preprocessing ran in a child while torch was
-                    imported; this is what was left to wait for)},
+                    imported; this is what was left to wait for); the label files are written while
+                    the QA runs, so "write" is the writing's seconds beyond the QA's},
       "structures": [{"value", "name", "paper_name", "voxels", "volume_ml", "slices": [k_first, k_last],
                       "centroid_lps_mm", "postprocess": {...}}],
       "qa": {

@@ -174,6 +174,59 @@ def test_failure_while_writing_leaves_an_existing_out_dir_untouched(tmp_path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left behind
 
 
+def test_label_files_are_written_while_the_qa_runs(tmp_path, models_root, monkeypatch):
+    """The RTSTRUCT writer (second thread) starts while the QA (this thread) is still running: the QA
+    waits for it, so a writer that only began after the QA would leave the QA waiting in vain."""
+    import threading
+
+    from CervixAutoSegLib import qa
+    from CervixAutoSegLib.dicom_writer import write_dicom_series
+    from CervixAutoSegLib.rtstruct import writer
+
+    write_dicom_series(synthetic_ct("HFS"), tmp_path / "dicom", modality="CT")
+    rtstruct_started, seen = threading.Event(), {}
+    real_assess, real_write = qa.assess, writer.write_rtstruct
+
+    def waiting_assess(*args, **kwargs):
+        seen["writer started during the QA"] = rtstruct_started.wait(timeout=60)
+        seen["qa thread"] = threading.current_thread()
+        return real_assess(*args, **kwargs)
+
+    def signalling_write(*args, **kwargs):
+        seen["writer thread"] = threading.current_thread()
+        rtstruct_started.set()
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(qa, "assess", waiting_assess)
+    monkeypatch.setattr("CervixAutoSegLib.rtstruct.write_rtstruct", signalling_write)
+    result = run(tmp_path / "dicom", tmp_path / "out", models_root)
+    assert seen["writer started during the QA"] and seen["qa thread"] is threading.main_thread()
+    assert seen["writer thread"] is not threading.main_thread()
+    assert set(result.files) == {"labels", "labels_json", "segmentation", "rtstruct", "preview", "report"}
+    assert result.report["qa"]["verdict"] in ("plausible", "check", "implausible")
+    assert threading.active_count() == 1  # the writer thread is gone
+
+
+@pytest.mark.parametrize("failing", ["qa", "label files"])
+def test_failure_in_either_thread_is_raised_and_publishes_nothing(tmp_path, models_root, monkeypatch, failing):
+    import threading
+
+    out = tmp_path / "out"
+    run(synthetic_ct("HFS"), out, models_root)
+    before = snapshot(out)
+
+    def broken(*args, **kwargs):
+        raise OSError(f"{failing} broke")
+
+    target = "CervixAutoSegLib.qa.assess" if failing == "qa" else "CervixAutoSegLib.segfile.write_segmentation_nrrd"
+    monkeypatch.setattr(target, broken)
+    with pytest.raises(OSError, match=f"{failing} broke"):
+        run(synthetic_ct("FFS"), out, models_root)
+    assert snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left behind
+    assert threading.active_count() == 1
+
+
 def test_cancel_raises_and_writes_nothing(tmp_path, models_root):
     polls = []
 

@@ -170,3 +170,45 @@ def test_the_panel_shows_the_warning_and_the_flagged_slices_worst_first(ranges):
     assert controller.qa_row_position(5) is None
     controller._show_quality({})
     assert view.qa_rows == [] and view.qa_warning == ""
+
+
+def _voxel_list_features(image: Volume, mask: np.ndarray, box: tuple, body) -> dict:
+    """The oracle: every feature from the list of the structure's voxel indices."""
+    k, j, i = np.nonzero(mask)
+    k, j, i = k + box[0].start, j + box[1].start, i + box[2].start
+    lps = image.index_to_physical(np.stack([i, j, k], axis=1).astype(float))
+    inside = body.mask[k, np.minimum(j // body.stride[0], body.mask.shape[1] - 1),
+                       np.minimum(i // body.stride[1], body.mask.shape[2] - 1)]
+    return {"volume_ml": len(k), "s_range_mm": [lps[:, 2].min(), lps[:, 2].max()], "inside_body": inside.mean(),
+            "centre_lps_mm": image.index_to_physical(np.array([i.mean(), j.mean(), k.mean()])),
+            "slices": np.unique(k)}
+
+
+@pytest.mark.parametrize("direction", [
+    np.eye(3), np.diag([-1.0, 1.0, -1.0]),  # head first; feet first prone
+    np.linalg.qr(np.array([[1.0, 0.3, 0.2], [-0.2, 1.0, 0.4], [0.1, -0.3, 1.0]]))[0],  # oblique
+    np.column_stack([[1, 0, 0], [0, 1, 0], [0, np.sin(0.3), np.cos(0.3)]]),  # gantry tilt: sheared
+], ids=["head_first", "feet_first_prone", "oblique", "sheared"])
+def test_structure_features_from_projections_equal_the_voxel_list_ones(direction):
+    from scipy import ndimage
+
+    from CervixAutoSegLib.qa.case_features import body_of, structure_features
+
+    image, labels = synthetic_case(direction=direction)
+    rng = np.random.default_rng(7)
+    labels[rng.random(labels.shape) < 0.002] = 2  # speckle: pieces, voxels outside the body
+    body = body_of(image)
+    for value, box in enumerate(ndimage.find_objects(labels), 1):
+        mask = labels[box] == value
+        got = structure_features(image, mask, box, body)
+        want = _voxel_list_features(image, mask, box, body)
+        voxel_ml = abs(np.linalg.det(image.direction)) * np.prod(SPACING) / 1000
+        assert got["volume_ml"] == pytest.approx(want["volume_ml"] * voxel_ml, rel=1e-12)
+        assert got["s_range_mm"] == pytest.approx(want["s_range_mm"], abs=1e-9)
+        assert got["inside_body"] == pytest.approx(want["inside_body"], abs=1e-12)
+        assert (got["inside_body"] < 1) == (value == 2)  # some speckle lies outside the body
+        assert got["centre_lps_mm"] == pytest.approx(list(want["centre_lps_mm"]), abs=1e-9)
+        outline = body.box_over(want["slices"])
+        centre = np.asarray(want["centre_lps_mm"][:2])
+        relative = (centre - (outline[0] + outline[1]) / 2) / ((outline[1] - outline[0]) / 2)
+        assert [got["body_lr"], got["body_ap"]] == pytest.approx(list(relative), abs=1e-9)

@@ -16,6 +16,7 @@ from CervixAutoSegLib.segfile import (
     read_segmentation_nrrd,
     structure_segments,
     write_segmentation_nrrd,
+    write_segments_nrrd,
 )
 from CervixAutoSegLib.ct.family import CT_STRUCTURES
 from CervixAutoSegLib.mr.family import MR_STRUCTURES
@@ -229,3 +230,44 @@ def test_structure_segments_cover_contained_values():
     segments = structure_segments(labels, MR_STRUCTURES, {1: (1, 2)})
     assert segments[0].mask.sum() == np.count_nonzero(labels.array)
     assert segments[1].mask.sum() == np.count_nonzero(labels.array == 2)
+
+
+def _mr_without_tumour(name: str) -> Volume:
+    volume = mr_labels(name)
+    return volume.with_array(np.where(volume.array == 2, 1, volume.array).astype(np.uint8))
+
+
+def _with_stray_value(name: str) -> Volume:
+    """A CT label map holding a value no structure names (7) and stored as int16."""
+    volume = labels_on(name)
+    array = volume.array.astype(np.int16)
+    array[6, 10, 0:3] = 7
+    return volume.with_array(array)
+
+
+@pytest.mark.parametrize("case", ["ct", "ct_stray_int16", "mr", "mr_without_tumour", "mr_organ_absent"])
+def test_label_map_writer_gives_the_file_of_one_mask_per_segment(tmp_path, case):
+    """write_segmentation_nrrd paints layers from the label map by lookup; the reference is the
+    mask-per-segment writer on structure_segments' masks: same voxels, layers, extents and fields."""
+    import nrrd
+
+    from CervixAutoSegLib.rtstruct import organ_tumour_containment
+
+    if case.startswith("ct"):
+        labels = _with_stray_value("oblique") if case == "ct_stray_int16" else labels_on("feet_first_prone")
+        structures, containment = CT_STRUCTURES, None
+    else:
+        labels = {"mr": mr_labels, "mr_without_tumour": _mr_without_tumour}.get(
+            case, lambda name: labels_on(name).with_array(np.zeros((7, 11, 13), np.uint8)))("oblique")
+        structures, containment = MR_STRUCTURES, organ_tumour_containment(MR_STRUCTURES)
+    fast = write_segmentation_nrrd(tmp_path / "fast.seg.nrrd", labels, structures, containment)
+    reference = write_segments_nrrd(tmp_path / "reference.seg.nrrd", labels,
+                                    structure_segments(labels, structures, containment))
+    (data, header), (want_data, want_header) = nrrd.read(str(fast)), nrrd.read(str(reference))
+    assert data.dtype == want_data.dtype == np.uint8
+    assert np.array_equal(data, want_data)
+    assert header.keys() == want_header.keys()
+    for key, value in want_header.items():
+        assert np.array_equal(header[key], value, equal_nan=True) if isinstance(value, np.ndarray) \
+            else header[key] == value, key
+    assert (data.ndim == 4) == (case == "mr")  # organ and tumour overlap only when the tumour is there

@@ -59,18 +59,30 @@ the structure set is complete without it.  Type 1 and 2 values are copied as the
 
 
 def roi_masks(
-    labels: np.ndarray, structures: Sequence[Structure], containment: Mapping[int, Sequence[int]] | None = None
-) -> dict[int, np.ndarray]:
-    """Boolean mask of each structure, shape (z, y, x) like ``labels``.
+    labels: np.ndarray, structures: Sequence[Structure], containment: Mapping[int, Sequence[int]] | None = None,
+    boxes: Sequence[tuple | None] | None = None,
+) -> dict[int, tuple[tuple[int, int, int], np.ndarray]]:
+    """Each structure's boolean mask on the box around it: value → ((k0, j0, i0), mask).
 
-    ``containment`` maps a structure value to every label value its ROI covers, e.g.
-    ``{1: (1, 2)}``: the MR organ ROI includes the tumour painted over it.
+    ``mask[k, j, i]`` is voxel ``(k0 + k, j0 + j, i0 + i)`` of ``labels`` (z, y, x); an absent
+    structure gets an empty mask.  ``containment`` maps a structure value to every label value its
+    ROI covers, e.g. ``{1: (1, 2)}``: the MR organ ROI includes the tumour painted over it.
+    ``boxes``: :func:`~CervixAutoSegLib.cropping.label_boxes` of ``labels`` when the caller has them.
     """
+    from ..cropping import label_boxes
+    from ..postprocess import any_of
+
     containment = containment or {}
+    boxes = label_boxes(labels) if boxes is None else boxes
     masks = {}
     for structure in structures:
         values = tuple(containment.get(structure.value, (structure.value,)))
-        masks[structure.value] = np.isin(labels, values) if len(values) > 1 else labels == values[0]
+        found = [boxes[v - 1] for v in values if 0 < v <= len(boxes) and boxes[v - 1] is not None]
+        if not found:
+            masks[structure.value] = ((0, 0, 0), np.zeros((0, 1, 1), dtype=bool))
+            continue
+        box = tuple(slice(min(b[a].start for b in found), max(b[a].stop for b in found)) for a in range(3))
+        masks[structure.value] = (tuple(s.start for s in box), any_of(labels[box], values))
     return masks
 
 
@@ -86,25 +98,29 @@ def organ_tumour_containment(structures: Sequence[Structure]) -> dict[int, tuple
     return {s.value: (s.value, *tumours) for s in structures if s.interpreted_type == ORGAN}
 
 
-def slice_contours(mask: np.ndarray, planes: ImagePlanes, *, keyhole: bool = False) -> list[tuple[int, np.ndarray]]:
+def slice_contours(mask: np.ndarray, planes: ImagePlanes, *, keyhole: bool = False,
+                   origin: tuple[int, int, int] = (0, 0, 0)) -> list[tuple[int, np.ndarray]]:
     """Closed planar contours of a 3D mask, each on its own image.
 
     Args:
-        mask: boolean, shape (z, y, x) on the image grid.
+        mask: boolean, shape (z, y, x) on the image grid, or on a box of it starting at ``origin``.
         planes: the images' geometry (:func:`~.planes.image_planes`).
         keyhole: join holes to their outer contour instead of listing them separately.
+        origin: (k0, j0, i0), the image grid index of ``mask[0, 0, 0]``.
 
     Returns:
         ``(k, points)`` pairs: image index and contour points in LPS mm, shape (n, 3),
         first point not repeated.
     """
     contours = []
-    occupied = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    k0, j0, i0 = origin
+    shift = np.array([j0, i0], dtype=np.float64)
+    occupied = np.flatnonzero(mask.any(axis=(1, 2)))
     for k in occupied.tolist():
         polygons = mask_polygons(mask[k])
         if keyhole:
             polygons = join_holes(polygons)
-        contours.extend((k, planes.pixel_to_lps(k, polygon)) for polygon in polygons)
+        contours.extend((k0 + k, planes.pixel_to_lps(k0 + k, polygon + shift)) for polygon in polygons)
     return contours
 
 
@@ -119,6 +135,7 @@ def build_rtstruct_dataset(
     keyhole: bool = False,
     image_header=None,
     now: datetime.datetime | None = None,
+    boxes: Sequence[tuple | None] | None = None,
 ):
     """The RT Structure Set as a ``pydicom.FileDataset`` (not yet written).
 
@@ -133,6 +150,7 @@ def build_rtstruct_dataset(
         image_header: a pydicom Dataset of one source image; read from
             ``reference.meta["files"][0]`` when omitted.
         now: creation time (defaults to the current local time).
+        boxes: :func:`~CervixAutoSegLib.cropping.label_boxes` of ``labels`` when the caller has them.
     """
     from pydicom.uid import generate_uid
 
@@ -163,13 +181,14 @@ def build_rtstruct_dataset(
     dataset.ReferencedFrameOfReferenceSequence = [
         _referenced_frame_of_reference(frame_of_reference, study_uid, series_uid, planes)
     ]
-    masks = roi_masks(np.asarray(labels.array), structures, containment)
+    masks = roi_masks(np.asarray(labels.array), structures, containment, boxes)
     algorithm = f"{model_name} {model_version}".strip()
     dataset.StructureSetROISequence = [
         _structure_set_roi(s, frame_of_reference, model_name, model_version, algorithm) for s in structures
     ]
     dataset.ROIContourSequence = [
-        _roi_contour(s, slice_contours(masks[s.value], planes, keyhole=keyhole), planes) for s in structures
+        _roi_contour(s, slice_contours(masks[s.value][1], planes, keyhole=keyhole, origin=masks[s.value][0]), planes)
+        for s in structures
     ]
     dataset.RTROIObservationsSequence = [_rt_roi_observation(s) for s in structures]
     dataset.ApprovalStatus = uids.APPROVAL_UNAPPROVED
@@ -188,6 +207,7 @@ def write_rtstruct(
     containment: Mapping[int, Sequence[int]] | None = None,
     keyhole: bool = False,
     image_header=None,
+    boxes: Sequence[tuple | None] | None = None,
 ) -> Path:
     """Write the RT Structure Set of ``labels`` for the series of ``reference``, atomically.
 
@@ -195,7 +215,7 @@ def write_rtstruct(
     """
     dataset = build_rtstruct_dataset(
         labels, reference, structures, model_name=model_name, model_version=model_version,
-        containment=containment, keyhole=keyhole, image_header=image_header,
+        containment=containment, keyhole=keyhole, image_header=image_header, boxes=boxes,
     )
     path = Path(path)
     with atomic_path(path) as temporary:
