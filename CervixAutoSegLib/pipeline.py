@@ -415,9 +415,9 @@ def write_outputs(out_dir: Path, outcome: Outcome, *, job_started: float, cancel
                   overwrite: bool = False) -> tuple[dict[str, Path], dict]:
     """Write all outputs into a staging folder, then move them into ``out_dir`` (see module docstring).
 
-    The label files (label map, ``.seg.nrrd``, RTSTRUCT) are written by a second thread while this
-    one runs the outcome's QA, if it has not run yet (they do not depend on it; the preview and the
-    report do).  ``timings["write"]`` is then the writing's wall time beyond the QA's.
+    The label files (label map, ``.seg.nrrd``, RTSTRUCT) do not depend on the QA, so a second thread
+    writes them while this one runs the outcome's QA (if it has not run yet), builds the report and
+    draws the preview; ``timings["write"]`` is the writing's wall time beyond the QA's.
     ``step(fraction, message)`` is told before each part (fraction of the writing done).
     ``overwrite``: files with our names that are not ours may be replaced too.
     Returns ({output key: path in out_dir}, the report document).
@@ -429,18 +429,19 @@ def write_outputs(out_dir: Path, outcome: Outcome, *, job_started: float, cancel
     step = step or (lambda fraction, message: None)
     out_dir = Path(out_dir).absolute()
     staging = make_staging(out_dir)
-    started = time.perf_counter()
+    started, qa_before = time.perf_counter(), outcome.timings.get("qa", 0.0)
     try:
-        outcome.boxes()  # before the second thread reads them
+        names = _output_names(outcome)
+        outcome.boxes()  # scanned before the second thread reads them
         step(0.0, "label map, Slicer segmentation, RTSTRUCT")
         with ThreadPoolExecutor(1, thread_name_prefix="cervixautoseg-write") as pool:
-            label_files = pool.submit(_write_label_files, staging, outcome)
-            overlapped = 0.0
-            if outcome.quality is None:
-                outcome.assess_quality()
-                overlapped = outcome.timings["qa"]
-            names = label_files.result()
-        report = _write_summary(staging, outcome, names, started + overlapped, job_started, step)
+            label_files = pool.submit(_write_label_files, staging, outcome, names)
+            report = _summary(staging, outcome, names, step)
+            label_files.result()
+        step(0.95, "report")
+        overlapped = outcome.timings.get("qa", 0.0) - qa_before
+        _write_report(staging / REPORT_FILE, report, outcome.timings, time.perf_counter() - started - overlapped,
+                      job_started)
         check_cancelled(cancel)
         files = _publish(staging, out_dir, names, overwrite)
     finally:
@@ -448,51 +449,59 @@ def write_outputs(out_dir: Path, outcome: Outcome, *, job_started: float, cancel
     return files, report
 
 
-def _write_label_files(staging: Path, outcome: Outcome) -> dict[str, str]:
-    """The label map, labels.json, the Slicer segmentation and (DICOM input) the RTSTRUCT into
-    ``staging``; returns {key: file name}."""
+def _output_names(outcome: Outcome) -> dict[str, str]:
+    """{output key: file name} of every file this outcome gets (the module docstring's list)."""
+    names = {"labels": LABELS_FILE if outcome.labels.is_orthogonal else LABELS_FILE_SHEARED,
+             "labels_json": LABELS_JSON}
+    if _segmentation_writer() is not None:
+        names["segmentation"] = SEGMENTATION_FILE
+    if outcome.volume.meta.get("source") == "dicom":
+        names["rtstruct"] = RTSTRUCT_FILE
+    return {**names, "preview": PREVIEW_FILE, "report": REPORT_FILE}
+
+
+def _write_label_files(staging: Path, outcome: Outcome, names: Mapping[str, str]) -> None:
+    """The label map, labels.json, the Slicer segmentation and the RTSTRUCT named in ``names`` into ``staging``."""
     from .image_io import write_image
     from .rtstruct import organ_tumour_containment
     from .structures import write_labels_json
 
     card, labels, structures = outcome.card, outcome.labels, outcome.card.structures
     containment = organ_tumour_containment(structures)
-    names: dict[str, str] = {"labels": LABELS_FILE if labels.is_orthogonal else LABELS_FILE_SHEARED}
     write_image(labels, staging / names["labels"])
-    write_labels_json(staging / LABELS_JSON, card.id, structures)
-    names["labels_json"] = LABELS_JSON
-    if _write_segmentation(staging / SEGMENTATION_FILE, labels, structures, containment, outcome.boxes()):
-        names["segmentation"] = SEGMENTATION_FILE
-    if outcome.volume.meta.get("source") == "dicom":
+    write_labels_json(staging / names["labels_json"], card.id, structures)
+    if "segmentation" in names:
+        _segmentation_writer()(staging / names["segmentation"], labels, structures, containment, outcome.boxes())
+    if "rtstruct" in names:
         from .rtstruct import write_rtstruct
 
-        write_rtstruct(staging / RTSTRUCT_FILE, labels, outcome.volume, structures, model_name=card.id,
+        write_rtstruct(staging / names["rtstruct"], labels, outcome.volume, structures, model_name=card.id,
                        model_version=card.version, containment=containment, boxes=outcome.boxes())
-        names["rtstruct"] = RTSTRUCT_FILE
-    return names
 
 
-def _write_summary(staging: Path, outcome: Outcome, names: dict[str, str], started: float, job_started: float,
-                   step: Callable[[float, str], None]) -> dict:
-    """preview.png and report.json into ``staging`` (``names`` gains them); returns the report document.
-
-    ``started``: when the writing began, plus the QA's seconds it overlapped (``timings["write"]``)."""
+def _summary(staging: Path, outcome: Outcome, names: Mapping[str, str], step: Callable[[float, str], None]) -> dict:
+    """The QA (unless it ran), the report document and preview.png (into ``staging``)."""
     from .preview import write_preview
-    from .report import write_report
 
+    if outcome.quality is None:
+        step(0.0, "checking the result")
+        outcome.assess_quality()
     step(0.75, "preview")
-    names["preview"], names["report"] = PREVIEW_FILE, REPORT_FILE
     report = outcome.report(outputs=tuple(names.values()))
     volumes = {entry["value"]: entry["volume_ml"] for entry in report["structures"]}
-    write_preview(staging / PREVIEW_FILE, outcome.volume, outcome.labels, outcome.card.structures, volumes,
+    write_preview(staging / names["preview"], outcome.volume, outcome.labels, outcome.card.structures, volumes,
                   title=_preview_title(outcome.card), quality=report["qa"])
-
-    step(0.95, "report")
-    outcome.timings["write"] = time.perf_counter() - started
-    outcome.timings["total"] = time.perf_counter() - job_started
-    report["timings_s"] = {name: round(float(seconds), 3) for name, seconds in outcome.timings.items()}
-    write_report(staging / REPORT_FILE, report)
     return report
+
+
+def _write_report(path: Path, report: dict, timings: dict[str, float], write_s: float, job_started: float) -> None:
+    """report.json with the run's timings, ``write`` = ``write_s`` and ``total`` up to now."""
+    from .report import write_report
+
+    timings["write"] = write_s
+    timings["total"] = time.perf_counter() - job_started
+    report["timings_s"] = {name: round(float(seconds), 3) for name, seconds in timings.items()}
+    write_report(path, report)
 
 
 def _preview_title(card: Any) -> str:
@@ -500,16 +509,14 @@ def _preview_title(card: Any) -> str:
     return f"{card.id} v{card.version}" + (" — NOT FOR CLINICAL USE" if research_only else "")
 
 
-def _write_segmentation(path: Path, labels: Volume, structures: tuple, containment: Mapping[int, Any],
-                        boxes: list | None = None) -> bool:
-    """The .seg.nrrd; False (with a warning) when the writer is not installed."""
+def _segmentation_writer() -> Callable[..., Any] | None:
+    """:func:`.segfile.write_segmentation_nrrd`, or None (with a warning) when it is not installed."""
     try:
         from .segfile import write_segmentation_nrrd
     except ImportError:  # pragma: no cover - only while the writer is not installed
         log.warning("segmentation.seg.nrrd not written: the .seg.nrrd writer is not available")
-        return False
-    write_segmentation_nrrd(path, labels, structures, containment, boxes)
-    return True
+        return None
+    return write_segmentation_nrrd
 
 
 @contextlib.contextmanager
