@@ -59,7 +59,8 @@ class NetworkOutput:
     Attributes:
         labels: uint8 (z, y, x) on the input grid, before postprocessing.
         field_of_view_border: boolean (z, y, x) on the input grid, True on the outermost voxels
-            the network saw (its crop), for the crop-border QA flag; None when not applicable.
+            the network saw (its crop), for the crop-border QA flag; None when not applicable.  An
+            array or a :class:`~CervixAutoSegLib.qa.maps.BoxedMap`: readers take boxes of it.
         inference: device/precision/batch facts for the report (:class:`~.inference_options.InferenceInfo`).
         preprocessing: JSON summary of the preprocessing context.
         timings: seconds per sub-stage ("preprocess", "model_load" (read + verify + prepare the
@@ -73,7 +74,7 @@ class NetworkOutput:
     """
 
     labels: np.ndarray
-    field_of_view_border: np.ndarray | None
+    field_of_view_border: Any
     inference: dict
     preprocessing: dict
     timings: dict

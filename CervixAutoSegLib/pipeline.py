@@ -95,7 +95,7 @@ class Outcome:
     device: dict
     labels: Volume
     cleanup: Mapping[int, Any]
-    field_of_view_border: np.ndarray | None
+    field_of_view_border: Any  # an array or a BoxedMap (read by boxes)
     preprocessing: Mapping[str, Any]
     timings: dict
     warnings: list[str] = dataclasses.field(default_factory=list)
@@ -381,7 +381,8 @@ def _postprocess(output: NetworkOutput, volume: Volume, card: Any, timings: dict
     from .postprocess import postprocess_labels, rules_for
 
     started = time.perf_counter()
-    cleaned, cleanup = postprocess_labels(output.labels, rules_for(card.structures), volume.spacing, volume.direction)
+    cleaned, cleanup = postprocess_labels(output.labels, rules_for(card.structures), volume.spacing, volume.direction,
+                                          in_place=True)  # the runner's labels are this run's own
     timings["postprocess"] = time.perf_counter() - started + output.timings.get("restore", 0.0)
     return labels_volume(volume, cleaned, card.id), cleanup
 

@@ -202,6 +202,8 @@ def postprocess_labels(
     rules: Sequence[StructureRule],
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     direction: np.ndarray | None = None,
+    *,
+    in_place: bool = False,
 ) -> tuple[np.ndarray, dict[int, StructureCleanup]]:
     """Apply ``rules`` to a (z, y, x) integer label map.
 
@@ -210,6 +212,8 @@ def postprocess_labels(
         rules: one rule per structure (see :func:`rules_for`).
         spacing: voxel size (x, y, z) in mm, for the ml thresholds and the summary.
         direction: 3x3 direction matrix (only its determinant matters: sheared grids).
+        in_place: a uint8 ``labels`` may be cleaned where it is (and returned): only the structures'
+            boxes are touched, no second full-size map is made.
 
     Returns:
         (cleaned uint8 labels of the same shape, cleanup summary per label value).
@@ -248,7 +252,7 @@ def postprocess_labels(
             filled_ml=(int(np.count_nonzero(kept)) - after_components) * voxel_ml,
         )
         masks[rule.value] = (box, kept)
-    return _paint(labels, ordered, masks), summary
+    return _paint(labels, ordered, masks, in_place), summary
 
 
 def _mask_in_box(entry: tuple[tuple[slice, ...], np.ndarray], box: tuple[slice, ...],
@@ -266,10 +270,17 @@ def _mask_in_box(entry: tuple[tuple[slice, ...], np.ndarray], box: tuple[slice, 
 
 
 def _paint(labels: np.ndarray, ordered: Sequence[StructureRule],
-           masks: Mapping[int, tuple[tuple[slice, ...], np.ndarray]]) -> np.ndarray:
+           masks: Mapping[int, tuple[tuple[slice, ...], np.ndarray]], in_place: bool = False) -> np.ndarray:
     """Cleaned masks → one uint8 label map (precedence in the module docstring)."""
     handled = [rule.value for rule in ordered]
-    if labels.dtype == np.uint8:  # a lookup table: half the time of np.where(np.isin(...)) on 26 M voxels
+    if in_place and labels.dtype == np.uint8 and labels.flags.writeable:
+        # every voxel of a handled value lies in its rule's box: clearing the boxes clears them all
+        out, is_handled = labels, np.zeros(256, dtype=bool)
+        is_handled[handled] = True
+        for box, _ in masks.values():
+            view = out[box]
+            view[is_handled[view]] = 0
+    elif labels.dtype == np.uint8:  # a lookup table: half the time of np.where(np.isin(...)) on 26 M voxels
         table = np.arange(256, dtype=np.uint8)
         table[handled] = 0
         out = table[labels]

@@ -137,13 +137,14 @@ def _runs(indices: Iterable[int]) -> list[list[int]]:
 
 
 def slice_qa_flags(labels: Volume, structures: Sequence[Structure],
-                   field_of_view_border: np.ndarray | None = None, boxes: Sequence[Any] | None = None) -> list[dict]:
+                   field_of_view_border: Any = None, boxes: Sequence[Any] | None = None) -> list[dict]:
     """Per-slice plausibility flags of every structure (see :data:`QA_KINDS`).
 
     Args:
         labels: final label map on the input grid, array (z, y, x).
         structures: the model's structures.
-        field_of_view_border: boolean (z, y, x) on the input grid, True on the outermost
+        field_of_view_border: boolean (z, y, x) on the input grid (an array or a
+            :class:`~CervixAutoSegLib.qa.maps.BoxedMap`, read by boxes), True on the outermost
             pixels of the network's field of view (the crop) — for ``crop_border``.
         boxes: :func:`label_boxes` of ``labels`` when the caller has them already.
     """
@@ -152,10 +153,6 @@ def slice_qa_flags(labels: Volume, structures: Sequence[Structure],
     boxes = label_boxes(array) if boxes is None else boxes
     flags: list[dict] = []
     nz = labels.shape[0]
-    border_labels = border_slices = None
-    if field_of_view_border is not None:
-        border_slices, rows, columns = np.nonzero(field_of_view_border)
-        border_labels = array[border_slices, rows, columns]
     for structure in structures:
         box = boxes[structure.value - 1] if structure.value <= len(boxes) else None
         areas = _per_slice_area_pixels(array, structure.value, box) * pixel_mm2
@@ -190,8 +187,9 @@ def slice_qa_flags(labels: Volume, structures: Sequence[Structure],
         elif abrupt:
             flags.append({"structure": structure.name, "kind": "abrupt_end", "slices": abrupt,
                           "message": f"{structure.name} ends abruptly on slice {', '.join(map(str, abrupt))}"})
-        if border_labels is not None:
-            touching = np.unique(border_slices[border_labels == structure.value])
+        if field_of_view_border is not None:  # the structure's box only: no scan of the whole border
+            on_border = (array[box] == structure.value) & field_of_view_border[box]
+            touching = np.flatnonzero(on_border.any(axis=(1, 2))) + box[0].start
             if touching.size:
                 flags.append({"structure": structure.name, "kind": "crop_border", "slices": touching.tolist(),
                               "message": f"{structure.name} touches the network's field-of-view border on "
@@ -234,7 +232,7 @@ def model_summary(card: Any) -> dict:
 
 def build_report(*, volume: Volume, input_path: str | None, card: Any, device: Mapping[str, Any],
                  timings: Mapping[str, float], labels: Volume, structures: Sequence[Structure],
-                 cleanup: Mapping[int, Any] | None = None, field_of_view_border: np.ndarray | None = None,
+                 cleanup: Mapping[int, Any] | None = None, field_of_view_border: Any = None,
                  preprocessing: Mapping[str, Any] | None = None, outputs: Sequence[str] = (),
                  warnings: Sequence[str] = (), quality: Mapping[str, Any] | None = None,
                  boxes: Sequence[Any] | None = None) -> dict:

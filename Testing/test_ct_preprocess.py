@@ -254,3 +254,48 @@ def test_body_mask_is_the_largest_component_of_the_whole_volume():
     only_body = np.where(hu == 40, hu, np.int16(-1000))
     np.testing.assert_array_equal(body_mask(only_body), only_body == 40)
     assert not body_mask(np.full((2, 5, 5), -1000, np.int16)).any()
+
+
+def _boxed_cases():
+    """(name, volume) of every layout, slices with gaps, a crop reaching past the image, resampling."""
+    reference, labels = make_volume()
+    for position, layout in POSITIONS.items():
+        yield position, relayout(reference, labels, **layout)[0]
+    gaps = reference.array.copy()
+    gaps[[0, 5]] = -1000
+    gaps[[0, 5], 150:155, 170:175] = 40
+    yield "gaps", reference.with_array(gaps)
+    yield "crop-past-edge", make_volume(size_ijk=(200, 180, 12), origin=(-80.0, -100.0, -14.0))[0]
+    yield "resampled", make_volume(spacing=(0.5, 0.55, 2.5), size_ijk=(520, 440, 12), origin=(-120, -140, -14))[0]
+
+
+@pytest.mark.parametrize("name, volume", list(_boxed_cases()), ids=[name for name, _ in _boxed_cases()])
+def test_maps_restored_on_their_footprint_read_like_the_whole_grid(name, volume):
+    """The network's maps come back as BoxedMaps: whole, and box by box, they equal the map
+    restored onto the whole input grid; outside their footprint there is nothing."""
+    from CervixAutoSegLib.ct.preprocess import restore_crops
+    from CervixAutoSegLib.ct.runner import field_of_view_border, restore_map
+    from CervixAutoSegLib.qa.maps import nearest_in_plane
+
+    _, context = preprocess_ct(volume)
+    rng = np.random.default_rng(len(name))
+    crops = rng.integers(1, 256, (len(context.slice_indices), 256, 256), dtype=np.uint8)
+    whole = restore_crops(crops, context, nearest_in_plane)
+    boxed = restore_map(crops, context)
+    assert boxed.shape == whole.shape == volume.shape and boxed.dtype == np.uint8
+    np.testing.assert_array_equal(np.asarray(boxed), whole)
+    if not context.resampled:
+        # only the footprint is stored (all of a grid smaller than the crop)
+        assert boxed.values.size < whole.size or name == "crop-past-edge"
+        assert np.count_nonzero(boxed.values) == np.count_nonzero(whole)
+    for _ in range(20):  # boxes inside, across and outside the footprint
+        low = rng.integers(0, volume.shape, 3)
+        high = low + rng.integers(1, np.maximum(np.asarray(volume.shape) - low, 1) + 1)
+        box = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+        np.testing.assert_array_equal(boxed[box], whole[box])
+    border = field_of_view_border(crops.shape, context)
+    assert border.dtype == bool
+    ring = restore_labels(np.pad(np.zeros((len(crops), 254, 254), np.uint8), ((0, 0), (1, 1), (1, 1)),
+                                 constant_values=1), context) > 0 if not context.resampled else np.asarray(border)
+    np.testing.assert_array_equal(np.asarray(border), ring)
+    assert np.asarray(border).any() != (name == "crop-past-edge")  # that crop's ring lies off the image

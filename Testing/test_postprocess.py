@@ -183,3 +183,23 @@ def test_hole_filling_equals_filling_each_slice_on_its_own(seed):
     expected = np.stack([ndimage.binary_fill_holes(plane) for plane in mask])
     np.testing.assert_array_equal(fill_holes_per_slice(mask), expected)
     assert expected[3, 6, 12] and not expected[3, 2, 22] and expected[4, 11, 11]
+
+
+@pytest.mark.parametrize("structures", [CT_STRUCTURES, MR_STRUCTURES], ids=["ct", "mr"])
+@pytest.mark.parametrize("seed", range(3))
+def test_cleaning_in_place_gives_the_map_a_copy_gets(structures, seed):
+    """Speckled blobs of every label value, an unnamed value (9) and a tumour partly outside its
+    organ: in place, the same labels and summary as on a copy, in the very array given."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((12, 48, 40), np.uint8)
+    for value in (1, 2, 3, 4, 9):
+        z, y, x = rng.integers(0, 8), rng.integers(0, 36), rng.integers(0, 28)
+        box(labels, value, (z, z + 4), (y, y + 10), (x, x + 10))
+    labels[rng.random(labels.shape) < 0.01] = 1 + seed % 2  # islands of a structure both families know
+    rules = rules_for(structures)
+    want, want_summary = postprocess_labels(labels.copy(), rules, SPACING)
+    given = labels.copy()
+    got, summary = postprocess_labels(given, rules, SPACING, in_place=True)
+    assert got is given and np.array_equal(got, want)
+    assert summary == want_summary
+    assert not np.array_equal(want, labels)  # the cleaning changed something

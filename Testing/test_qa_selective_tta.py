@@ -122,7 +122,7 @@ def test_ct_evidence_goes_back_onto_the_input_grid_like_the_labels():
     batch, context = preprocess_ct(volume, {"crop_size": 64})
     assert context.resampled
     crops = (batch[:, 0] > 0.5).astype(np.uint8)
-    np.testing.assert_array_equal(restore_map(crops * UNIT, context) > 0, restore_labels(crops, context) > 0)
+    np.testing.assert_array_equal(np.asarray(restore_map(crops * UNIT, context)) > 0, restore_labels(crops, context) > 0)
 
 
 def test_mr_evidence_goes_back_onto_a_sagittal_input_grid_where_the_labels_go():

@@ -358,8 +358,42 @@ def restore_labels(pred: np.ndarray, context: PreprocessContext) -> np.ndarray:
     expected = (len(context.slice_indices), context.crop_size, context.crop_size)
     if pred.shape != expected:
         raise ValueError(f"prediction shape {pred.shape} does not match the preprocessed batch {expected}")
-    return restore_crops(pred.astype(np.uint8), context,
-                         lambda pasted, shape_yx: _resample_labels(pasted, shape_yx, np.unique(pasted)))
+    return restore_crops(pred.astype(np.uint8), context, resample_label_slices)
+
+
+def resample_label_slices(pasted: np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray:
+    """Label slices ``(n, y, x)`` of the working grid → ``(n, *shape_yx)`` (each label's indicator
+    interpolated, then the arg-max)."""
+    return _resample_labels(pasted, shape_yx, np.unique(pasted))
+
+
+def restore_crops_boxed(crops: np.ndarray, context: PreprocessContext,
+                        resample: Callable[[np.ndarray, tuple[int, int]], np.ndarray]) -> tuple[tuple[int, ...], np.ndarray]:
+    """:func:`restore_crops` on the smallest box of the input grid that holds the crops' footprint:
+    (its start (z, y, x), the map on it), every voxel of the grid outside the box being 0.
+
+    Without in-plane resampling the footprint of the crops is one box of the working grid, which
+    reorientation maps onto one box of the input grid; with it the whole grid is returned.
+    """
+    indices = np.asarray(context.slice_indices)
+    if context.resampled or indices.size == 0:
+        return (0, 0, 0), restore_crops(crops, context, resample)
+    size = context.crop_size
+    shape = np.asarray(context.oriented_shape)
+    start = np.array([indices.min(), max(context.crop_start[0], 0), max(context.crop_start[1], 0)])
+    stop = np.array([indices.max() + 1, min(context.crop_start[0] + size, shape[1]),
+                     min(context.crop_start[1] + size, shape[2])])
+    placed = place_box(np.zeros((indices.size, *(stop - start)[1:]), crops.dtype), crops,
+                       (context.crop_start[0] - start[1], context.crop_start[1] - start[2]))
+    if _as_run(indices) is None:  # slices with gaps: the footprint's own slices get the crops
+        footprint = np.zeros(tuple(stop - start), crops.dtype)
+        footprint[indices - start[0]] = placed
+        placed = footprint
+    flipped = np.where(context.flips, shape - stop, start)  # a reversed axis counts from its far end
+    input_start = [0, 0, 0]
+    for oriented_axis, input_axis in enumerate(context.axes):
+        input_start[input_axis] = int(flipped[oriented_axis])
+    return tuple(input_start), np.ascontiguousarray(unreorient(placed, context.axes, context.flips))
 
 
 def restore_crops(crops: np.ndarray, context: PreprocessContext,

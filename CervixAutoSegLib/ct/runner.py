@@ -59,8 +59,7 @@ class ResAUNetRunner:
 
         started = time.perf_counter()
         labels = restore_labels(crop_labels, context)
-        # 0/1 labels viewed as bool: no second full-size copy
-        border = restore_labels(crop_ring(crop_labels.shape, ring_width(context)), context).view(bool)
+        border = field_of_view_border(crop_labels.shape, context)
         maps = restore_evidence(evidence, context)
         timings["restore"] = time.perf_counter() - started
         log.info("network: %d slices (%d mirrored) in %.1f s", len(context.slice_indices), info.mirrored_items,
@@ -69,13 +68,25 @@ class ResAUNetRunner:
                              preprocessing=context.to_dict(), timings=timings, evidence=[maps])
 
 
-def restore_map(crops: np.ndarray, context: Any) -> np.ndarray:
-    """A per-pixel map of the network's crops ``(n, crop, crop)`` → ``(z, y, x)`` on the input grid, same
-    dtype, 0 off the crops and on slices the network did not see (nearest neighbour: no new values)."""
-    from ..qa.maps import nearest_in_plane
-    from .preprocess import restore_crops
+def restore_map(crops: np.ndarray, context: Any) -> Any:
+    """A per-pixel map of the network's crops ``(n, crop, crop)`` → :class:`~CervixAutoSegLib.qa.maps.BoxedMap`
+    ``(z, y, x)`` on the input grid, same dtype, 0 off the crops and on slices the network did not see
+    (nearest neighbour: no new values)."""
+    from ..qa.maps import BoxedMap, nearest_in_plane
+    from .preprocess import restore_crops_boxed
 
-    return restore_crops(crops, context, nearest_in_plane)
+    start, values = restore_crops_boxed(crops, context, nearest_in_plane)
+    return BoxedMap(values, start, tuple(context.input_shape))
+
+
+def field_of_view_border(crop_shape: tuple[int, ...], context: Any) -> Any:
+    """bool :class:`~CervixAutoSegLib.qa.maps.BoxedMap` (z, y, x) on the input grid: True on the outermost
+    input pixels of the network's crops (a ring of :func:`ring_width` crop pixels, mapped back like labels)."""
+    from ..qa.maps import BoxedMap
+    from .preprocess import resample_label_slices, restore_crops_boxed
+
+    start, ring = restore_crops_boxed(crop_ring(crop_shape, ring_width(context)), context, resample_label_slices)
+    return BoxedMap(ring.view(bool), start, tuple(context.input_shape))  # 0/1 viewed as bool: no copy
 
 
 def restore_evidence(evidence: Any, context: Any) -> Any:

@@ -24,15 +24,15 @@ from typing import Any
 import numpy as np
 
 from .config import QAConfig
-from .maps import EvidenceMaps
+from .maps import BoxedMap, EvidenceMaps
 from .plausibility import CHECK, IMPLAUSIBLE, PLAUSIBLE, VERDICTS, judge_case, worst
 from .slice_flags import FLAG_SCORE, assess_slices, review_order
 
-__all__ = ["CHECK", "IMPLAUSIBLE", "PLAUSIBLE", "VERDICTS", "EvidenceMaps", "QAConfig", "assess", "review_order"]
+__all__ = ["CHECK", "IMPLAUSIBLE", "PLAUSIBLE", "VERDICTS", "BoxedMap", "EvidenceMaps", "QAConfig", "assess", "review_order"]
 
 
 def assess(image: Any, labels: Any, structures: Sequence[Any], card_qa: "dict | QAConfig | None", *,
-           evidence: Sequence[EvidenceMaps] | None = None, field_of_view_border: np.ndarray | None = None,
+           evidence: Sequence[EvidenceMaps] | None = None, field_of_view_border: np.ndarray | BoxedMap | None = None,
            boxes: Sequence[Any] | None = None) -> dict:
     """Per-slice flags and per-case plausibility of ``labels`` (a label Volume on the grid of ``image``).
 

@@ -18,6 +18,7 @@ Both are stored as uint8 (:data:`UNIT` = 1.0): 1 byte per voxel, like the label 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +30,8 @@ UNIT = 255
 class EvidenceMaps:
     """Network evidence on the input grid (every array ``(z, y, x)`` in input array order).
 
+    Each map is an array or a :class:`BoxedMap` (the QA reads them by boxes only).
+
     Attributes:
         uncertainty: uint8, ``UNIT`` × (1 − top-2 softmax margin); 0 where the network never looked.
         disagreement: uint8, ``UNIT`` × plain-vs-mirrored arg-max disagreement, or None when no
@@ -38,9 +41,9 @@ class EvidenceMaps:
             two-stage family gives each stage's maps for its own structures).
     """
 
-    uncertainty: np.ndarray
-    disagreement: np.ndarray | None = None
-    mirrored: np.ndarray | None = None
+    uncertainty: np.ndarray | BoxedMap
+    disagreement: np.ndarray | BoxedMap | None = None
+    mirrored: np.ndarray | BoxedMap | None = None
     values: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
@@ -52,6 +55,58 @@ class EvidenceMaps:
 
     def speaks_for(self, value: int) -> bool:
         return not self.values or value in self.values
+
+
+@dataclasses.dataclass(frozen=True)
+class BoxedMap:
+    """A voxel map that is 0 outside one box of its grid, stored as that box only.
+
+    The CT network sees a 256 x 256 crop of each body slice: its maps mapped back onto a
+    512 x 512 grid would be three quarters zeros, and on a large CT each such full-size map is
+    tens of megabytes of fresh memory.  Readers take boxes (``map[z0:z1, y0:y1, x0:x1]``, as the
+    QA reads every map) and get an ordinary array; ``np.asarray(map)`` gives the whole grid.
+
+    Attributes:
+        values: the map on its box, array (z, y, x) in input array order.
+        start: grid index (z, y, x) of ``values[0, 0, 0]``.
+        shape: the whole grid's shape (z, y, x).
+    """
+
+    values: np.ndarray
+    start: tuple[int, int, int]
+    shape: tuple[int, int, int]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.values.dtype
+
+    @property
+    def ndim(self) -> int:
+        return 3
+
+    def view(self, dtype: type) -> "BoxedMap":
+        """The same map with its values viewed as ``dtype`` (same item size, no copy)."""
+        return BoxedMap(self.values.view(dtype), self.start, self.shape)
+
+    def __getitem__(self, box: tuple[slice, slice, slice]) -> np.ndarray:
+        if not (isinstance(box, tuple) and len(box) == 3
+                and all(isinstance(s, slice) and s.step in (None, 1) for s in box)):
+            raise TypeError(f"a BoxedMap is read by boxes (three slices with step 1), not {box!r}")
+        ranges = [axis.indices(size)[:2] for axis, size in zip(box, self.shape)]
+        out = np.zeros(tuple(max(stop - start, 0) for start, stop in ranges), self.values.dtype)
+        source, target = [], []
+        for (start, stop), offset, size in zip(ranges, self.start, self.values.shape):
+            low, high = max(start, offset), min(stop, offset + size)
+            if low >= high:
+                return out
+            source.append(slice(low - offset, high - offset))
+            target.append(slice(low - start, high - start))
+        out[tuple(target)] = self.values[tuple(source)]
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self[(slice(None),) * 3]
+        return whole if dtype is None else whole.astype(dtype)
 
 
 def to_unit8(fraction: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .config import QAConfig
-from .maps import EvidenceMaps, maps_for
+from .maps import BoxedMap, EvidenceMaps, maps_for
 from .slice_signals import SIGNALS, StructureSlices, structure_slices
 
 FLAG_SCORE = 0.5
@@ -111,7 +111,7 @@ def reason(signal: str, value: float, threshold: float, slices: StructureSlices,
 
 
 def assess_slices(labels: Any, structures: Sequence[Any], config: QAConfig, *,
-                  evidence: Sequence[EvidenceMaps] | None = None, field_of_view_border: np.ndarray | None = None,
+                  evidence: Sequence[EvidenceMaps] | None = None, field_of_view_border: np.ndarray | BoxedMap | None = None,
                   boxes: Sequence[tuple | None] | None = None) -> tuple[list[StructureSlices], list[SliceAssessment]]:
     """Signals and scores of every structure in ``labels`` (a :class:`~CervixAutoSegLib.volume.Volume`).
 

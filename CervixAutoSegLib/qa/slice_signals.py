@@ -40,7 +40,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..postprocess import IN_PLANE
-from .maps import UNIT, EvidenceMaps
+from .maps import UNIT, BoxedMap, EvidenceMaps
 
 MIN_PIECE_MM2 = 5.0
 """Pieces smaller than this (a few pixels) do not count in ``pieces_change``: speckle, not anatomy."""
@@ -91,7 +91,7 @@ def region_box(boxes: Sequence[tuple | None], values: Sequence[int], shape: tupl
 
 def structure_slices(labels: np.ndarray, name: str, value: int, region: Sequence[int], spacing_xy: Sequence[float],
                      *, boxes: Sequence[tuple | None] | None = None, evidence: EvidenceMaps | None = None,
-                     container: Sequence[int] = (), field_of_view_border: np.ndarray | None = None
+                     container: Sequence[int] = (), field_of_view_border: np.ndarray | BoxedMap | None = None
                      ) -> StructureSlices | None:
     """Signals of the structure whose region is the label values ``region`` in ``labels`` (z, y, x).
 
