@@ -47,16 +47,37 @@ def format_ds(value: float) -> str:
 
 def format_ds_values(values: Iterable[float] | np.ndarray) -> list[str]:
     """Many coordinates (mm) as DS strings, rounded to :data:`COORDINATE_DECIMALS` decimals."""
-    values = np.asarray(values, dtype=np.float64).reshape(-1)
-    if not np.all(np.isfinite(values)):
-        raise InputError("a DICOM Decimal String cannot hold NaN or infinity")
-    rounded = np.round(values, COORDINATE_DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0
-    texts = [f"{v:.{_SIGNIFICANT_DIGITS}g}" for v in rounded.tolist()]
+    texts = [f"{v:.{_SIGNIFICANT_DIGITS}g}" for v in _rounded(values).tolist()]
     # The fast path fits for any coordinate below 1e6 mm; anything else takes the careful one.
     return [t if len(t) <= DS_MAX_LENGTH else format_ds(float(t)) for t in texts]
 
 
+_ALWAYS_FITS = 1e15
+"""Below this magnitude ``%.10g`` never needs more than 16 characters (``-1.234567891e+14``)."""
+
+
+def coordinates_ds_bytes(values: Iterable[float] | np.ndarray) -> bytes:
+    """``ds_bytes(format_ds_values(values))``, formatted in one call when every value is small
+    enough to fit for sure (contours: hundreds of thousands of coordinates per structure set)."""
+    rounded = _rounded(values)
+    if rounded.size == 0 or np.abs(rounded).max() >= _ALWAYS_FITS:
+        return ds_bytes(format_ds_values(values))
+    return _even("\\".join([f"%.{_SIGNIFICANT_DIGITS}g"] * rounded.size) % tuple(rounded.tolist()))
+
+
+def _rounded(values: Iterable[float] | np.ndarray) -> np.ndarray:
+    """Coordinates as a flat float64 array rounded to :data:`COORDINATE_DECIMALS` (InputError if not finite)."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(values)):
+        raise InputError("a DICOM Decimal String cannot hold NaN or infinity")
+    return np.round(values, COORDINATE_DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def _even(text: str) -> bytes:
+    encoded = text.encode("ascii")
+    return encoded + b" " if len(encoded) % 2 else encoded
+
+
 def ds_bytes(texts: list[str]) -> bytes:
     """Backslash-joined multi-valued DS, space-padded to the even length DICOM requires."""
-    encoded = "\\".join(texts).encode("ascii")
-    return encoded + b" " if len(encoded) % 2 else encoded
+    return _even("\\".join(texts))

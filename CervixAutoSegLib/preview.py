@@ -128,12 +128,13 @@ def _centre(labels: np.ndarray, values: Sequence[int], box: tuple[slice, ...] | 
         box = tuple(slice(0, n) for n in labels.shape)
     if box is None:
         return middle  # type: ignore[return-value]
+    from .cropping import mean_index, voxel_counts
+    from .postprocess import any_of
+
     inside = labels[box]
-    mask = np.isin(inside, list(values)) if values else inside > 0
-    if not mask.any():
-        return middle  # type: ignore[return-value]
-    return tuple(round(float(np.mean(axis + edge.start)))  # type: ignore[return-value]
-                 for axis, edge in zip(np.nonzero(mask), box))
+    centre = mean_index(voxel_counts(any_of(inside, list(values)) if values else inside > 0),
+                        [edge.start for edge in box])
+    return middle if centre is None else tuple(round(float(v)) for v in centre)  # type: ignore[return-value]
 
 
 def _views(image: np.ndarray, labels: np.ndarray, centre: tuple[int, int, int],

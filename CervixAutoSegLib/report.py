@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import write_text_atomic
-from .cropping import label_boxes
+from .cropping import label_boxes, mean_index, voxel_counts
 from .postprocess import voxel_volume_ml
 from .structures import Structure
 from .volume import Volume
@@ -103,7 +103,8 @@ def structure_statistics(labels: Volume, structures: Sequence[Structure],
     entries = []
     for structure in structures:
         box = boxes[structure.value - 1] if structure.value <= len(boxes) else None
-        voxels = int(np.count_nonzero(array[box] == structure.value)) if box is not None else 0
+        counts = voxel_counts(array[box] == structure.value) if box is not None else None
+        voxels = int(counts[0].sum()) if counts is not None else 0
         entry: dict[str, Any] = {
             "value": structure.value,
             "name": structure.name,
@@ -114,11 +115,10 @@ def structure_statistics(labels: Volume, structures: Sequence[Structure],
             "centroid_lps_mm": None,
         }
         if voxels:
-            k, j, i = np.nonzero(array[box] == structure.value)
-            k, j, i = k + box[0].start, j + box[1].start, i + box[2].start
-            entry["slices"] = [int(k.min()), int(k.max())]
-            centre_ijk = np.array([i.mean(), j.mean(), k.mean()])
-            entry["centroid_lps_mm"] = [round(float(v), 2) for v in labels.index_to_physical(centre_ijk)]
+            slices = np.flatnonzero(counts[0]) + box[0].start
+            entry["slices"] = [int(slices[0]), int(slices[-1])]
+            centre_kji = mean_index(counts, [axis.start for axis in box])
+            entry["centroid_lps_mm"] = [round(float(v), 2) for v in labels.index_to_physical(centre_kji[::-1])]
         if cleanup is not None and structure.value in cleanup:
             entry["postprocess"] = cleanup[structure.value].to_json()
         entries.append(entry)

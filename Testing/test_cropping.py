@@ -45,3 +45,18 @@ def test_reorientation_round_trip_and_spacing_of_a_feet_first_prone_sagittal_gri
     assert turn.spacing == (0.7, 3.0, 0.5)
     assert oriented.shape == (6, 4, 5)
     np.testing.assert_array_equal(turn.undo(oriented), array)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_mean_index_from_counts_is_the_mean_of_the_voxel_indices(seed):
+    from CervixAutoSegLib.cropping import mean_index, voxel_counts
+
+    rng = np.random.default_rng(seed)
+    mask = rng.random((9, 31, 17)) < [0.0005, 0.05, 0.5, 0.95][seed]
+    start = (3, 100, 250)
+    counts = voxel_counts(mask)
+    assert [c.shape for c in counts] == [(9,), (31,), (17,)] and counts[0].sum() == np.count_nonzero(mask)
+    indices = np.nonzero(mask)
+    want = [np.mean(axis + first) for axis, first in zip(indices, start)]
+    np.testing.assert_allclose(mean_index(counts, start), want, rtol=0, atol=1e-9)
+    assert mean_index(voxel_counts(np.zeros((2, 3, 4), bool))) is None

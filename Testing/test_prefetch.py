@@ -124,3 +124,53 @@ def test_the_command_reads_ahead_and_contours_as_segment_does_here(tmp_path, fee
     assert "load_wait" not in here.report["timings_s"]
     np.testing.assert_array_equal(load_image(tmp_path / "cli" / "labels.nii.gz").array, here.labels.array)
     assert sorted(path.name for path in (tmp_path / "cli").iterdir()) == sorted(path.name for path in here.out_dir.iterdir())
+
+
+def _round_trip(message, shared, send=prefetch._send):
+    """``message`` sent through a pipe (a thread writes, as the child would) and received here."""
+    read_end, write_end = os.pipe()
+    writer = threading.Thread(target=lambda: (send(write_end, message, shared), os.close(write_end)))
+    writer.start()
+    try:
+        return prefetch._receive(read_end, shared)
+    finally:
+        writer.join()
+        os.close(read_end)
+
+
+@pytest.mark.parametrize("how", ["shared file", "pipe", "shared file refused"])
+def test_results_travel_exactly_and_writable_through_the_shared_file_or_the_pipe(how, monkeypatch):
+    rng = np.random.default_rng(0)
+    hu = rng.integers(-1024, 3000, (7, 33, 21), dtype=np.int16)
+    batch = rng.random((5, 1, 16, 16), dtype=np.float32)
+    message = ("ok", ({"hu": hu, "batch": batch, "empty": np.zeros((0, 3), np.uint8), "name": "CT"},
+                      np.asfortranarray(hu[:, :5, :3])), 0.25)
+    shared = prefetch._shared_file() if how != "pipe" else None
+    if how == "shared file refused":  # no memory for the file: the pipe carries the buffers
+        monkeypatch.setattr(os, "ftruncate", lambda *args: (_ for _ in ()).throw(OSError("no space")))
+    status, (arrays, fortran), seconds = _round_trip(message, shared)
+    assert status == "ok" and seconds == 0.25 and arrays["name"] == "CT"
+    for name, want in (("hu", hu), ("batch", batch), ("empty", message[1][0]["empty"])):
+        got = arrays[name]
+        assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
+        assert got.flags.writeable
+    assert np.array_equal(fortran, hu[:, :5, :3]) and fortran.flags.f_contiguous
+    if shared is not None:
+        size = os.fstat(shared).st_size
+        assert (size >= hu.nbytes + batch.nbytes) == (how == "shared file")
+        before = os.pread(shared, size, 0)
+        arrays["hu"][:] = 0  # copy-on-write: the received arrays are this process's own
+        assert os.pread(shared, size, 0) == before
+        os.close(shared)
+
+
+def test_a_result_placed_in_a_shared_file_the_receiver_lacks_is_an_error_not_garbage():
+    shared = prefetch._shared_file()
+    read_end, write_end = os.pipe()
+    writer = threading.Thread(target=lambda: (prefetch._send(write_end, np.ones(4), shared), os.close(write_end)))
+    writer.start()
+    with pytest.raises(OSError, match="shared file"):
+        prefetch._receive(read_end, None)
+    writer.join()
+    os.close(read_end)
+    os.close(shared)

@@ -13,7 +13,7 @@ from CervixAutoSegLib.dicom_series import read_dicom_series
 from CervixAutoSegLib.errors import InputError
 from CervixAutoSegLib.rtstruct import build_rtstruct_dataset, write_rtstruct
 from CervixAutoSegLib.rtstruct.contours import keyhole, mask_polygons
-from CervixAutoSegLib.decimal_strings import format_ds, format_ds_values
+from CervixAutoSegLib.decimal_strings import coordinates_ds_bytes, ds_bytes, format_ds, format_ds_values
 from CervixAutoSegLib.rtstruct.uids import (
     IMPLICIT_VR_LITTLE_ENDIAN,
     MR_IMAGE_STORAGE,
@@ -143,6 +143,21 @@ def test_decimal_strings_fit_sixteen_characters_and_keep_the_value(value):
 def test_decimal_strings_refuse_non_finite_values():
     with pytest.raises(ValueError):
         format_ds_values([1.0, float("nan")])
+    with pytest.raises(ValueError):
+        coordinates_ds_bytes(np.array([[1.0, 2.0, np.inf]]))
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-7, 1e5, 1e14, 1e16, 1e20])
+def test_contour_data_formatted_in_one_go_is_the_value_by_value_formatting(scale):
+    """Odd and even lengths, -0.0, values that round to zero, and magnitudes on both sides of the
+    one-call limit (beyond it, the careful per-value path)."""
+    rng = np.random.default_rng(int(np.log10(scale)) + 20)
+    points = (rng.standard_normal((37, 3)) * scale).round(rng.integers(0, 12))
+    points[0] = [-0.0, 4e-7, -6e-7]
+    for count in (37, 36, 1, 0):
+        want = ds_bytes(format_ds_values(points[:count]))
+        got = coordinates_ds_bytes(points[:count])
+        assert got == want and len(got) % 2 == 0
 
 
 def test_single_voxel_becomes_a_diamond_around_its_centre():

@@ -111,15 +111,14 @@ def structure_features(image: Any, mask: np.ndarray, box: tuple[slice, ...], bod
     """
     from scipy import ndimage
 
+    from ..cropping import mean_index, voxel_counts
     from ..postprocess import voxel_volume_ml
 
     voxel_ml = voxel_volume_ml(image.spacing, image.direction)
     k, j, i = (np.arange(s.start, s.stop) for s in box)
-    per_slice = np.count_nonzero(mask, axis=(1, 2))
-    count = int(per_slice.sum())
-    mean_kji = [float(per_slice @ k), float(np.count_nonzero(mask, axis=(0, 2)) @ j),
-                float(np.count_nonzero(mask, axis=(0, 1)) @ i)]
-    centre = image.index_to_physical(np.array(mean_kji[::-1]) / count)
+    counts = voxel_counts(mask)
+    per_slice, count = counts[0], int(counts[0].sum())
+    centre = image.index_to_physical(mean_index(counts, [axis.start for axis in box])[::-1])
     pieces, _ = ndimage.label(mask)
     sizes = np.bincount(pieces.ravel())[1:] * voxel_ml
     in_body = body.mask[box[0]][:, np.minimum(j // body.stride[0], body.mask.shape[1] - 1)][

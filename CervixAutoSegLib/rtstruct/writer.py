@@ -23,7 +23,7 @@ from ..volume import Volume
 from . import uids
 from .contours import keyhole as join_holes
 from .contours import mask_polygons
-from ..decimal_strings import ds_bytes, format_ds_values
+from ..decimal_strings import coordinates_ds_bytes
 from .planes import ImagePlanes, image_planes
 
 log = logging.getLogger(__name__)
@@ -453,23 +453,57 @@ def _roi_contour(structure: Structure, contours: list[tuple[int, np.ndarray]], p
 
 
 def _contour(number: int, k: int, points: np.ndarray, planes: ImagePlanes):
-    from pydicom.dataelem import RawDataElement
+    """One Contour Sequence item, its elements pre-encoded (implicit VR little endian).
+
+    A structure set holds hundreds of these; pydicom's per-attribute checks of values that are
+    all ours or already checked (the image UIDs are validated once, in the Referenced Frame of
+    Reference Sequence) cost more than the rest of the item.  Contour Data is formatted once as
+    bytes for the same reason, and so that no value can exceed 16 characters.
+    """
     from pydicom.dataset import Dataset
-    from pydicom.tag import Tag
 
     image = Dataset()
-    image.ReferencedSOPClassUID = planes.sop_class_uid
-    image.ReferencedSOPInstanceUID = planes.sop_instance_uids[k]
+    image[_TAGS.ReferencedSOPClassUID] = _raw("ReferencedSOPClassUID", "UI", planes.sop_class_uid)
+    image[_TAGS.ReferencedSOPInstanceUID] = _raw("ReferencedSOPInstanceUID", "UI", planes.sop_instance_uids[k])
     contour = Dataset()
     contour.ContourImageSequence = [image]
-    contour.ContourGeometricType = uids.CLOSED_PLANAR
-    contour.NumberOfContourPoints = len(points)
-    contour.ContourNumber = number
-    # Formatted once as bytes: building a pydicom DS object per coordinate would cost
-    # seconds on a full CT, and this way no value can exceed 16 characters.
-    value = ds_bytes(format_ds_values(points))
-    contour[_CONTOUR_DATA_TAG] = RawDataElement(Tag(_CONTOUR_DATA_TAG), "DS", len(value), value, 0, True, True)
+    contour[_TAGS.ContourGeometricType] = _raw("ContourGeometricType", "CS", uids.CLOSED_PLANAR)
+    contour[_TAGS.NumberOfContourPoints] = _raw("NumberOfContourPoints", "IS", str(len(points)))
+    contour[_TAGS.ContourNumber] = _raw("ContourNumber", "IS", str(number))
+    contour[_CONTOUR_DATA_TAG] = _raw_bytes(_CONTOUR_DATA_TAG, "DS", coordinates_ds_bytes(points))
     return contour
+
+
+class _Tags:
+    """Tags of the contour item's attributes by keyword, looked up in pydicom's dictionary once."""
+
+    def __getattr__(self, keyword: str) -> int:
+        from pydicom.datadict import tag_for_keyword
+
+        tag = tag_for_keyword(keyword)
+        if tag is None:  # pragma: no cover - a misspelt keyword
+            raise AttributeError(keyword)
+        setattr(self, keyword, tag)
+        return tag
+
+
+_TAGS = _Tags()
+
+
+def _raw(keyword: str, vr: str, text: str):
+    """``text`` as the pre-encoded element ``keyword``: ASCII, padded to even length as PS3.5 6.2 pads
+    ``vr`` (UI with a NUL byte, the string VRs with a space)."""
+    data = text.encode("ascii")
+    if len(data) % 2:
+        data += b"\0" if vr == "UI" else b" "
+    return _raw_bytes(getattr(_TAGS, keyword), vr, data)
+
+
+def _raw_bytes(tag: int, vr: str, data: bytes):
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    return RawDataElement(Tag(tag), vr, len(data), data, 0, True, True)
 
 
 def _mark_contour_data_raw(dataset) -> None:
