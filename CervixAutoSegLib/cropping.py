@@ -74,7 +74,16 @@ def label_boxes(array: np.ndarray) -> list:
     so a run computes it once and hands it to every statistic."""
     from scipy import ndimage
 
-    return ndimage.find_objects(array)
+    return ndimage.find_objects(integer_labels(array))
+
+
+def integer_labels(array: np.ndarray) -> np.ndarray:
+    """A label map as integers (as it is when it is; bool viewed as uint8; float values truncated,
+    for maps a tool saved as floats)."""
+    array = np.asarray(array)
+    if array.dtype.kind in "iu":
+        return array
+    return array.view(np.uint8) if array.dtype == np.bool_ else array.astype(np.intp)
 
 
 def voxel_counts(mask: np.ndarray) -> list[np.ndarray]:

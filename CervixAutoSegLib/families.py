@@ -57,7 +57,8 @@ class NetworkOutput:
     """What a :class:`NetworkRunner` returns.
 
     Attributes:
-        labels: uint8 (z, y, x) on the input grid, before postprocessing.
+        labels: uint8 (z, y, x) on the input grid, before postprocessing; the pipeline cleans this
+            array in place, so a runner hands over an array of its own (never a cached one).
         field_of_view_border: boolean (z, y, x) on the input grid, True on the outermost voxels
             the network saw (its crop), for the crop-border QA flag; None when not applicable.  An
             array or a :class:`~CervixAutoSegLib.qa.maps.BoxedMap`: readers take boxes of it.

@@ -43,6 +43,7 @@ import functools
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -434,11 +435,18 @@ def write_outputs(out_dir: Path, outcome: Outcome, *, job_started: float, cancel
     try:
         names = _output_names(outcome)
         outcome.boxes()  # scanned before the second thread reads them
+        header = _source_header(outcome) if "rtstruct" in names else None
         step(0.0, "label map, Slicer segmentation, RTSTRUCT")
+        stop = threading.Event()  # this thread failed or was cancelled: the writer stops at its next file
         with ThreadPoolExecutor(1, thread_name_prefix="cervixautoseg-write") as pool:
-            label_files = pool.submit(_write_label_files, staging, outcome, names)
-            report = _summary(staging, outcome, names, step)
-            label_files.result()
+            label_files = pool.submit(_write_label_files, staging, outcome, names, header,
+                                      lambda: stop.is_set() or bool(cancel and cancel()))
+            try:
+                report = _summary(staging, outcome, names, step)
+                _wait_for(label_files, cancel)
+            except BaseException:
+                stop.set()
+                raise
         step(0.95, "report")
         overlapped = outcome.timings.get("qa", 0.0) - qa_before
         _write_report(staging / REPORT_FILE, report, outcome.timings, time.perf_counter() - started - overlapped,
@@ -461,8 +469,30 @@ def _output_names(outcome: Outcome) -> dict[str, str]:
     return {**names, "preview": PREVIEW_FILE, "report": REPORT_FILE}
 
 
-def _write_label_files(staging: Path, outcome: Outcome, names: Mapping[str, str]) -> None:
-    """The label map, labels.json, the Slicer segmentation and the RTSTRUCT named in ``names`` into ``staging``."""
+def _source_header(outcome: Outcome) -> Any:
+    """The image header the RTSTRUCT copies patient and study from, read (and its values converted)
+    in this thread: see :func:`.rtstruct.read_source_header`."""
+    from .rtstruct import read_source_header
+
+    return read_source_header(outcome.volume)
+
+
+def _wait_for(future: Any, cancel: CancelCheck | None, poll_s: float = 0.2) -> None:
+    """``future.result()``, raising :class:`~.errors.Cancelled` meanwhile when the user cancels (the
+    writer stops at its next file)."""
+    from concurrent.futures import TimeoutError as Pending
+
+    while True:
+        try:
+            return future.result(timeout=poll_s)
+        except Pending:
+            check_cancelled(cancel)
+
+
+def _write_label_files(staging: Path, outcome: Outcome, names: Mapping[str, str], header: Any = None,
+                       cancel: CancelCheck | None = None) -> None:
+    """The label map, labels.json, the Slicer segmentation and the RTSTRUCT named in ``names`` into
+    ``staging`` (the RTSTRUCT's patient and study from ``header``); stops between files on a cancel."""
     from .image_io import write_image
     from .rtstruct import organ_tumour_containment
     from .structures import write_labels_json
@@ -471,13 +501,16 @@ def _write_label_files(staging: Path, outcome: Outcome, names: Mapping[str, str]
     containment = organ_tumour_containment(structures)
     write_image(labels, staging / names["labels"])
     write_labels_json(staging / names["labels_json"], card.id, structures)
+    check_cancelled(cancel)
     if "segmentation" in names:
         _segmentation_writer()(staging / names["segmentation"], labels, structures, containment, outcome.boxes())
+    check_cancelled(cancel)
     if "rtstruct" in names:
         from .rtstruct import write_rtstruct
 
         write_rtstruct(staging / names["rtstruct"], labels, outcome.volume, structures, model_name=card.id,
-                       model_version=card.version, containment=containment, boxes=outcome.boxes())
+                       model_version=card.version, containment=containment, image_header=header,
+                       boxes=outcome.boxes())
 
 
 def _summary(staging: Path, outcome: Outcome, names: Mapping[str, str], step: Callable[[float, str], None]) -> dict:

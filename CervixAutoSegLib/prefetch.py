@@ -45,8 +45,9 @@ _PLACE = struct.Struct("<QQ")
 """A buffer in the shared file: (offset, length) in bytes."""
 _INLINE, _SHARED = 0, 1
 """How the raw buffers follow the pickled header: through the pipe, or placed in the shared file."""
-_ALIGNMENT = 64
-"""Byte alignment of each buffer in the shared file (whole cache lines, as numpy allocates)."""
+_ALIGNMENT = mmap.ALLOCATIONGRANULARITY
+"""Byte alignment of each buffer in the shared file: each is mapped on its own, so that the parent
+lets go of one (the network's input) while keeping another (the image)."""
 
 
 def can_fork() -> bool:
@@ -66,7 +67,13 @@ class Prefetch:
         self._shared = _shared_file()
         for stream in (sys.stdout, sys.stderr):  # else the child's exit could write the parent's buffers twice
             stream.flush()
-        self.pid = os.fork()
+        try:
+            self.pid = os.fork()
+        except OSError:
+            for fd in (read_end, write_end, self._shared):
+                if fd is not None:
+                    os.close(fd)
+            raise
         if self.pid == 0:  # pragma: no cover - runs in the child, which never returns
             os.close(read_end)
             _serve(write_end, self._shared, function, args)
@@ -176,6 +183,7 @@ def _place_in(shared: int, raws: list[memoryview]) -> list[tuple[int, int]] | No
         end = offset + raw.nbytes
     try:
         os.ftruncate(shared, max(end, 1))
+        os.posix_fallocate(shared, 0, max(end, 1))  # a shortage of memory is an OSError here, not a SIGBUS below
         with mmap.mmap(shared, max(end, 1)) as view:
             for (offset, length), raw in zip(places, raws):
                 view[offset:offset + length] = raw
@@ -194,8 +202,9 @@ def _receive(fd: int, shared: int | None = None) -> Any:
         raise OSError("the reader placed its result in a shared file this process does not have")
     places = [_PLACE.unpack(_read_exactly(fd, _PLACE.size)) for _ in range(count)]
     # copy-on-write: the arrays read the child's pages and stay writable, the file is not changed
-    view = memoryview(mmap.mmap(shared, os.fstat(shared).st_size, access=mmap.ACCESS_COPY))
-    return pickle.loads(header, buffers=[view[offset:offset + length] for offset, length in places])
+    buffers = [mmap.mmap(shared, length, access=mmap.ACCESS_COPY, offset=offset) if length else bytearray()
+               for offset, length in places]
+    return pickle.loads(header, buffers=buffers)
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

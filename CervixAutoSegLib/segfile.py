@@ -255,9 +255,9 @@ def write_segmentation_nrrd(
             segments are stored in separate layers.
         boxes: :func:`~CervixAutoSegLib.cropping.label_boxes` of ``labels`` when the caller has them.
     """
-    from .cropping import label_boxes
+    from .cropping import integer_labels, label_boxes
 
-    array = np.asarray(labels.array)
+    array = integer_labels(labels.array)
     boxes = label_boxes(array) if boxes is None else boxes
     present = {value for value, box in enumerate(boxes, 1) if box is not None}
     segments = [LabelSegment.of(structure, containment, present) for structure in structures]

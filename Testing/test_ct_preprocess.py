@@ -274,7 +274,7 @@ def test_maps_restored_on_their_footprint_read_like_the_whole_grid(name, volume)
     """The network's maps come back as BoxedMaps: whole, and box by box, they equal the map
     restored onto the whole input grid; outside their footprint there is nothing."""
     from CervixAutoSegLib.ct.preprocess import restore_crops
-    from CervixAutoSegLib.ct.runner import field_of_view_border, restore_map
+    from CervixAutoSegLib.ct.runner import crop_ring, field_of_view_border, restore_map, ring_width
     from CervixAutoSegLib.qa.maps import nearest_in_plane
 
     _, context = preprocess_ct(volume)
@@ -295,7 +295,6 @@ def test_maps_restored_on_their_footprint_read_like_the_whole_grid(name, volume)
         np.testing.assert_array_equal(boxed[box], whole[box])
     border = field_of_view_border(crops.shape, context)
     assert border.dtype == bool
-    ring = restore_labels(np.pad(np.zeros((len(crops), 254, 254), np.uint8), ((0, 0), (1, 1), (1, 1)),
-                                 constant_values=1), context) > 0 if not context.resampled else np.asarray(border)
+    ring = restore_labels(crop_ring(crops.shape, ring_width(context)), context) > 0  # the whole grid's way
     np.testing.assert_array_equal(np.asarray(border), ring)
     assert np.asarray(border).any() != (name == "crop-past-edge")  # that crop's ring lies off the image

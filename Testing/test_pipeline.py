@@ -213,6 +213,28 @@ def test_label_files_are_written_while_the_qa_runs(tmp_path, models_root, monkey
     assert not writer_threads()  # the writer thread is gone
 
 
+def test_cancel_while_the_label_files_are_written_publishes_nothing(tmp_path, models_root, monkeypatch):
+    from CervixAutoSegLib import qa
+    from CervixAutoSegLib.dicom_writer import write_dicom_series
+
+    write_dicom_series(synthetic_ct("HFS"), tmp_path / "dicom", modality="CT")
+    out = tmp_path / "out"
+    run(tmp_path / "dicom", out, models_root)
+    before = snapshot(out)
+    real_assess, asked = qa.assess, []
+
+    def assess_then_cancel(*args, **kwargs):
+        asked.append("cancel")  # the user presses cancel while the result is checked
+        return real_assess(*args, **kwargs)
+
+    monkeypatch.setattr(qa, "assess", assess_then_cancel)
+    with pytest.raises(Cancelled):
+        run(tmp_path / "dicom", out, models_root, cancel=lambda: bool(asked))
+    assert snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dicom", "out"]  # no staging folder left behind
+    assert not writer_threads()
+
+
 @pytest.mark.parametrize("failing", ["qa", "label files"])
 def test_failure_in_either_thread_is_raised_and_publishes_nothing(tmp_path, models_root, monkeypatch, failing):
     out = tmp_path / "out"

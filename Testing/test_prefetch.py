@@ -94,6 +94,26 @@ def test_a_reader_that_dies_is_replaced_by_reading_here():
     assert result == ["read here", None]
 
 
+def test_a_shared_file_this_process_cannot_map_is_replaced_by_reading_here():
+    """The child placed its (large) answer in the shared file; mapping it fails here (no address
+    space, say): the answer is read in this process instead, not lost."""
+    result = run_fresh("""
+        import json, os, mmap
+        import numpy as np
+        from CervixAutoSegLib import prefetch
+        parent = os.getpid()
+        def read():
+            return ("child" if os.getpid() != parent else "here", np.arange(1000, dtype=np.int16))
+        pending = prefetch.start(read)
+        def no_mapping(*args, **kwargs):
+            raise OSError("cannot allocate memory")
+        prefetch.mmap.mmap = no_mapping  # only here: the child forked with the real one
+        who, array = pending.result()
+        print(json.dumps([who, int(array.sum()), pending.seconds]))
+    """)
+    assert result == ["here", 499500, None]
+
+
 def test_no_fork_with_torch_imported_or_another_thread_running():
     assert "torch" in sys.modules and not prefetch.can_fork() and prefetch.start(print) is None
     result = run_fresh("""

@@ -237,6 +237,11 @@ def _mr_without_tumour(name: str) -> Volume:
     return volume.with_array(np.where(volume.array == 2, 1, volume.array).astype(np.uint8))
 
 
+def _mr_tumour_without_organ(name: str) -> Volume:
+    volume = mr_labels(name)
+    return volume.with_array(np.where(volume.array == 1, 0, volume.array).astype(np.uint8))
+
+
 def _with_stray_value(name: str) -> Volume:
     """A CT label map holding a value no structure names (7) and stored as int16."""
     volume = labels_on(name)
@@ -245,7 +250,8 @@ def _with_stray_value(name: str) -> Volume:
     return volume.with_array(array)
 
 
-@pytest.mark.parametrize("case", ["ct", "ct_stray_int16", "mr", "mr_without_tumour", "mr_organ_absent"])
+@pytest.mark.parametrize("case", ["ct", "ct_stray_int16", "ct_float32", "mr", "mr_without_tumour",
+                                  "mr_tumour_without_organ", "mr_empty"])
 def test_label_map_writer_gives_the_file_of_one_mask_per_segment(tmp_path, case):
     """write_segmentation_nrrd paints layers from the label map by lookup; the reference is the
     mask-per-segment writer on structure_segments' masks: same voxels, layers, extents and fields."""
@@ -255,9 +261,12 @@ def test_label_map_writer_gives_the_file_of_one_mask_per_segment(tmp_path, case)
 
     if case.startswith("ct"):
         labels = _with_stray_value("oblique") if case == "ct_stray_int16" else labels_on("feet_first_prone")
+        if case == "ct_float32":  # a label map some tool saved as floats
+            labels = labels.with_array(labels.array.astype(np.float32))
         structures, containment = CT_STRUCTURES, None
     else:
-        labels = {"mr": mr_labels, "mr_without_tumour": _mr_without_tumour}.get(
+        labels = {"mr": mr_labels, "mr_without_tumour": _mr_without_tumour,
+                  "mr_tumour_without_organ": _mr_tumour_without_organ}.get(
             case, lambda name: labels_on(name).with_array(np.zeros((7, 11, 13), np.uint8)))("oblique")
         structures, containment = MR_STRUCTURES, organ_tumour_containment(MR_STRUCTURES)
     fast = write_segmentation_nrrd(tmp_path / "fast.seg.nrrd", labels, structures, containment)
@@ -270,4 +279,5 @@ def test_label_map_writer_gives_the_file_of_one_mask_per_segment(tmp_path, case)
     for key, value in want_header.items():
         assert np.array_equal(header[key], value, equal_nan=True) if isinstance(value, np.ndarray) \
             else header[key] == value, key
-    assert (data.ndim == 4) == (case == "mr")  # organ and tumour overlap only when the tumour is there
+    # the organ segment covers the tumour: two layers whenever the tumour is there
+    assert (data.ndim == 4) == (case in ("mr", "mr_tumour_without_organ"))

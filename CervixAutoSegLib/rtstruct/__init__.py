@@ -20,7 +20,7 @@ scikit-image) are imported inside the functions, so importing this package is ch
 from __future__ import annotations
 
 from .reader import find_rtstructs, read_rtstruct, read_rtstruct_masks, referenced_series, roi_names
-from .writer import build_rtstruct_dataset, organ_tumour_containment, write_rtstruct
+from .writer import build_rtstruct_dataset, organ_tumour_containment, read_source_header, write_rtstruct
 
 __all__ = [
     "build_rtstruct_dataset",
@@ -28,6 +28,7 @@ __all__ = [
     "organ_tumour_containment",
     "read_rtstruct",
     "read_rtstruct_masks",
+    "read_source_header",
     "referenced_series",
     "roi_names",
     "write_rtstruct",

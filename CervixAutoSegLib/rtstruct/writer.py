@@ -260,6 +260,18 @@ def _check_same_grid(labels: Volume, reference: Volume) -> None:
                                         {"labels": labels, "image": reference}, "resample it onto the images first")
 
 
+def read_source_header(reference: Volume):
+    """The header of ``reference``'s first DICOM file, every attribute the structure set copies from
+    it already converted here: a writer in another thread then neither converts nor touches the
+    process-wide warning filters (which a conversion's ``catch_warnings`` would)."""
+    header = _read_image_header(reference)
+    invalid_optional_values(header)
+    for keyword in _COPIED_FROM_IMAGES:
+        if keyword in header and keyword not in OPTIONAL_COPIED:
+            header.data_element(keyword)
+    return header
+
+
 def _read_image_header(reference: Volume):
     import pydicom
 
@@ -297,6 +309,7 @@ def _optional_value_problem(header, keyword: str) -> str | None:
     """
     import warnings
 
+    from pydicom.dataelem import RawDataElement
     from pydicom.datadict import dictionary_VR
     from pydicom.tag import Tag
 
@@ -306,9 +319,10 @@ def _optional_value_problem(header, keyword: str) -> str | None:
     vr = dictionary_VR(Tag(element.tag))
     label = f"{keyword} {Tag(element.tag)} holds {shown!r}"
     try:
-        with warnings.catch_warnings():  # pydicom warns about the value it converts; we say it in one line
-            warnings.simplefilter("ignore")
-            element = header[keyword]
+        if isinstance(element, RawDataElement):
+            with warnings.catch_warnings():  # pydicom warns about the value it converts; we say it in one line
+                warnings.simplefilter("ignore")
+                element = header[keyword]
         values = [v for v in (element.value if element.VM > 1 else [element.value]) if v not in (None, "")]
         if vr == "DS":
             return _decimal_string_problem(label, values)
@@ -510,14 +524,15 @@ def _mark_contour_data_raw(dataset) -> None:
     """Let pydicom write the pre-encoded Contour Data bytes as they are.
 
     pydicom re-parses raw elements of a dataset whose "original" encoding or character
-    set differs from the output; declaring each contour item as already implicit little
-    endian in its effective character set avoids that.  Output is identical either way.
+    set differs from the output; declaring each contour item (and its image reference) as
+    already implicit little endian in its effective character set avoids that.  Output is identical either way.
     """
     for roi in dataset.ROIContourSequence:
         for contour in roi.get("ContourSequence", []):
-            charset = getattr(contour, "_character_set", None)
-            if charset is not None and hasattr(contour, "set_original_encoding"):
-                contour.set_original_encoding(True, True, charset)
+            for item in (contour, *contour.ContourImageSequence):
+                charset = getattr(item, "_character_set", None)
+                if charset is not None and hasattr(item, "set_original_encoding"):
+                    item.set_original_encoding(True, True, charset)
 
 
 def _rt_roi_observation(structure: Structure):
