@@ -77,6 +77,20 @@ def label_boxes(array: np.ndarray) -> list:
     return ndimage.find_objects(integer_labels(array))
 
 
+def region_box(boxes: Sequence[tuple | None], values: Sequence[int], shape: tuple[int, ...],
+               margin: int = 1) -> tuple[slice, slice, slice] | None:
+    """Union of the :func:`label_boxes` of label ``values`` (z, y, x), widened in-plane by ``margin``
+    and clipped to ``shape``; None when none of them is present."""
+    found = [boxes[v - 1] for v in values if 0 < v <= len(boxes) and boxes[v - 1] is not None]
+    if not found:
+        return None
+    starts = [min(b[a].start for b in found) for a in range(3)]
+    stops = [max(b[a].stop for b in found) for a in range(3)]
+    return (slice(starts[0], stops[0]),
+            slice(max(starts[1] - margin, 0), min(stops[1] + margin, shape[1])),
+            slice(max(starts[2] - margin, 0), min(stops[2] + margin, shape[2])))
+
+
 def integer_labels(array: np.ndarray) -> np.ndarray:
     """A label map as integers (as it is when it is; bool viewed as uint8; float values truncated,
     for maps a tool saved as floats)."""

@@ -427,6 +427,7 @@ def write_outputs(out_dir: Path, outcome: Outcome, *, job_started: float, cancel
     from concurrent.futures import ThreadPoolExecutor
 
     from .outputs import make_staging
+    from .rtstruct import read_source_header
 
     step = step or (lambda fraction, message: None)
     out_dir = Path(out_dir).absolute()
@@ -435,7 +436,8 @@ def write_outputs(out_dir: Path, outcome: Outcome, *, job_started: float, cancel
     try:
         names = _output_names(outcome)
         outcome.boxes()  # scanned before the second thread reads them
-        header = _source_header(outcome) if "rtstruct" in names else None
+        # read (and its values converted) here, so that the writer thread never converts: see read_source_header
+        header = read_source_header(outcome.volume) if "rtstruct" in names else None
         step(0.0, "label map, Slicer segmentation, RTSTRUCT")
         stop = threading.Event()  # this thread failed or was cancelled: the writer stops at its next file
         with ThreadPoolExecutor(1, thread_name_prefix="cervixautoseg-write") as pool:
@@ -467,14 +469,6 @@ def _output_names(outcome: Outcome) -> dict[str, str]:
     if outcome.volume.meta.get("source") == "dicom":
         names["rtstruct"] = RTSTRUCT_FILE
     return {**names, "preview": PREVIEW_FILE, "report": REPORT_FILE}
-
-
-def _source_header(outcome: Outcome) -> Any:
-    """The image header the RTSTRUCT copies patient and study from, read (and its values converted)
-    in this thread: see :func:`.rtstruct.read_source_header`."""
-    from .rtstruct import read_source_header
-
-    return read_source_header(outcome.volume)
 
 
 def _wait_for(future: Any, cancel: CancelCheck | None, poll_s: float = 0.2) -> None:

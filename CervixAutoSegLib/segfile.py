@@ -20,8 +20,9 @@ the terminology tag uses the context of ``Resources/CervixAutoSeg.term.json``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -113,16 +114,28 @@ def assign_layers(masks: Sequence[np.ndarray]) -> list[int]:
     Disjoint structures (all CT ones) share layer 0; an overlapping one (MR tumour inside
     the organ) goes to the next layer where it is disjoint from everything already there.
     """
-    occupied: list[np.ndarray] = []
+    return _first_fit(masks, lambda used, mask: not np.any(used & mask), lambda mask: np.array(mask, bool, copy=True))
+
+
+def first_fit(value_sets: Sequence[set[int]]) -> list[int]:
+    """Layer index per segment, as :func:`assign_layers` on the masks of these label-value sets:
+    masks of a label map overlap exactly when their sets share a value present in the map."""
+    return _first_fit(value_sets, lambda used, values: not used & values, set)
+
+
+def _first_fit(items: Sequence[Any], disjoint: Callable[[Any, Any], bool], copy: Callable[[Any], Any]) -> list[int]:
+    """Layer index per item: the first layer whose union so far is ``disjoint`` from it, else a new one
+    (each layer's union starts as a ``copy`` of its first item and grows with ``|=``)."""
+    occupied: list[Any] = []
     layers = []
-    for mask in masks:
+    for item in items:
         for index, used in enumerate(occupied):
-            if not np.any(used & mask):
-                used |= mask
+            if disjoint(used, item):
+                used |= item
                 layers.append(index)
                 break
         else:
-            occupied.append(np.array(mask, dtype=bool, copy=True))
+            occupied.append(copy(item))
             layers.append(len(occupied) - 1)
     return layers
 
@@ -255,7 +268,7 @@ def write_segmentation_nrrd(
             segments are stored in separate layers.
         boxes: :func:`~CervixAutoSegLib.cropping.label_boxes` of ``labels`` when the caller has them.
     """
-    from .cropping import integer_labels, label_boxes
+    from .cropping import integer_labels, label_boxes, region_box
 
     array = integer_labels(labels.array)
     boxes = label_boxes(array) if boxes is None else boxes
@@ -266,7 +279,7 @@ def write_segmentation_nrrd(
     stack = [_layer(array, [s for s, layer in zip(segments, layers) if layer == index], present)
              for index in range(max(layers, default=0) + 1)]
     data = stack[0] if len(stack) == 1 else np.stack(stack, axis=-1)
-    extents = [_box_extent([boxes[value - 1] for value in segment.values]) for segment in segments]
+    extents = [_box_extent(region_box(boxes, segment.values, array.shape, margin=0)) for segment in segments]
     return _write_nrrd(path, data, segmentation_header(labels, segments, layers, extents))
 
 
@@ -292,23 +305,6 @@ class LabelSegment:
                    tuple(value for value in covered if value in present))
 
 
-def first_fit(value_sets: Sequence[set[int]]) -> list[int]:
-    """Layer index per segment, as :func:`assign_layers` on the masks of these label-value sets:
-    masks of a label map overlap exactly when their sets share a value present in the map."""
-    occupied: list[set[int]] = []
-    layers = []
-    for values in value_sets:
-        for index, used in enumerate(occupied):
-            if not used & values:
-                used |= values
-                layers.append(index)
-                break
-        else:
-            occupied.append(set(values))
-            layers.append(len(occupied) - 1)
-    return layers
-
-
 def _layer(array: np.ndarray, segments: Sequence[LabelSegment], present: set[int]) -> np.ndarray:
     """uint8 (z, y, x): each segment's label value where ``array`` holds one of its values, else 0;
     ``array`` itself when that changes no voxel."""
@@ -320,14 +316,11 @@ def _layer(array: np.ndarray, segments: Sequence[LabelSegment], present: set[int
     return table[np.maximum(array, 0) if array.dtype.kind == "i" else array]  # find_objects ignores values < 1
 
 
-def _box_extent(boxes: Sequence[tuple]) -> tuple[int, ...]:
-    """(i_min, i_max, j_min, j_max, k_min, k_max) around ``find_objects`` boxes (z, y, x); (0, -1)*3 if none."""
-    if not boxes:
+def _box_extent(box: tuple[slice, ...] | None) -> tuple[int, ...]:
+    """(i_min, i_max, j_min, j_max, k_min, k_max) of a (z, y, x) box; (0, -1) * 3 for None."""
+    if box is None:
         return (0, -1, 0, -1, 0, -1)
-    bounds: list[int] = []
-    for axis in (2, 1, 0):
-        bounds += [min(box[axis].start for box in boxes), max(box[axis].stop for box in boxes) - 1]
-    return tuple(bounds)
+    return tuple(bound for axis in (2, 1, 0) for bound in (box[axis].start, box[axis].stop - 1))
 
 
 # --------------------------------------------------------------------- reading

@@ -183,8 +183,8 @@ def case_features(image: Any, labels: np.ndarray, structures: Sequence[Any],
     """
     from scipy import ndimage
 
+    from ..cropping import region_box
     from ..postprocess import any_of, rules_for
-    from .slice_signals import region_box
 
     labels = np.asarray(labels)
     body = body_of(image)

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..cropping import region_box
 from ..postprocess import IN_PLANE
 from .maps import UNIT, BoxedMap, EvidenceMaps
 
@@ -74,19 +75,6 @@ class StructureSlices:
     pieces: np.ndarray
     centroid_yx_mm: np.ndarray
     signals: dict[str, np.ndarray]
-
-
-def region_box(boxes: Sequence[tuple | None], values: Sequence[int], shape: tuple[int, ...],
-               margin: int = 1) -> tuple[slice, slice, slice] | None:
-    """Union of ``scipy.ndimage.find_objects`` boxes of ``values``, widened in-plane by ``margin``."""
-    found = [boxes[v - 1] for v in values if 0 < v <= len(boxes) and boxes[v - 1] is not None]
-    if not found:
-        return None
-    starts = [min(b[a].start for b in found) for a in range(3)]
-    stops = [max(b[a].stop for b in found) for a in range(3)]
-    return (slice(starts[0], stops[0]),
-            slice(max(starts[1] - margin, 0), min(stops[1] + margin, shape[1])),
-            slice(max(starts[2] - margin, 0), min(stops[2] + margin, shape[2])))
 
 
 def structure_slices(labels: np.ndarray, name: str, value: int, region: Sequence[int], spacing_xy: Sequence[float],

@@ -69,7 +69,7 @@ def roi_masks(
     ROI covers, e.g. ``{1: (1, 2)}``: the MR organ ROI includes the tumour painted over it.
     ``boxes``: :func:`~CervixAutoSegLib.cropping.label_boxes` of ``labels`` when the caller has them.
     """
-    from ..cropping import label_boxes
+    from ..cropping import label_boxes, region_box
     from ..postprocess import any_of
 
     containment = containment or {}
@@ -77,12 +77,9 @@ def roi_masks(
     masks = {}
     for structure in structures:
         values = tuple(containment.get(structure.value, (structure.value,)))
-        found = [boxes[v - 1] for v in values if 0 < v <= len(boxes) and boxes[v - 1] is not None]
-        if not found:
-            masks[structure.value] = ((0, 0, 0), np.zeros((0, 1, 1), dtype=bool))
-            continue
-        box = tuple(slice(min(b[a].start for b in found), max(b[a].stop for b in found)) for a in range(3))
-        masks[structure.value] = (tuple(s.start for s in box), any_of(labels[box], values))
+        box = region_box(boxes, values, labels.shape, margin=0)
+        masks[structure.value] = (((0, 0, 0), np.zeros((0, 1, 1), dtype=bool)) if box is None
+                                  else (tuple(s.start for s in box), any_of(labels[box], values)))
     return masks
 
 
@@ -477,40 +474,26 @@ def _contour(number: int, k: int, points: np.ndarray, planes: ImagePlanes):
     from pydicom.dataset import Dataset
 
     image = Dataset()
-    image[_TAGS.ReferencedSOPClassUID] = _raw("ReferencedSOPClassUID", "UI", planes.sop_class_uid)
-    image[_TAGS.ReferencedSOPInstanceUID] = _raw("ReferencedSOPInstanceUID", "UI", planes.sop_instance_uids[k])
+    image.add(_raw("ReferencedSOPClassUID", "UI", planes.sop_class_uid))
+    image.add(_raw("ReferencedSOPInstanceUID", "UI", planes.sop_instance_uids[k]))
     contour = Dataset()
     contour.ContourImageSequence = [image]
-    contour[_TAGS.ContourGeometricType] = _raw("ContourGeometricType", "CS", uids.CLOSED_PLANAR)
-    contour[_TAGS.NumberOfContourPoints] = _raw("NumberOfContourPoints", "IS", str(len(points)))
-    contour[_TAGS.ContourNumber] = _raw("ContourNumber", "IS", str(number))
-    contour[_CONTOUR_DATA_TAG] = _raw_bytes(_CONTOUR_DATA_TAG, "DS", coordinates_ds_bytes(points))
+    contour.add(_raw("ContourGeometricType", "CS", uids.CLOSED_PLANAR))
+    contour.add(_raw("NumberOfContourPoints", "IS", str(len(points))))
+    contour.add(_raw("ContourNumber", "IS", str(number)))
+    contour.add(_raw_bytes(_CONTOUR_DATA_TAG, "DS", coordinates_ds_bytes(points)))
     return contour
-
-
-class _Tags:
-    """Tags of the contour item's attributes by keyword, looked up in pydicom's dictionary once."""
-
-    def __getattr__(self, keyword: str) -> int:
-        from pydicom.datadict import tag_for_keyword
-
-        tag = tag_for_keyword(keyword)
-        if tag is None:  # pragma: no cover - a misspelt keyword
-            raise AttributeError(keyword)
-        setattr(self, keyword, tag)
-        return tag
-
-
-_TAGS = _Tags()
 
 
 def _raw(keyword: str, vr: str, text: str):
     """``text`` as the pre-encoded element ``keyword``: ASCII, padded to even length as PS3.5 6.2 pads
     ``vr`` (UI with a NUL byte, the string VRs with a space)."""
+    from pydicom.tag import Tag
+
     data = text.encode("ascii")
     if len(data) % 2:
         data += b"\0" if vr == "UI" else b" "
-    return _raw_bytes(getattr(_TAGS, keyword), vr, data)
+    return _raw_bytes(Tag(keyword), vr, data)
 
 
 def _raw_bytes(tag: int, vr: str, data: bytes):
