@@ -140,6 +140,9 @@ class SeriesInfo:
     """MR only: T2-weighted or not, and why (:func:`~CervixAutoSegLib.mr_weighting.mr_weighting` of the first file)."""
     damaged: list["DamagedFile"] = dataclasses.field(default_factory=list)
     """Files of this series (or of its folder, when the cut hid their series) that cannot be read completely."""
+    headers: list[tuple[Path, Any]] | None = dataclasses.field(default=None, repr=False, compare=False)
+    """(path, header with pixel data deferred) of each file as the scan read them, kept only by
+    ``scan_series(..., keep_headers=True)`` for a read that follows at once; None: read again."""
 
     @property
     def is_supported(self) -> bool:
@@ -513,7 +516,7 @@ def _scan(paths: Iterable[Path]) -> tuple[dict[str, list[tuple[Path, Any]]], lis
     return groups, damaged
 
 
-def _info(uid: str, members: list[tuple[Path, Any]]) -> SeriesInfo:
+def _info(uid: str, members: list[tuple[Path, Any]], keep_headers: bool = False) -> SeriesInfo:
     first = members[0][1]
     modality = _text(first, "Modality").upper()
     frames = _frame_count(first)
@@ -551,6 +554,7 @@ def _info(uid: str, members: list[tuple[Path, Any]]) -> SeriesInfo:
         echo_time=_float(first, "EchoTime"),
         repetition_time=_float(first, "RepetitionTime"),
         weighting=weighting,
+        headers=list(members) if keep_headers else None,
     )
 
 
@@ -608,14 +612,16 @@ def _attach(infos: list[SeriesInfo], damaged: list[DamagedFile]) -> list[Damaged
     return unattached
 
 
-def scan_series(folder: Path | str | Sequence[Path | str]) -> SeriesScan:
+def scan_series(folder: Path | str | Sequence[Path | str], *, keep_headers: bool = False) -> SeriesScan:
     """Every DICOM image series under ``folder`` (recursive), with the damaged files found on the way.
 
     Series are sorted by modality, number and description; see :func:`find_series`.
+    ``keep_headers``: each series keeps the headers read (:attr:`SeriesInfo.headers`), so that
+    :func:`read_series_files` right after does not parse every file a second time.
     """
     paths = [Path(p) for p in folder] if isinstance(folder, (list, tuple)) else [Path(folder)]
     groups, damaged = _scan(paths)
-    infos = [_info(uid, members) for uid, members in groups.items()]
+    infos = [_info(uid, members, keep_headers) for uid, members in groups.items()]
     infos.sort(key=lambda info: (info.modality, info.series_number, info.description, info.series_instance_uid))
     return SeriesScan(infos, _attach(infos, damaged))
 
@@ -1002,10 +1008,11 @@ def _read_pixels(members: Sequence[tuple[Path, Any]], size: tuple[int, int]
 
 
 def _read_members(info: SeriesInfo) -> list[tuple[Path, Any]]:
-    """(path, header) of every file of ``info``, each checked again (files may change after the scan)."""
+    """(path, header) of every file of ``info``, each checked again: read again (files may change
+    after the scan) unless the scan kept its headers for this read (:attr:`SeriesInfo.headers`)."""
+    headers, info.headers = info.headers, None  # used once: the pixel data is let go as it is read
     members = []
-    for path in info.files:
-        ds = _read_header(path)
+    for path, ds in headers or ((path, _read_header(path)) for path in info.files):
         if isinstance(ds, DamagedFile):  # changed since the scan
             raise InputError(ds.message())
         if ds is None:
@@ -1127,7 +1134,7 @@ def read_dicom_series(
     for path in paths:
         if not path.exists():
             raise InputError(f"{path} does not exist")
-    scan = scan_series(paths)
+    scan = scan_series(paths, keep_headers=True)  # read at once: the headers are not parsed twice
     scan.check_found(where)
     info = choose_series(scan.series, series_uid=series_uid, modality=modality, t2=t2, preferred=preferred,
                          where=where)

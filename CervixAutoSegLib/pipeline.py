@@ -248,17 +248,39 @@ def segment(
         OutputError: ``out_dir`` unusable, or holding a user's file under an output name (checked first).
         Cancelled: the user cancelled.
     """
-    from .devices import describe_device
-
     tracker = StagedProgress(progress, cancel)
     timings: dict[str, float] = {}
     job_started = time.perf_counter()
     out_dir = _prepare_out_dir(out_dir, overwrite)
 
     tracker.start("load", "reading image")
-    torch_device, (volume, input_path, card, warnings), prepared = _device_and_input(
+    torch_device, (volume, input_path, card, warnings), prepared, reader = _device_and_input(
         device, (source, series_uid, model, models_root, allow_non_t2), prefetch_input, timings)
+    with contextlib.closing(reader) if reader is not None else contextlib.nullcontext():
+        outcome = _network_outcome(volume, input_path, card, warnings, prepared, (device, torch_device), options,
+                                   tracker, cancel, timings)
+        evidence = list(outcome.evidence) if keep_evidence else []  # the QA lets go of the outcome's
+        if out_dir is None:
+            outcome.assess_quality()
+            timings["total"] = time.perf_counter() - job_started
+            tracker.finish()
+            return SegmentationResult(outcome.labels, card.structures, card, outcome.report(), None, {}, evidence)
 
+        tracker.start("write", "checking the result, writing outputs")
+        files, report = write_outputs(out_dir, outcome, job_started=job_started, cancel=cancel,
+                                      step=tracker.update, overwrite=overwrite, reader=reader)
+    tracker.finish(f"done: {out_dir}")
+    return SegmentationResult(outcome.labels, card.structures, card, report, out_dir, files, evidence)
+
+
+def _network_outcome(volume: Volume, input_path: str | None, card: Any, warnings: list[str], prepared: Any,
+                     device: tuple[str, Any], options: Any, tracker: StagedProgress, cancel: CancelCheck | None,
+                     timings: dict[str, float]) -> Outcome:
+    """The network and the postprocessing of the image read: the :class:`Outcome` the outputs are
+    made from (``device``: as asked, as resolved; ``prepared``: the runner's preprocessing done ahead)."""
+    from .devices import describe_device
+
+    device, torch_device = device
     tracker.start("preprocess", f"model {card.id} on {describe_device(torch_device)}")
     output = _run_network(volume, card, torch_device, options, tracker, cancel, prepared)
     warnings += output.warnings
@@ -267,37 +289,28 @@ def segment(
 
     tracker.start("postprocess", "cleaning contours")
     labels, cleanup = _postprocess(output, volume, card, timings)
-
-    outcome = Outcome(volume, input_path, card, _device_entry(device, torch_device, output), labels, cleanup,
-                      output.field_of_view_border, output.preprocessing, timings, warnings, evidence=output.evidence)
-    evidence = output.evidence if keep_evidence else []
-    del output  # the outcome holds the evidence maps until its QA ran
-    if out_dir is None:
-        outcome.assess_quality()
-        timings["total"] = time.perf_counter() - job_started
-        tracker.finish()
-        return SegmentationResult(labels, card.structures, card, outcome.report(), None, {}, evidence)
-
-    tracker.start("write", "checking the result, writing outputs")
-    files, report = write_outputs(out_dir, outcome, job_started=job_started, cancel=cancel, step=tracker.update,
-                                  overwrite=overwrite)
-    tracker.finish(f"done: {out_dir}")
-    return SegmentationResult(labels, card.structures, card, report, out_dir, files, evidence)
+    return Outcome(volume, input_path, card, _device_entry(device, torch_device, output), labels, cleanup,
+                   output.field_of_view_border, output.preprocessing, timings, warnings, evidence=output.evidence)
 
 
 def _device_and_input(device: str, load_args: tuple, prefetch_input: bool, timings: dict[str, float]) -> tuple:
-    """(torch device, :func:`_load` of ``load_args``, the runner's prepared image or None); the device
-    first, so a bad ``--device`` fails before any reading.
+    """(torch device, :func:`_load` of ``load_args``, the runner's prepared image or None, the reader
+    child or None); the device first, so a bad ``--device`` fails before any reading.
 
     With ``prefetch_input`` an image path is read, and prepared by a :class:`~.families.PreparingRunner`,
     in a forked child meanwhile (resolving the device imports torch: a second of a fresh process);
     ``timings["load"]`` and ``timings["preprocess"]`` are then the child's, and ``timings["load_wait"]``
-    what was left to wait for after the import.
+    what was left to wait for after the import.  The child stays, keeping the image, to write the
+    label files later (:func:`write_outputs`); the caller closes it.
     """
     from . import prefetch
     from .devices import resolve_device
 
-    pending = prefetch.start(_read_ahead, *load_args) if prefetch_input and not isinstance(load_args[0], Volume) else None
+    source = load_args[0]
+    pending = None
+    if prefetch_input and not isinstance(source, Volume):
+        pending = prefetch.start(_read_ahead, *load_args, shared_imports=_shared_imports(Path(source)),
+                                 keep=_image_read)
     try:
         torch_device = resolve_device(device)
     except BaseException:
@@ -311,7 +324,21 @@ def _device_and_input(device: str, load_args: tuple, prefetch_input: bool, timin
     else:
         loaded, prepared, timings["load"], timings["preprocess"] = pending.result()
         timings["load_wait"] = time.perf_counter() - started
-    return torch_device, loaded, prepared
+    return torch_device, loaded, prepared, pending if pending is not None and pending.serving else None
+
+
+def _shared_imports(source: Path) -> tuple[str, ...]:
+    """Modules the prefetch child needs to read and prepare ``source`` and this process needs after
+    the network (labelling in postprocess and QA; pydicom for the RTSTRUCT): 0.3 s imported once."""
+    from .image_io import image_suffix
+
+    return ("scipy.ndimage",) if source.is_file() and image_suffix(source) else ("scipy.ndimage", "pydicom")
+
+
+def _image_read(read_ahead: tuple) -> Volume:
+    """What the prefetch child keeps of its :func:`_read_ahead` result: the image (the same as this
+    process received), for writing the label files."""
+    return read_ahead[0][0]
 
 
 def _read_ahead(*load_args: Any) -> tuple:
@@ -413,21 +440,22 @@ def _prepare_out_dir(out_dir: str | Path | None, overwrite: bool) -> Path | None
 
 # ---------------------------------------------------------------- outputs
 def write_outputs(out_dir: Path, outcome: Outcome, *, job_started: float, cancel: CancelCheck | None = None,
-                  step: Callable[[float, str], None] | None = None,
-                  overwrite: bool = False) -> tuple[dict[str, Path], dict]:
+                  step: Callable[[float, str], None] | None = None, overwrite: bool = False,
+                  reader: Any = None) -> tuple[dict[str, Path], dict]:
     """Write all outputs into a staging folder, then move them into ``out_dir`` (see module docstring).
 
-    The label files (label map, ``.seg.nrrd``, RTSTRUCT) do not depend on the QA, so a second thread
-    writes them while this one runs the outcome's QA (if it has not run yet), builds the report and
-    draws the preview; ``timings["write"]`` is the writing's wall time beyond the QA's.
-    ``step(fraction, message)`` is told before each part (fraction of the writing done).
-    ``overwrite``: files with our names that are not ours may be replaced too.
+    The label files (label map, ``.seg.nrrd``, RTSTRUCT) do not depend on the QA, so they are
+    written meanwhile while this thread runs the outcome's QA (if it has not run yet), builds the
+    report and draws the preview: by ``reader``, the prefetch child that read the image
+    (:class:`~.prefetch.Prefetch` serving jobs: another process, so no GIL between the two), else
+    by a second thread; should the child die, here.  ``timings["write"]`` is the writing's wall
+    time beyond the QA's.  ``step(fraction, message)`` is told before each part (fraction of the
+    writing done).  ``overwrite``: files with our names that are not ours may be replaced too.
     Returns ({output key: path in out_dir}, the report document).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     from .outputs import make_staging
-    from .rtstruct import read_source_header
 
     step = step or (lambda fraction, message: None)
     out_dir = Path(out_dir).absolute()
@@ -435,19 +463,18 @@ def write_outputs(out_dir: Path, outcome: Outcome, *, job_started: float, cancel
     started, qa_before = time.perf_counter(), outcome.timings.get("qa", 0.0)
     try:
         names = _output_names(outcome)
-        outcome.boxes()  # scanned before the second thread reads them
-        # read (and its values converted) here, so that the writer thread never converts: see read_source_header
-        header = read_source_header(outcome.volume) if "rtstruct" in names else None
         step(0.0, "label map, Slicer segmentation, RTSTRUCT")
         stop = threading.Event()  # this thread failed or was cancelled: the writer stops at its next file
         with ThreadPoolExecutor(1, thread_name_prefix="cervixautoseg-write") as pool:
-            label_files = pool.submit(_write_label_files, staging, outcome, names, header,
-                                      lambda: stop.is_set() or bool(cancel and cancel()))
+            label_files = _start_label_files(staging, outcome, names, reader, pool,
+                                             lambda: stop.is_set() or bool(cancel and cancel()))
             try:
                 report = _summary(staging, outcome, names, step)
                 _wait_for(label_files, cancel)
             except BaseException:
                 stop.set()
+                if reader is not None:
+                    reader.cancel()  # the child stops at once; the staging folder goes below
                 raise
         step(0.95, "report")
         overlapped = outcome.timings.get("qa", 0.0) - qa_before
@@ -471,6 +498,48 @@ def _output_names(outcome: Outcome) -> dict[str, str]:
     return {**names, "preview": PREVIEW_FILE, "report": REPORT_FILE}
 
 
+def _start_label_files(staging: Path, outcome: Outcome, names: Mapping[str, str], reader: Any, pool: Any,
+                       cancel: CancelCheck) -> Any:
+    """The label files being written (a future): by ``reader`` when it serves, else in ``pool``'s
+    thread; a reader that died meanwhile is replaced by writing here (:class:`_LabelFiles`)."""
+    from .prefetch import ReaderLost
+    from .rtstruct import read_source_header
+
+    boxes = outcome.boxes()  # scanned before another thread or process reads them
+    if reader is not None and reader.serving:
+        try:
+            return _LabelFiles(reader.submit(_write_label_files_in_reader, staging, outcome.labels, outcome.card,
+                                             names, boxes), staging, outcome, names, cancel)
+        except ReaderLost as error:
+            log.info("%s; writing the label files in this process", error)
+    # read (and its values converted) here, so that the writer thread never converts: see read_source_header
+    header = read_source_header(outcome.volume) if "rtstruct" in names else None
+    return pool.submit(_write_label_files, staging, outcome.volume, outcome.labels, outcome.card, names, boxes,
+                       header, cancel)
+
+
+class _LabelFiles:
+    """The reader child's label-file job, as a future whose result writes the files here instead
+    when the child died (out of memory, killed) before finishing them."""
+
+    def __init__(self, job: Any, staging: Path, outcome: Outcome, names: Mapping[str, str],
+                 cancel: CancelCheck) -> None:
+        self._job, self._again = job, (staging, outcome, names, cancel)
+
+    def result(self, timeout: float | None = None) -> None:
+        from .prefetch import ReaderLost
+        from .rtstruct import read_source_header
+
+        try:
+            return self._job.result(timeout)
+        except ReaderLost as error:
+            log.info("%s; writing the label files in this process", error)
+        staging, outcome, names, cancel = self._again
+        header = read_source_header(outcome.volume) if "rtstruct" in names else None
+        _write_label_files(staging, outcome.volume, outcome.labels, outcome.card, names, outcome.boxes(), header,
+                           cancel)
+
+
 def _wait_for(future: Any, cancel: CancelCheck | None, poll_s: float = 0.2) -> None:
     """``future.result()``, raising :class:`~.errors.Cancelled` meanwhile when the user cancels (the
     writer stops at its next file)."""
@@ -483,28 +552,38 @@ def _wait_for(future: Any, cancel: CancelCheck | None, poll_s: float = 0.2) -> N
             check_cancelled(cancel)
 
 
-def _write_label_files(staging: Path, outcome: Outcome, names: Mapping[str, str], header: Any = None,
-                       cancel: CancelCheck | None = None) -> None:
+def _write_label_files_in_reader(image: Volume, staging: Path, labels: Volume, card: Any, names: Mapping[str, str],
+                                 boxes: list) -> None:
+    """:func:`_write_label_files` as the prefetch child's job, on the ``image`` it read and kept (the
+    one this process received from it); the RTSTRUCT's source header is read there too."""
+    from .rtstruct import read_source_header
+
+    header = read_source_header(image) if "rtstruct" in names else None
+    _write_label_files(staging, image, labels, card, names, boxes, header)
+
+
+def _write_label_files(staging: Path, image: Volume, labels: Volume, card: Any, names: Mapping[str, str],
+                       boxes: list, header: Any = None, cancel: CancelCheck | None = None) -> None:
     """The label map, labels.json, the Slicer segmentation and the RTSTRUCT named in ``names`` into
-    ``staging`` (the RTSTRUCT's patient and study from ``header``); stops between files on a cancel."""
+    ``staging`` (``boxes``: :func:`.cropping.label_boxes` of ``labels``; the RTSTRUCT's patient and
+    study from ``header``); stops between files on a cancel."""
     from .image_io import write_image
     from .rtstruct import organ_tumour_containment
     from .structures import write_labels_json
 
-    card, labels, structures = outcome.card, outcome.labels, outcome.card.structures
+    structures = card.structures
     containment = organ_tumour_containment(structures)
     write_image(labels, staging / names["labels"])
     write_labels_json(staging / names["labels_json"], card.id, structures)
     check_cancelled(cancel)
     if "segmentation" in names:
-        _segmentation_writer()(staging / names["segmentation"], labels, structures, containment, outcome.boxes())
+        _segmentation_writer()(staging / names["segmentation"], labels, structures, containment, boxes)
     check_cancelled(cancel)
     if "rtstruct" in names:
         from .rtstruct import write_rtstruct
 
-        write_rtstruct(staging / names["rtstruct"], labels, outcome.volume, structures, model_name=card.id,
-                       model_version=card.version, containment=containment, image_header=header,
-                       boxes=outcome.boxes())
+        write_rtstruct(staging / names["rtstruct"], labels, image, structures, model_name=card.id,
+                       model_version=card.version, containment=containment, image_header=header, boxes=boxes)
 
 
 def _summary(staging: Path, outcome: Outcome, names: Mapping[str, str], step: Callable[[float, str], None]) -> dict:

@@ -16,6 +16,14 @@ time, while the parent still imports) and sends only their places through the pi
 maps the file copy-on-write and the arrays use the pages the child filled.  Where no such file
 can be made the buffers go through the pipe as before.
 
+Afterwards.  Asked to (``keep``), the child stays: it keeps part of what it read (the image) and
+runs later work handed to it with :meth:`Prefetch.submit`, such as writing the label files while
+this process checks the result: two processes, so no GIL between them.  The job's arguments
+travel the other way the same way (a second shared file); answers to jobs are small and come
+through the pipe.  The child leaves when this process closes the job pipe (:meth:`Prefetch.close`),
+or dies with it (end of file on that pipe).  Shared files only ever grow: a buffer the receiver
+still maps is never overwritten.
+
 When.  Only where forking is safe and pays: Linux, torch not imported yet (otherwise there is
 nothing to overlap), and a single thread (forking a multi-threaded process can deadlock the
 child).  Elsewhere :func:`start` returns None and the caller loads in-process, as it does inside
@@ -25,16 +33,19 @@ memory) makes :meth:`Prefetch.result` load in-process instead, with a log line.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import mmap
 import os
 import pickle
+import select
 import signal
 import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import TimeoutError as Pending
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -50,100 +61,237 @@ _ALIGNMENT = mmap.ALLOCATIONGRANULARITY
 lets go of one (the network's input) while keeping another (the image)."""
 
 
+class ReaderLost(RuntimeError):
+    """The child died (killed, out of memory) before answering a job."""
+
+
 def can_fork() -> bool:
     """Whether :func:`start` would fork here (see the module docstring)."""
     return (sys.platform.startswith("linux") and hasattr(os, "fork") and "torch" not in sys.modules
             and threading.active_count() == 1)
 
 
-class Prefetch:
-    """A forked child computing ``function(*args)``; :meth:`result` collects it (once)."""
+class SharedFile:
+    """One direction's anonymous shared-memory file: buffers are appended at aligned offsets,
+    never overwritten, so arrays the receiver maps from an earlier message never change."""
 
-    def __init__(self, function: Callable[..., Any], args: tuple) -> None:
-        self._function, self._args = function, args
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.end = 0
+        """Bytes in use (what the sending process placed so far)."""
+
+    def place(self, raws: Sequence[memoryview]) -> list[tuple[int, int]] | None:
+        """Copy ``raws`` in after what is there: their (offset, length), or None when the file cannot
+        hold them (no memory for it: the pipe then carries them)."""
+        places, end = [], self.end
+        for raw in raws:
+            offset = -(-end // _ALIGNMENT) * _ALIGNMENT
+            places.append((offset, raw.nbytes))
+            end = offset + raw.nbytes
+        start, end = self.end, max(end, self.end + 1)
+        try:
+            os.ftruncate(self.fd, end)
+            os.posix_fallocate(self.fd, start, end - start)  # a shortage of memory is an OSError here, not a SIGBUS
+            first = start // _ALIGNMENT * _ALIGNMENT
+            with mmap.mmap(self.fd, end - first, offset=first) as view:
+                for (offset, length), raw in zip(places, raws):
+                    view[offset - first:offset - first + length] = raw
+        except (OSError, ValueError):
+            return None
+        self.end = end
+        return places
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _shared_file() -> SharedFile | None:
+    """A new anonymous shared-memory file, or None where there is none to be had."""
+    try:
+        return SharedFile(os.memfd_create("cervixautoseg-prefetch", os.MFD_CLOEXEC))
+    except (AttributeError, OSError):
+        return None
+
+
+class Prefetch:
+    """A forked child computing ``function(*args)``; :meth:`result` collects it (once).
+
+    With ``keep``, the child keeps ``keep(result)`` and serves :meth:`submit` afterwards, until
+    :meth:`close`; without, it leaves once it answered.
+    """
+
+    def __init__(self, function: Callable[..., Any], args: tuple, keep: Callable[[Any], Any] | None = None) -> None:
+        self._function, self._args, self._job = function, args, None
         self.seconds: float | None = None
         """The child's own seconds for ``function`` (None until :meth:`result`, or when it ran here)."""
-        read_end, write_end = os.pipe()
-        self._shared = _shared_file()
-        for stream in (sys.stdout, sys.stderr):  # else the child's exit could write the parent's buffers twice
-            stream.flush()
+        self.serving = False
+        """True while the child waits for :meth:`submit` (after :meth:`result`, with ``keep``)."""
+        self._fds: dict[str, Any] = {}
         try:
+            self._fds.update(zip(("answers", "answers_in_child"), os.pipe()))
+            if keep is not None:
+                self._fds.update(zip(("jobs_in_child", "jobs"), os.pipe()))
+            self._fds.update(answers_shared=_shared_file(), jobs_shared=_shared_file() if keep else None)
+            for stream in (sys.stdout, sys.stderr):  # else the child's exit could write the parent's buffers twice
+                stream.flush()
             self.pid = os.fork()
         except OSError:
-            for fd in (read_end, write_end, self._shared):
-                if fd is not None:
-                    os.close(fd)
+            self._close_all()
             raise
         if self.pid == 0:  # pragma: no cover - runs in the child, which never returns
-            os.close(read_end)
-            _serve(write_end, self._shared, function, args)
-        os.close(write_end)
-        self._read_end = read_end
+            for name in ("answers", "jobs"):
+                self._close_fd(name)
+            _serve(self._fds, function, args, keep)
+        for name in ("answers_in_child", "jobs_in_child"):
+            self._close_fd(name)
 
     def result(self) -> Any:
         """The child's return value (its exception raised here), or ``function(*args)`` computed here
         when the child died without an answer."""
         try:
-            status, value, seconds = _receive(self._read_end, self._shared)
+            status, value, seconds = _receive(self._fds["answers"], self._fds["answers_shared"])
         except (EOFError, OSError, pickle.UnpicklingError) as error:
             log.info("the input reader (process %d) gave no answer (%s); reading in this process", self.pid, error)
             self.cancel()
             return self._function(*self._args)
         finally:
-            self._close()
+            self._close_fd("answers_shared")  # the arrays keep their mappings
         self.seconds = seconds
+        self.serving = status == "ok" and "jobs" in self._fds
+        if not self.serving:
+            self.close()
         if status == "error":
             raise value
         return value
 
+    def submit(self, function: Callable[..., Any], *args: Any) -> Job:
+        """``function(kept, *args)`` started in the child (``function`` a module-level one, ``args``
+        picklable); one job at a time.  :class:`ReaderLost` when the child is gone."""
+        if not self.serving or self._job is not None:
+            raise RuntimeError("the reader process takes no job now")
+        try:
+            _send(self._fds["jobs"], (function, args), self._fds["jobs_shared"])
+        except OSError as error:  # a broken pipe: the child died
+            self.cancel()
+            raise ReaderLost(f"the reader process {self.pid} is gone ({error})") from error
+        self._job = Job(self)
+        return self._job
+
     def cancel(self) -> None:
-        """Stop the child (when its result is not wanted any more)."""
+        """Stop the child now (its result or a job's is not wanted any more)."""
         try:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        self._close()
+        self.close()
 
-    def _close(self) -> None:
-        for name in ("_read_end", "_shared"):
-            if getattr(self, name) is not None:
-                os.close(getattr(self, name))
-                setattr(self, name, None)
+    def close(self) -> None:
+        """No more jobs: the child leaves (killed if a job is still running) and is waited for."""
+        self.serving = False
+        if self._job is not None and not self._job.done:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._close_all()
         try:
             os.waitpid(self.pid, 0)
         except ChildProcessError:
             pass
 
+    def _close_fd(self, name: str) -> None:
+        fd = self._fds.pop(name, None)
+        if isinstance(fd, SharedFile):
+            fd.close()
+        elif fd is not None:
+            os.close(fd)
 
-def start(function: Callable[..., Any], *args: Any) -> Prefetch | None:
-    """``function(*args)`` started in a forked child, or None where :func:`can_fork` says no."""
-    return Prefetch(function, args) if can_fork() else None
+    def _close_all(self) -> None:
+        for name in list(self._fds):
+            self._close_fd(name)
 
 
-def _shared_file() -> int | None:
-    """A new anonymous shared-memory file descriptor, or None where there is none to be had."""
-    try:
-        return os.memfd_create("cervixautoseg-prefetch", os.MFD_CLOEXEC)
-    except (AttributeError, OSError):
+class Job:
+    """Work running in the child (:meth:`Prefetch.submit`); :meth:`result` collects it, like a future's."""
+
+    def __init__(self, owner: Prefetch) -> None:
+        self._owner = owner
+        self.done = False
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The job's return value (its exception raised here); ``concurrent.futures.TimeoutError``
+        when it is not done within ``timeout`` seconds, :class:`ReaderLost` when the child died."""
+        owner = self._owner
+        fd = owner._fds.get("answers")
+        if fd is None:
+            raise ReaderLost("the reader process was stopped")
+        if timeout is not None and not select.select([fd], [], [], timeout)[0]:
+            raise Pending()
+        try:
+            status, value, _ = _receive(fd)
+        except (EOFError, OSError, pickle.UnpicklingError) as error:
+            owner.cancel()
+            raise ReaderLost(f"the reader process {owner.pid} died during its job ({error})") from error
+        self.done, owner._job = True, None
+        if status == "error":
+            raise value
+        return value
+
+
+def start(function: Callable[..., Any], *args: Any, shared_imports: Sequence[str] = (),
+          keep: Callable[[Any], Any] | None = None) -> Prefetch | None:
+    """``function(*args)`` started in a forked child, or None where :func:`can_fork` says no.
+
+    ``shared_imports``: modules both processes need (the child to read, this process after the
+    network), imported once before the fork instead of once in each process after it.
+    ``keep``: what of the result the child keeps for later :meth:`Prefetch.submit` jobs (None:
+    the child leaves once it answered).
+    """
+    if not can_fork():
         return None
+    for name in shared_imports:
+        importlib.import_module(name)
+    return Prefetch(function, args, keep)
 
 
-def _serve(write_end: int, shared: int | None, function: Callable[..., Any],
-           args: tuple) -> None:  # pragma: no cover - child
-    """The child: compute, send (status, value, seconds), leave without running any exit handler."""
+def _serve(fds: dict[str, Any], function: Callable[..., Any], args: tuple,
+           keep: Callable[[Any], Any] | None) -> None:  # pragma: no cover - child
+    """The child: compute, send (status, value, seconds), serve jobs when asked to keep something,
+    leave without running any exit handler."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     code = 0
     try:
-        started = time.perf_counter()
-        try:
-            message = ("ok", function(*args), time.perf_counter() - started)
-        except BaseException as error:  # noqa: BLE001 - every failure goes to the parent
-            message = ("error", _picklable(error), time.perf_counter() - started)
-        _send(write_end, message, shared)
+        message = _run(function, args)
+        _send(fds["answers_in_child"], message, fds["answers_shared"])
+        if fds.get("answers_shared") is not None:  # the parent maps what it needs; job answers use the pipe
+            fds.pop("answers_shared").close()
+        if keep is not None and message[0] == "ok":
+            kept = keep(message[1])
+            del message  # the rest of the result (the network's input) is the parent's now
+            _serve_jobs(fds, kept)
     except BaseException:  # noqa: BLE001 - the parent sees EOF and reads in-process
         code = 1
     finally:
         os._exit(code)
+
+
+def _serve_jobs(fds: dict[str, Any], kept: Any) -> None:  # pragma: no cover - child
+    """Run each job ``(function, args)`` as ``function(kept, *args)`` until the job pipe closes."""
+    while True:
+        try:
+            function, args = _receive(fds["jobs_in_child"], fds["jobs_shared"])
+        except EOFError:
+            return
+        _send(fds["answers_in_child"], _run(function, (kept, *args)))
+
+
+def _run(function: Callable[..., Any], args: tuple) -> tuple[str, Any, float]:
+    """("ok", value, seconds) or ("error", the exception, seconds) of ``function(*args)``."""
+    started = time.perf_counter()
+    try:
+        return "ok", function(*args), time.perf_counter() - started
+    except BaseException as error:  # noqa: BLE001 - every failure goes to the parent
+        return "error", _picklable(error), time.perf_counter() - started
 
 
 def _picklable(error: BaseException) -> BaseException:
@@ -155,13 +303,13 @@ def _picklable(error: BaseException) -> BaseException:
         return RuntimeError(f"{type(error).__name__}: {error}")
 
 
-def _send(fd: int, message: Any, shared: int | None = None) -> None:
+def _send(fd: int, message: Any, shared: SharedFile | None = None) -> None:
     """``message`` pickled (protocol 5) through ``fd``; its raw buffers placed in the ``shared`` file
     when there is one (and they fit), else through ``fd`` after the header."""
     buffers: list[pickle.PickleBuffer] = []
     header = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
     raws = [buffer.raw() for buffer in buffers]
-    places = _place_in(shared, raws) if shared is not None and raws else None
+    places = shared.place(raws) if shared is not None and raws else None
     _write_all(fd, _LENGTH.pack(len(raws)) + _LENGTH.pack(_INLINE if places is None else _SHARED))
     _write_all(fd, _LENGTH.pack(len(header)))
     _write_all(fd, header)
@@ -173,36 +321,17 @@ def _send(fd: int, message: Any, shared: int | None = None) -> None:
             _write_all(fd, _PLACE.pack(*places[index]))
 
 
-def _place_in(shared: int, raws: list[memoryview]) -> list[tuple[int, int]] | None:
-    """Copy ``raws`` into the ``shared`` file, each at an aligned offset: their (offset, length), or
-    None when the file cannot hold them (no memory for it: the pipe then carries them)."""
-    places, end = [], 0
-    for raw in raws:
-        offset = -(-end // _ALIGNMENT) * _ALIGNMENT
-        places.append((offset, raw.nbytes))
-        end = offset + raw.nbytes
-    try:
-        os.ftruncate(shared, max(end, 1))
-        os.posix_fallocate(shared, 0, max(end, 1))  # a shortage of memory is an OSError here, not a SIGBUS below
-        with mmap.mmap(shared, max(end, 1)) as view:
-            for (offset, length), raw in zip(places, raws):
-                view[offset:offset + length] = raw
-    except (OSError, ValueError):
-        return None
-    return places
-
-
-def _receive(fd: int, shared: int | None = None) -> Any:
+def _receive(fd: int, shared: SharedFile | None = None) -> Any:
     count, how = (_LENGTH.unpack(_read_exactly(fd, _LENGTH.size))[0] for _ in range(2))
     header = _read_exactly(fd, _LENGTH.unpack(_read_exactly(fd, _LENGTH.size))[0])
     if how == _INLINE:
         buffers = [_read_exactly(fd, _LENGTH.unpack(_read_exactly(fd, _LENGTH.size))[0]) for _ in range(count)]
         return pickle.loads(header, buffers=buffers)
     if shared is None:
-        raise OSError("the reader placed its result in a shared file this process does not have")
+        raise OSError("the sender placed its message in a shared file this process does not have")
     places = [_PLACE.unpack(_read_exactly(fd, _PLACE.size)) for _ in range(count)]
-    # copy-on-write: the arrays read the child's pages and stay writable, the file is not changed
-    buffers = [mmap.mmap(shared, length, access=mmap.ACCESS_COPY, offset=offset) if length else bytearray()
+    # copy-on-write: the arrays read the sender's pages and stay writable, the file is not changed
+    buffers = [mmap.mmap(shared.fd, length, access=mmap.ACCESS_COPY, offset=offset) if length else bytearray()
                for offset, length in places]
     return pickle.loads(header, buffers=buffers)
 

@@ -486,3 +486,25 @@ def test_integer_rescale_to_int16_is_exact_for_every_stored_type(stored_type, st
     expected = stored.astype(np.int64) + intercepts.astype(np.int64)[:, None, None]
     assert values.dtype == np.int16
     np.testing.assert_array_equal(values, expected)
+
+
+def test_a_series_read_at_once_parses_each_file_once_and_reads_the_same(tmp_path, monkeypatch):
+    """read_dicom_series reuses the scan's headers (each file parsed once, then its pixels read);
+    the volume equals the one read by parsing every file again, and a plain scan (a series
+    listing, say in Slicer) keeps no header."""
+    from CervixAutoSegLib import dicom_series
+
+    volume = make_volume((6, 24, 30), spacing_xyz=(0.8, 0.8, 2.5), direction=direction_for("FFP"))
+    write(volume, tmp_path, patient_position="FFP", shuffle_seed=3)
+    [listed] = dicom_series.scan_series(tmp_path).series
+    assert listed.headers is None
+    reread = dicom_series.read_series_files(listed)  # the earlier way: every header parsed again
+
+    parsed = []
+    original = dicom_series._read_header
+    monkeypatch.setattr(dicom_series, "_read_header", lambda path: parsed.append(path) or original(path))
+    loaded = read_dicom_series(tmp_path)
+    assert sorted(parsed) == sorted(listed.files) and len(parsed) == volume.shape[0]
+    np.testing.assert_array_equal(loaded.array, volume.array)
+    assert_same_image_in_lps(reread, loaded)
+    assert loaded.meta == reread.meta

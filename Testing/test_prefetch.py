@@ -114,6 +114,87 @@ def test_a_shared_file_this_process_cannot_map_is_replaced_by_reading_here():
     assert result == ["here", 499500, None]
 
 
+def test_shared_imports_are_made_once_before_the_fork():
+    """Modules both processes need are imported here before forking: the child finds them loaded
+    without importing them; without a fork (torch imported) nothing is imported."""
+    result = run_fresh("""
+        import json, os, sys
+        from CervixAutoSegLib import prefetch
+        def read():
+            return [os.getpid(), "colorsys" in sys.modules, "wave" in sys.modules]
+        pending = prefetch.start(read, shared_imports=("colorsys",))
+        pid, child_has_colorsys, child_has_wave = pending.result()
+        print(json.dumps([pid != os.getpid(), child_has_colorsys, child_has_wave, "colorsys" in sys.modules]))
+    """)
+    assert result == [True, True, False, True]
+    assert prefetch.start(print, shared_imports=("this_module_does_not_exist",)) is None  # torch is imported here
+
+
+def test_a_kept_child_runs_later_jobs_with_what_it_kept():
+    """The child keeps part of its result and runs jobs on it: the job's arrays travel exactly
+    (a second job's do not disturb the first's), the answer and the job's own exception come back
+    here, a job not done yet times out like a future, and close() ends the child."""
+    result = run_fresh("""
+        import json, os, time
+        from concurrent.futures import TimeoutError as Pending
+        import numpy as np
+        from CervixAutoSegLib import prefetch
+        parent = os.getpid()
+        held = []
+        def read():
+            return {"image": np.arange(12, dtype=np.int16).reshape(3, 4), "network_input": np.ones(10**6)}
+        def job(image, labels, seconds=0.0):
+            time.sleep(seconds)
+            if labels is None:
+                raise ValueError("no labels")
+            held.append(labels)  # the first job's arrays stay mapped in the child
+            return [os.getpid() != parent, int(image.sum()), int(labels.sum(dtype=np.int64)),
+                    [int(h.sum(dtype=np.int64)) for h in held]]
+        pending = prefetch.start(read, keep=lambda value: value["image"])
+        read_here = pending.result()
+        first = np.full((40, 64, 64), 3, np.uint8)
+        answers = [pending.submit(job, first).result(timeout=30)]
+        slow = pending.submit(job, np.full((40, 64, 64), 1, np.uint8), 0.5)
+        try:
+            slow.result(timeout=0.01)
+            answers.append("no timeout")
+        except Pending:
+            answers.append(slow.result())
+        try:
+            pending.submit(job, None).result()
+        except ValueError as error:
+            answers.append(str(error))
+        pid = pending.pid
+        pending.close()
+        try:
+            os.kill(pid, 0)
+            answers.append("child alive")
+        except ProcessLookupError:
+            answers.append("child gone")
+        print(json.dumps([pending.serving, int(read_here["image"].sum()), answers]))
+    """)
+    n = 40 * 64 * 64
+    assert result == [False, 66, [[True, 66, 3 * n, [3 * n]], [True, 66, n, [3 * n, n]], "no labels", "child gone"]]
+
+
+def test_a_child_that_dies_during_a_job_is_reported_not_waited_for():
+    result = run_fresh("""
+        import json, os, signal
+        from CervixAutoSegLib import prefetch
+        def die(kept):
+            os.kill(os.getpid(), signal.SIGKILL)
+        pending = prefetch.start(lambda: "image", keep=lambda value: value)
+        pending.result()
+        try:
+            pending.submit(die).result()
+            outcome = "no error"
+        except prefetch.ReaderLost as error:
+            outcome = "lost"
+        print(json.dumps([outcome, pending.serving]))
+    """)
+    assert result == ["lost", False]
+
+
 def test_no_fork_with_torch_imported_or_another_thread_running():
     assert "torch" in sys.modules and not prefetch.can_fork() and prefetch.start(print) is None
     result = run_fresh("""
@@ -146,6 +227,93 @@ def test_the_command_reads_ahead_and_contours_as_segment_does_here(tmp_path, fee
     assert sorted(path.name for path in (tmp_path / "cli").iterdir()) == sorted(path.name for path in here.out_dir.iterdir())
 
 
+SEGMENT_RECORDING_WRITERS = """
+    import json, os, signal, sys
+    from CervixAutoSegLib import pipeline
+    from CervixAutoSegLib.errors import Cancelled
+    series, out, models, pids, how = sys.argv[1:6]
+    real_write = pipeline._write_label_files
+    def recording(*args, **kwargs):
+        with open(pids, "a") as file:
+            file.write(f"{os.getpid()} ")
+        return real_write(*args, **kwargs)
+    pipeline._write_label_files = recording
+    if how == "child dies":
+        def die(*args):
+            os.kill(os.getpid(), signal.SIGKILL)
+        die.__module__, die.__qualname__ = pipeline.__name__, "_write_label_files_in_reader"  # sent by name
+        pipeline._write_label_files_in_reader = die
+    cancel = None
+    if how == "cancel":
+        from CervixAutoSegLib import qa
+        real_assess, asked = qa.assess, []
+        qa.assess = lambda *args, **kwargs: asked.append(1) or real_assess(*args, **kwargs)
+        cancel = lambda: bool(asked)
+    try:
+        result = pipeline.segment(series, out, models_root=models, device="cpu", prefetch_input=True, cancel=cancel)
+        outcome = sorted(result.files)
+    except Cancelled:
+        outcome = "cancelled"
+    try:
+        children = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        children = "none"
+    print(json.dumps([os.getpid(), outcome, children]))
+"""
+
+
+def _segment_fresh(tmp_path, series, models_root, how):
+    """``segment(..., prefetch_input=True)`` in a fresh interpreter: (its pid, its files or
+    "cancelled", child processes left, pids that wrote label files)."""
+    pids = tmp_path / f"writers-{how.replace(' ', '-')}.txt"
+    completed = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(SEGMENT_RECORDING_WRITERS), str(series), str(tmp_path / how),
+         str(models_root), str(pids), how], capture_output=True, text=True, check=False)
+    assert completed.returncode == 0, completed.stderr
+    pid, outcome, children = json.loads(completed.stdout.strip().splitlines()[-1])
+    writers = [int(line) for line in pids.read_text().split()] if pids.exists() else []
+    return pid, outcome, children, writers
+
+
+def _label_files_equal(got: Path, want: Path) -> None:
+    import nrrd
+    import pydicom
+
+    np.testing.assert_array_equal(load_image(got / "labels.nii.gz").array, load_image(want / "labels.nii.gz").array)
+    assert (got / "labels.json").read_text() == (want / "labels.json").read_text()
+    (got_seg, got_header), (want_seg, want_header) = (nrrd.read(str(f / "segmentation.seg.nrrd")) for f in (got, want))
+    np.testing.assert_array_equal(got_seg, want_seg)
+    assert got_header.keys() == want_header.keys()
+    for got_rt, want_rt in [(pydicom.dcmread(got / "rtstruct.dcm"), pydicom.dcmread(want / "rtstruct.dcm"))]:
+        assert [r.ROIName for r in got_rt.StructureSetROISequence] == [r.ROIName for r in want_rt.StructureSetROISequence]
+        assert ([[c.ContourData for c in r.get("ContourSequence", [])] for r in got_rt.ROIContourSequence]
+                == [[c.ContourData for c in r.get("ContourSequence", [])] for r in want_rt.ROIContourSequence])
+        assert got_rt.PatientID == want_rt.PatientID and got_rt.StudyInstanceUID == want_rt.StudyInstanceUID
+
+
+@pytest.mark.parametrize("how", ["child writes", "child dies"])
+def test_the_reader_child_writes_the_label_files_or_this_process_when_it_died(tmp_path, feet_first_series,
+                                                                               models_root, how):
+    """The child that read the image writes the label files (another process) and they are those
+    written here; a child killed during that job is replaced by writing in the parent.  Either
+    way no child process is left."""
+    pid, files, children, writers = _segment_fresh(tmp_path, feet_first_series, models_root, how)
+    assert files == ["labels", "labels_json", "preview", "report", "rtstruct", "segmentation"]
+    assert children == "none"
+    assert writers == ([pid] if how == "child dies" else writers) and len(writers) == 1
+    assert (writers[0] != pid) == (how == "child writes")
+    here = segment(feet_first_series, tmp_path / "here", models_root=models_root, device="cpu")
+    _label_files_equal(tmp_path / how, here.out_dir)
+
+
+def test_a_cancel_while_the_reader_child_writes_publishes_nothing_and_ends_the_child(tmp_path, feet_first_series,
+                                                                                    models_root):
+    pid, outcome, children, writers = _segment_fresh(tmp_path, feet_first_series, models_root, "cancel")
+    assert outcome == "cancelled" and children == "none"
+    assert not (tmp_path / "cancel").exists() or not any((tmp_path / "cancel").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("writers")) in ([], ["cancel"])
+
+
 def _round_trip(message, shared, send=prefetch._send):
     """``message`` sent through a pipe (a thread writes, as the child would) and received here."""
     read_end, write_end = os.pipe()
@@ -176,12 +344,12 @@ def test_results_travel_exactly_and_writable_through_the_shared_file_or_the_pipe
         assert got.flags.writeable
     assert np.array_equal(fortran, hu[:, :5, :3]) and fortran.flags.f_contiguous
     if shared is not None:
-        size = os.fstat(shared).st_size
+        size = os.fstat(shared.fd).st_size
         assert (size >= hu.nbytes + batch.nbytes) == (how == "shared file")
-        before = os.pread(shared, size, 0)
+        before = os.pread(shared.fd, size, 0)
         arrays["hu"][:] = 0  # copy-on-write: the received arrays are this process's own
-        assert os.pread(shared, size, 0) == before
-        os.close(shared)
+        assert os.pread(shared.fd, size, 0) == before
+        shared.close()
 
 
 def test_a_result_placed_in_a_shared_file_the_receiver_lacks_is_an_error_not_garbage():
@@ -193,4 +361,4 @@ def test_a_result_placed_in_a_shared_file_the_receiver_lacks_is_an_error_not_gar
         prefetch._receive(read_end, None)
     writer.join()
     os.close(read_end)
-    os.close(shared)
+    shared.close()
