@@ -293,6 +293,12 @@ def _network_outcome(volume: Volume, input_path: str | None, card: Any, warnings
                    output.field_of_view_border, output.preprocessing, timings, warnings, evidence=output.evidence)
 
 
+_SHARED_IMPORTS = ("scipy.ndimage",)
+"""Modules the prefetch child needs to prepare the image and this process needs after the network
+(labelling, in postprocess and the QA): imported once before the fork.  pydicom is the child's alone
+(it also writes the RTSTRUCT), so it is imported there, beside torch's import here."""
+
+
 def _device_and_input(device: str, load_args: tuple, prefetch_input: bool, timings: dict[str, float]) -> tuple:
     """(torch device, :func:`_load` of ``load_args``, the runner's prepared image or None, the reader
     child or None); the device first, so a bad ``--device`` fails before any reading.
@@ -309,7 +315,7 @@ def _device_and_input(device: str, load_args: tuple, prefetch_input: bool, timin
     source = load_args[0]
     pending = None
     if prefetch_input and not isinstance(source, Volume):
-        pending = prefetch.start(_read_ahead, *load_args, shared_imports=_shared_imports(Path(source)),
+        pending = prefetch.start(_read_ahead, *load_args, shared_imports=_SHARED_IMPORTS,
                                  keep=_image_read)
     try:
         torch_device = resolve_device(device)
@@ -325,14 +331,6 @@ def _device_and_input(device: str, load_args: tuple, prefetch_input: bool, timin
         loaded, prepared, timings["load"], timings["preprocess"] = pending.result()
         timings["load_wait"] = time.perf_counter() - started
     return torch_device, loaded, prepared, pending if pending is not None and pending.serving else None
-
-
-def _shared_imports(source: Path) -> tuple[str, ...]:
-    """Modules the prefetch child needs to read and prepare ``source`` and this process needs after
-    the network (labelling in postprocess and QA; pydicom for the RTSTRUCT): 0.3 s imported once."""
-    from .image_io import image_suffix
-
-    return ("scipy.ndimage",) if source.is_file() and image_suffix(source) else ("scipy.ndimage", "pydicom")
 
 
 def _image_read(read_ahead: tuple) -> Volume:

@@ -157,6 +157,10 @@ def any_of(array: np.ndarray, values: Sequence[int]) -> np.ndarray:
     return mask
 
 
+_FEW_PIECES = 4
+"""Up to this many kept pieces, :func:`select_components` selects them by comparisons, not a gather."""
+
+
 def select_components(mask: np.ndarray, mode: str, min_voxels: float = 0.0) -> tuple[np.ndarray, int, int]:
     """3D components (26-connected) of a boolean ``mask`` to keep.
 
@@ -177,7 +181,15 @@ def select_components(mask: np.ndarray, mode: str, min_voxels: float = 0.0) -> t
     else:
         keep = sizes >= min_voxels
         keep[0] = False
-    return keep[components], count, int(keep.sum())
+    kept = np.flatnonzero(keep)
+    if kept.size == count:
+        return mask, count, count
+    # a comparison per kept piece streams the map once each; a gather (keep[components]) costs
+    # several times one on a structure's box, so it is used only for many kept pieces
+    if kept.size == 0:
+        return np.zeros_like(mask), count, 0
+    selected = any_of(components, kept) if kept.size <= _FEW_PIECES else keep[components]
+    return selected, count, int(kept.size)
 
 
 def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:

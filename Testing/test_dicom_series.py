@@ -477,14 +477,15 @@ def test_a_file_removed_between_its_header_and_its_pixels_is_named_in_one_line(t
 ])
 def test_integer_rescale_to_int16_is_exact_for_every_stored_type(stored_type, stored, intercepts):
     """Whenever every rescaled value fits int16 the result is int16, computed in 16-bit arithmetic
-    for 16-bit stored values, and must equal the 64-bit sum."""
+    for 16-bit stored values (in their own memory: no second volume), and must equal the 64-bit sum."""
     from CervixAutoSegLib.dicom_series import _to_output_values
 
     stored = np.array([np.reshape(stored, (2, 2))] * 3, stored_type)
     intercepts = np.array(intercepts, np.float64)
-    values = _to_output_values(stored, np.ones(3), intercepts)
     expected = stored.astype(np.int64) + intercepts.astype(np.int64)[:, None, None]
+    values = _to_output_values(stored, np.ones(3), intercepts)
     assert values.dtype == np.int16
+    assert np.shares_memory(values, stored) == (stored.dtype.itemsize == 2)
     np.testing.assert_array_equal(values, expected)
 
 

@@ -203,3 +203,29 @@ def test_cleaning_in_place_gives_the_map_a_copy_gets(structures, seed):
     assert got is given and np.array_equal(got, want)
     assert summary == want_summary
     assert not np.array_equal(want, labels)  # the cleaning changed something
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(("mode", "min_voxels"), [("largest", 0.0), ("min_volume", 6.0), ("min_volume", 0.0),
+                                                  ("min_volume", 1e9)])
+def test_selected_components_are_the_kept_labels_of_the_labelling(seed, mode, min_voxels):
+    """Whichever way the pieces are selected (comparisons for a few, a gather for many, the mask
+    itself when all stay), the result is the mask of the labelled pieces that pass, and counts agree."""
+    from scipy import ndimage
+
+    from CervixAutoSegLib.postprocess import select_components
+
+    rng = np.random.default_rng(seed)
+    mask = rng.random((6, 30, 40)) < (0.02, 0.05, 0.3, 0.6, 0.002, 0.9)[seed]
+    if seed == 4:
+        mask[:] = False
+        mask[2:4, 5:9, 5:9] = True  # a single piece
+    components, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(components.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    keep = sizes >= (0.2 * sizes.max() if mode == "largest" else min_voxels)
+    keep[0] = False
+    kept, found, kept_count = select_components(mask, mode, min_voxels)
+    assert found == count and kept_count == int(keep.sum())
+    assert kept.dtype == bool and kept.shape == mask.shape
+    np.testing.assert_array_equal(kept, keep[components])

@@ -243,6 +243,11 @@ SEGMENT_RECORDING_WRITERS = """
             os.kill(os.getpid(), signal.SIGKILL)
         die.__module__, die.__qualname__ = pipeline.__name__, "_write_label_files_in_reader"  # sent by name
         pipeline._write_label_files_in_reader = die
+    if how == "child fails":
+        from CervixAutoSegLib import segfile
+        def full(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+        segfile.write_segmentation_nrrd = full
     cancel = None
     if how == "cancel":
         from CervixAutoSegLib import qa
@@ -254,6 +259,8 @@ SEGMENT_RECORDING_WRITERS = """
         outcome = sorted(result.files)
     except Cancelled:
         outcome = "cancelled"
+    except OSError as error:
+        outcome = f"OSError: {error.strerror}"
     try:
         children = os.waitpid(-1, os.WNOHANG)
     except ChildProcessError:
@@ -306,12 +313,15 @@ def test_the_reader_child_writes_the_label_files_or_this_process_when_it_died(tm
     _label_files_equal(tmp_path / how, here.out_dir)
 
 
-def test_a_cancel_while_the_reader_child_writes_publishes_nothing_and_ends_the_child(tmp_path, feet_first_series,
-                                                                                    models_root):
-    pid, outcome, children, writers = _segment_fresh(tmp_path, feet_first_series, models_root, "cancel")
-    assert outcome == "cancelled" and children == "none"
-    assert not (tmp_path / "cancel").exists() or not any((tmp_path / "cancel").iterdir())
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("writers")) in ([], ["cancel"])
+@pytest.mark.parametrize(("how", "raised"), [("cancel", "cancelled"),
+                                             ("child fails", "OSError: No space left on device")])
+def test_a_cancel_or_a_failure_while_the_reader_child_writes_publishes_nothing_and_ends_the_child(
+        tmp_path, feet_first_series, models_root, how, raised):
+    pid, outcome, children, writers = _segment_fresh(tmp_path, feet_first_series, models_root, how)
+    assert outcome == raised and children == "none"
+    assert all(writer != pid for writer in writers) and (writers or how == "cancel")  # only the child wrote
+    assert not (tmp_path / how).exists() or not any((tmp_path / how).iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("writers")) in ([], [how])
 
 
 def _round_trip(message, shared, send=prefetch._send):
