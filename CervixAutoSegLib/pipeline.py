@@ -443,10 +443,10 @@ def write_outputs(out_dir: Path, outcome: Outcome, *, job_started: float, cancel
     """Write all outputs into a staging folder, then move them into ``out_dir`` (see module docstring).
 
     The label files (label map, ``.seg.nrrd``, RTSTRUCT) do not depend on the QA, so they are
-    written meanwhile while this thread runs the outcome's QA (if it has not run yet), builds the
-    report and draws the preview: by ``reader``, the prefetch child that read the image
-    (:class:`~.prefetch.Prefetch` serving jobs: another process, so no GIL between the two), else
-    by a second thread; should the child die, here.  ``timings["write"]`` is the writing's wall
+    written while this thread runs the outcome's QA (if it has not run yet), builds the report and
+    draws the preview: by ``reader``, the prefetch child that read the image (a
+    :class:`~.prefetch.Prefetch` serving jobs: another process, so no GIL between the two), else by
+    a second thread; should the child die, here.  ``timings["write"]`` is the writing's wall
     time beyond the QA's.  ``step(fraction, message)`` is told before each part (fraction of the
     writing done).  ``overwrite``: files with our names that are not ours may be replaced too.
     Returns ({output key: path in out_dir}, the report document).
@@ -501,41 +501,44 @@ def _start_label_files(staging: Path, outcome: Outcome, names: Mapping[str, str]
     """The label files being written (a future): by ``reader`` when it serves, else in ``pool``'s
     thread; a reader that died meanwhile is replaced by writing here (:class:`_LabelFiles`)."""
     from .prefetch import ReaderLost
-    from .rtstruct import read_source_header
 
     boxes = outcome.boxes()  # scanned before another thread or process reads them
     if reader is not None and reader.serving:
         try:
-            return _LabelFiles(reader.submit(_write_label_files_in_reader, staging, outcome.labels, outcome.card,
-                                             names, boxes), staging, outcome, names, cancel)
+            job = reader.submit(_write_label_files_in_reader, staging, outcome.labels, outcome.card, names, boxes)
+            return _LabelFiles(job, lambda: _label_files_here(staging, outcome, names, cancel)())
         except ReaderLost as error:
             log.info("%s; writing the label files in this process", error)
-    # read (and its values converted) here, so that the writer thread never converts: see read_source_header
+    return pool.submit(_label_files_here(staging, outcome, names, cancel))
+
+
+def _label_files_here(staging: Path, outcome: Outcome, names: Mapping[str, str],
+                      cancel: CancelCheck) -> Callable[[], None]:
+    """:func:`_write_label_files` of ``outcome``, ready to call in this process (in any thread): the
+    RTSTRUCT's source header is read, and its values converted, now, in this thread (see
+    :func:`~.rtstruct.read_source_header`)."""
+    from .rtstruct import read_source_header
+
     header = read_source_header(outcome.volume) if "rtstruct" in names else None
-    return pool.submit(_write_label_files, staging, outcome.volume, outcome.labels, outcome.card, names, boxes,
-                       header, cancel)
+    return functools.partial(_write_label_files, staging, outcome.volume, outcome.labels, outcome.card, names,
+                             outcome.boxes(), header, cancel)
 
 
 class _LabelFiles:
-    """The reader child's label-file job, as a future whose result writes the files here instead
-    when the child died (out of memory, killed) before finishing them."""
+    """The reader child's label-file job, as a future whose result calls ``write_here`` instead when
+    the child died (out of memory, killed) before finishing them."""
 
-    def __init__(self, job: Any, staging: Path, outcome: Outcome, names: Mapping[str, str],
-                 cancel: CancelCheck) -> None:
-        self._job, self._again = job, (staging, outcome, names, cancel)
+    def __init__(self, job: Any, write_here: Callable[[], None]) -> None:
+        self._job, self._write_here = job, write_here
 
     def result(self, timeout: float | None = None) -> None:
         from .prefetch import ReaderLost
-        from .rtstruct import read_source_header
 
         try:
             return self._job.result(timeout)
         except ReaderLost as error:
             log.info("%s; writing the label files in this process", error)
-        staging, outcome, names, cancel = self._again
-        header = read_source_header(outcome.volume) if "rtstruct" in names else None
-        _write_label_files(staging, outcome.volume, outcome.labels, outcome.card, names, outcome.boxes(), header,
-                           cancel)
+        self._write_here()
 
 
 def _wait_for(future: Any, cancel: CancelCheck | None, poll_s: float = 0.2) -> None:
