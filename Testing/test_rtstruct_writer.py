@@ -382,3 +382,50 @@ def test_a_grid_mismatch_is_one_line_naming_both_grids(ct_series, tmp_path):
         write_rtstruct(tmp_path / "rs.dcm", shifted, reference, CT_STRUCTURES, model_name="m", model_version="1")
     message = str(caught.value)
     assert "\n" not in message and "labels: " in message and "image: " in message and "Volume(" not in message
+
+
+def _skimage_polygons(mask: np.ndarray) -> list[np.ndarray]:
+    """The oracle: skimage's marching squares at 0.5 on the zero-padded slice, "low" connectivity,
+    collinear vertices dropped."""
+    from skimage.measure import find_contours
+
+    from CervixAutoSegLib.rtstruct.contours import drop_collinear
+
+    padded = np.pad(mask, 1).astype(np.float32)
+    polygons = [drop_collinear(contour[:-1]) - 1.0 for contour in find_contours(padded, 0.5, fully_connected="low")]
+    return [polygon for polygon in polygons if len(polygon) >= 3]
+
+
+def _as_cycle(polygon: np.ndarray) -> tuple:
+    """A polygon's vertices (doubled, exact) as a cycle starting at its smallest vertex: equal for the
+    same polygon traced from another start, different for the other orientation."""
+    vertices = [tuple(vertex) for vertex in np.rint(2 * polygon).astype(int).tolist()]
+    start = vertices.index(min(vertices))
+    return tuple(vertices[start:] + vertices[:start])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_vectorised_tracer_gives_skimages_polygons_for_every_slice(seed):
+    """stack_polygons traces a whole stack at once; each slice gets exactly the polygons of
+    skimage's find_contours (same vertices, same orientation, only the starting vertex may differ),
+    also where pixels touch only diagonally, on empty slices and at the crop's edge."""
+    from scipy import ndimage
+
+    from CervixAutoSegLib.rtstruct.contours import stack_polygons
+
+    rng = np.random.default_rng(seed)
+    for trial in range(40):
+        shape = (int(rng.integers(1, 6)), int(rng.integers(1, 35)), int(rng.integers(1, 35)))
+        if trial % 4 == 0:
+            stack = rng.random(shape) < 0.45  # many diagonal contacts
+        else:
+            stack = ndimage.gaussian_filter(rng.standard_normal(shape), (0, 1.0 + trial % 3 * 0.5, 1.2)) \
+                > rng.uniform(-0.4, 0.6)
+        if trial % 5 == 0:
+            stack[0] = False
+        traced = stack_polygons(stack)
+        assert len(traced) == shape[0]
+        for k in range(shape[0]):
+            assert sorted(map(_as_cycle, traced[k])) == sorted(map(_as_cycle, _skimage_polygons(stack[k]))), \
+                f"trial {trial} slice {k}"
+            assert [_as_cycle(p) for p in mask_polygons(stack[k])] == [_as_cycle(p) for p in traced[k]]

@@ -34,26 +34,118 @@ def mask_polygons(mask: np.ndarray) -> list[np.ndarray]:
         coordinates, first point not repeated, collinear points removed.  Outer
         boundaries and holes are separate polygons; combine them even-odd.
     """
-    from skimage.measure import find_contours
+    return stack_polygons(np.asarray(mask, dtype=bool)[np.newaxis])[0]
 
-    mask = np.asarray(mask, dtype=bool)
-    rows = np.flatnonzero(mask.any(axis=1))
+
+_SIDE_ROW = np.array([0, 1, 2, 1])
+_SIDE_COLUMN = np.array([1, 2, 1, 0])
+"""Midpoint of each side of a marching-squares cell in doubled coordinates, from the cell's top-left
+pixel (2 r, 2 c): sides in clockwise order top, right, bottom, left; side i joins corner i and
+corner i + 1 of (top-left, top-right, bottom-right, bottom-left)."""
+
+
+def stack_polygons(masks: np.ndarray) -> list[list[np.ndarray]]:
+    """:func:`mask_polygons` of every slice of a ``(z, rows, columns)`` boolean stack, traced at once.
+
+    Marching squares on binary data, vectorised: in each 2x2 cell of pixel centres, every run of
+    foreground corners (clockwise) gives one segment between the sides where the run begins and
+    ends.  Diagonal foreground corners are separate runs, so they never join (the
+    "low" connectivity of ``skimage.measure.find_contours``) and no two polygons touch.  A
+    midpoint starts exactly one segment (in the cell where it begins a run) and ends exactly one
+    (in its neighbour), so the segments form a permutation of the midpoints whose cycles are the
+    polygons; those are found by pointer doubling instead of walking point by point.
+
+    Returns:
+        For each z, its polygons as :func:`mask_polygons` gives them, each starting at its
+        top-most (then left-most) kept vertex, ordered by that vertex.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    polygons: list[list[np.ndarray]] = [[] for _ in range(masks.shape[0])]
+    rows, columns = np.flatnonzero(masks.any(axis=(0, 2))), np.flatnonzero(masks.any(axis=(0, 1)))
     if rows.size == 0:
-        return []
-    columns = np.flatnonzero(mask.any(axis=0))
-    # Crop to the bounding box first: marching squares then costs O(structure), not O(slice).
-    row0, row1 = rows[0], rows[-1] + 1
-    col0, col1 = columns[0], columns[-1] + 1
-    crop = np.pad(mask[row0:row1, col0:col1], _PAD).astype(np.float32)
-    offset = np.array([row0 - _PAD, col0 - _PAD], dtype=np.float64)
-    polygons = []
-    # fully_connected="low": diagonal foreground pixels stay separate polygons, so no
-    # two polygons ever touch.
-    for contour in find_contours(crop, LEVEL, fully_connected="low"):
-        polygon = drop_collinear(contour[:-1]) + offset
+        return polygons
+    # Crop to the bounding box first: the work is then O(structure), not O(slice).
+    crop = np.pad(masks[:, rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1], ((0, 0), (_PAD, _PAD), (_PAD, _PAD)))
+    source, target = _segments(crop)
+    vertices, starts = _cycles(source, target)
+    keys = source[vertices]
+    width, height = 2 * crop.shape[2], 2 * crop.shape[1]
+    doubled = np.stack([keys // width % height, keys % width], axis=1)
+    kept = _turns(doubled, starts)
+    offset = np.array([rows[0] - _PAD, columns[0] - _PAD], dtype=np.float64)
+    z = keys[starts] // (width * height)
+    for k, first, last in zip(z.tolist(), starts.tolist(), [*starts[1:].tolist(), len(keys)]):
+        polygon = doubled[first:last][kept[first:last]] * 0.5 + offset
         if len(polygon) >= 3:
-            polygons.append(polygon)
+            polygons[k].append(polygon)
     return polygons
+
+
+def _segments(crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) midpoint keys of every marching-squares segment of a padded ``(z, rows, columns)``
+    stack; a key is ``(z * 2 rows + Y) * 2 columns + X`` of the doubled coordinates (Y, X)."""
+    corners = (crop[:, :-1, :-1], crop[:, :-1, 1:], crop[:, 1:, 1:], crop[:, 1:, :-1])
+    mixed = (corners[0] != corners[1]) | (corners[1] != corners[2]) | (corners[2] != corners[3])
+    z, r, c = np.nonzero(mixed)
+    corner = np.stack([part[z, r, c] for part in corners])  # (4, cells): only cells a contour crosses
+    following = np.roll(corner, -1, axis=0)
+    begins, ends = ~corner & following, corner & ~following  # side i: a run begins / ends there
+    height, width = 2 * crop.shape[1], 2 * crop.shape[2]
+    base = (z * height + 2 * r) * width + 2 * c
+    sources, targets = [], []
+    for side in range(4):
+        cells = np.flatnonzero(begins[side])
+        # the run that begins at this side ends at the next side (clockwise) where a run ends
+        end = np.full(cells.size, (side + 3) % 4)
+        for step in (2, 1):
+            candidate = (side + step) % 4
+            end = np.where(ends[candidate, cells], candidate, end)
+        # from the run's end to its beginning: clockwise on screen around the foreground, as skimage
+        sources.append(base[cells] + _SIDE_ROW[end] * width + _SIDE_COLUMN[end])
+        targets.append(base[cells] + _SIDE_ROW[side] * width + _SIDE_COLUMN[side])
+    return np.concatenate(sources), np.concatenate(targets)
+
+
+def _cycles(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The segments' cycles: (segment indices in cycle order, each cycle's first position).
+
+    Each cycle starts at its smallest key and cycles follow each other by that key.  Pointer
+    doubling: after k rounds every segment knows the smallest key among the next 2**k, and its
+    distance to the cycle's last segment, so log2(n) rounds of array operations suffice.
+    """
+    order = np.argsort(source, kind="stable")
+    source_sorted = source[order]
+    following = np.searchsorted(source_sorted, target[order])  # a permutation of 0..n-1
+    count = following.size
+    head = np.arange(count)
+    jump = following.copy()
+    for _ in range(max(count, 1).bit_length()):
+        np.minimum(head, head[jump], out=head)
+        jump = jump[jump]
+    last = following == head  # the cycle's last segment leads back to its first
+    to_last = (~last).astype(np.int64)
+    jump = np.where(last, np.arange(count), following)
+    for _ in range(max(count, 1).bit_length()):
+        to_last = to_last + to_last[jump]
+        jump = jump[jump]
+    position = to_last[head] - to_last
+    sequence = np.lexsort((position, head))
+    starts = np.flatnonzero(position[sequence] == 0)
+    return order[sequence], starts
+
+
+def _turns(points: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Which vertices of the polygons ``points[starts[i]:starts[i + 1]]`` are corners: the step
+    into a vertex differs from the step out of it (steps between midpoints are exact in doubled
+    coordinates, so this is drop_collinear without a tolerance)."""
+    count = len(points)
+    ends = np.append(starts[1:], count)
+    following = np.arange(1, count + 1)
+    following[ends - 1] = starts  # the last vertex of each polygon leads back to its first
+    step_out = points[following] - points
+    previous = np.empty(count, dtype=np.int64)
+    previous[following] = np.arange(count)
+    return np.any(step_out != step_out[previous], axis=1)
 
 
 def drop_collinear(polygon: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from ..structures import GTV, ORGAN, Code, Structure
 from ..volume import Volume
 from . import uids
 from .contours import keyhole as join_holes
-from .contours import mask_polygons
+from .contours import stack_polygons
 from ..decimal_strings import coordinates_ds_bytes
 from .planes import ImagePlanes, image_planes
 
@@ -112,9 +112,7 @@ def slice_contours(mask: np.ndarray, planes: ImagePlanes, *, keyhole: bool = Fal
     contours = []
     k0, j0, i0 = origin
     shift = np.array([j0, i0], dtype=np.float64)
-    occupied = np.flatnonzero(mask.any(axis=(1, 2)))
-    for k in occupied.tolist():
-        polygons = mask_polygons(mask[k])
+    for k, polygons in enumerate(stack_polygons(mask)):
         if keyhole:
             polygons = join_holes(polygons)
         contours.extend((k0 + k, planes.pixel_to_lps(k0 + k, polygon + shift)) for polygon in polygons)
