@@ -144,7 +144,7 @@ def _jsonable(value: Any) -> Any:
 # ------------------------------------------------------------------- body mask
 def body_mask(hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> np.ndarray:
     """Largest 3D connected component above ``threshold_hu``; bool, same shape as ``hu``."""
-    from scipy import ndimage
+    from ..postprocess import label_pieces
 
     mask = hu > threshold_hu
     box = bounding_box(mask)
@@ -153,7 +153,7 @@ def body_mask(hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> np.nda
     # Labelling costs per voxel: only the box around everything above the threshold (on a
     # planning CT the air around the patient is half of the slice or more).
     region = tuple(slice(start, start + size) for start, size in zip(*box))
-    labels, count = ndimage.label(mask[region])
+    labels, count = label_pieces(mask[region])
     if count <= 1:  # the usual case: counting the labels would cost more than the labelling
         return mask
     sizes = np.bincount(labels.reshape(-1), minlength=count + 1)

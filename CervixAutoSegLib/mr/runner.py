@@ -186,9 +186,9 @@ class _StageClock:
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
+    from ..postprocess import label_pieces
 
-    labels, count = ndimage.label(mask)
+    labels, count = label_pieces(mask)
     if count <= 1:
         return mask.astype(bool)
     sizes = np.bincount(labels.ravel())
@@ -197,9 +197,9 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def _drop_small_islands(mask: np.ndarray, min_voxels: float) -> np.ndarray:
-    from scipy import ndimage
+    from ..postprocess import label_pieces
 
-    labels, count = ndimage.label(mask)
+    labels, count = label_pieces(mask)
     if count == 0:
         return mask
     sizes = np.bincount(labels.ravel())

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..postprocess import fill_holes_per_slice
+from ..postprocess import fill_holes_per_slice, label_pieces
 
 STRUCTURE_FEATURES = ("volume_ml", "extent_mm", "pieces", "body_lr", "body_ap", "inside_body")
 PAIR_FEATURES = ("dx_mm", "dy_mm", "dz_mm")
@@ -67,8 +67,6 @@ class Body:
 
 def body_of(image: Any) -> Body:
     """Threshold + largest 3D component of the subsampled image (see module docstring)."""
-    from scipy import ndimage
-
     stride = tuple(max(int(round(BODY_GRID_MM / float(s))), 1) for s in (image.spacing[1], image.spacing[0]))
     small = np.asarray(image.array)[:, ::stride[0], ::stride[1]]
     if (image.modality or "").upper() == "CT":
@@ -76,7 +74,7 @@ def body_of(image: Any) -> Body:
     else:
         level = MR_BODY_FRACTION * float(np.percentile(small, 99))
     mask = small > level
-    pieces, count = ndimage.label(mask)
+    pieces, count = label_pieces(mask)
     if count > 1:
         sizes = np.bincount(pieces.ravel())
         sizes[0] = 0
@@ -109,8 +107,6 @@ def structure_features(image: Any, mask: np.ndarray, box: tuple[slice, ...], bod
     pair offsets and the union extent.  Computed from projections of the mask, never from a list
     of its voxels (a bladder has 10^5-10^6).
     """
-    from scipy import ndimage
-
     from ..cropping import mean_index, voxel_counts
     from ..postprocess import voxel_volume_ml
 
@@ -119,7 +115,7 @@ def structure_features(image: Any, mask: np.ndarray, box: tuple[slice, ...], bod
     counts = voxel_counts(mask)
     per_slice, count = counts[0], int(counts[0].sum())
     centre = image.index_to_physical(mean_index(counts, [axis.start for axis in box])[::-1])
-    pieces, _ = ndimage.label(mask)
+    pieces, _ = label_pieces(mask)
     sizes = np.bincount(pieces.ravel())[1:] * voxel_ml
     in_body = body.mask[box[0]][:, np.minimum(j // body.stride[0], body.mask.shape[1] - 1)][
         :, :, np.minimum(i // body.stride[1], body.mask.shape[2] - 1)]

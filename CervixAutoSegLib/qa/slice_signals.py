@@ -129,9 +129,9 @@ def _centroids(mask: np.ndarray, box: tuple, area_px: np.ndarray, spacing_xy: Se
 def _pieces(mask: np.ndarray, pixel_mm2: float) -> tuple[np.ndarray, np.ndarray]:
     """Per slice: pieces of at least :data:`MIN_PIECE_MM2`, and pixels in pieces that touch neither
     neighbouring slice (``orphan``)."""
-    from scipy import ndimage
+    from ..postprocess import label_pieces
 
-    pieces, count = ndimage.label(mask, structure=IN_PLANE)
+    pieces, count = label_pieces(mask, IN_PLANE)
     n = mask.shape[0]
     if count == 0:
         return np.zeros(n, np.int64), np.zeros(n)
