@@ -172,6 +172,17 @@ def label_pieces(mask: np.ndarray, structure: np.ndarray | None = None) -> tuple
         return ndimage.label(mask, structure=structure)
 
 
+def largest_piece(mask: np.ndarray) -> np.ndarray:
+    """The largest connected piece of a boolean ``mask`` (scipy's default connectivity: faces);
+    ``mask`` itself when it has at most one piece."""
+    pieces, count = label_pieces(mask)
+    if count <= 1:
+        return mask
+    sizes = np.bincount(pieces.reshape(-1), minlength=count + 1)
+    sizes[0] = 0
+    return pieces == int(np.argmax(sizes))
+
+
 _FEW_PIECES = 4
 """Up to this many kept pieces, :func:`select_components` selects them by comparisons, not a gather."""
 
@@ -197,10 +208,10 @@ def select_components(mask: np.ndarray, mode: str, min_voxels: float = 0.0) -> t
     kept = np.flatnonzero(keep)
     if kept.size == count:
         return mask, count, count
-    # a comparison per kept piece streams the map once each; a gather (keep[components]) costs
-    # several times one on a structure's box, so it is used only for many kept pieces
     if kept.size == 0:
         return np.zeros_like(mask), count, 0
+    # a comparison per kept piece streams the map once each; a gather (keep[components]) costs
+    # several times one on a structure's box, so it is used only for many kept pieces
     selected = any_of(components, kept) if kept.size <= _FEW_PIECES else keep[components]
     return selected, count, int(kept.size)
 

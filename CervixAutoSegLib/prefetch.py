@@ -179,24 +179,24 @@ class Prefetch:
 
     def cancel(self) -> None:
         """Stop the child now (its result or a job's is not wanted any more)."""
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        self._kill()
         self.close()
 
     def close(self) -> None:
         """No more jobs: the child leaves (killed if a job is still running) and is waited for."""
         self.serving = False
-        if self._job is not None and not self._job.done:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        if self._job is not None:  # submitted and not collected
+            self._kill()
         self._close_all()
         try:
             os.waitpid(self.pid, 0)
         except ChildProcessError:
+            pass
+
+    def _kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
 
     def _close_fd(self, name: str) -> None:
@@ -216,7 +216,6 @@ class Job:
 
     def __init__(self, owner: Prefetch) -> None:
         self._owner = owner
-        self.done = False
 
     def result(self, timeout: float | None = None) -> Any:
         """The job's return value (its exception raised here); ``concurrent.futures.TimeoutError``
@@ -232,7 +231,7 @@ class Job:
         except (EOFError, OSError, pickle.UnpicklingError) as error:
             owner.cancel()
             raise ReaderLost(f"the reader process {owner.pid} died during its job ({error})") from error
-        self.done, owner._job = True, None
+        owner._job = None  # collected: the child waits for the next job
         if status == "error":
             raise value
         return value

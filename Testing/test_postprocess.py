@@ -248,3 +248,19 @@ def test_pieces_are_labelled_compactly_and_exactly_as_scipy_does():
         want, want_count = ndimage.label(mask, structure=structure)
         assert labels.dtype == dtype and count == want_count
         np.testing.assert_array_equal(labels, want)
+
+
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.3, 0.7])
+def test_largest_piece_is_the_biggest_face_connected_piece(density):
+    from scipy import ndimage
+
+    from CervixAutoSegLib.postprocess import largest_piece
+
+    mask = np.random.default_rng(3).random((6, 30, 40)) < density
+    labels, count = ndimage.label(mask)
+    got = largest_piece(mask)
+    if count <= 1:
+        assert got is mask  # nothing to cut: no copy
+    else:
+        sizes = np.bincount(labels.ravel())[1:]
+        np.testing.assert_array_equal(got, labels == 1 + int(np.argmax(sizes)))

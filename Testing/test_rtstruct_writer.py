@@ -386,10 +386,13 @@ def test_a_grid_mismatch_is_one_line_naming_both_grids(ct_series, tmp_path):
 
 def _skimage_polygons(mask: np.ndarray) -> list[np.ndarray]:
     """The oracle: skimage's marching squares at 0.5 on the zero-padded slice, "low" connectivity,
-    collinear vertices dropped."""
+    vertices on the straight line through their neighbours dropped (cross product, with a tolerance)."""
     from skimage.measure import find_contours
 
-    from CervixAutoSegLib.rtstruct.contours import drop_collinear
+    def drop_collinear(polygon: np.ndarray) -> np.ndarray:
+        incoming = polygon - np.roll(polygon, 1, axis=0)
+        outgoing = np.roll(polygon, -1, axis=0) - polygon
+        return polygon[np.abs(incoming[:, 0] * outgoing[:, 1] - incoming[:, 1] * outgoing[:, 0]) > 1e-9]
 
     padded = np.pad(mask, 1).astype(np.float32)
     polygons = [drop_collinear(contour[:-1]) - 1.0 for contour in find_contours(padded, 0.5, fully_connected="low")]

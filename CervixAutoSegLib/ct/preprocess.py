@@ -144,7 +144,7 @@ def _jsonable(value: Any) -> Any:
 # ------------------------------------------------------------------- body mask
 def body_mask(hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> np.ndarray:
     """Largest 3D connected component above ``threshold_hu``; bool, same shape as ``hu``."""
-    from ..postprocess import label_pieces
+    from ..postprocess import largest_piece
 
     mask = hu > threshold_hu
     box = bounding_box(mask)
@@ -153,14 +153,11 @@ def body_mask(hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> np.nda
     # Labelling costs per voxel: only the box around everything above the threshold (on a
     # planning CT the air around the patient is half of the slice or more).
     region = tuple(slice(start, start + size) for start, size in zip(*box))
-    labels, count = label_pieces(mask[region])
-    if count <= 1:  # the usual case: counting the labels would cost more than the labelling
-        return mask
-    sizes = np.bincount(labels.reshape(-1), minlength=count + 1)
-    sizes[0] = 0
-    body = np.zeros_like(mask)
-    body[region] = labels == int(np.argmax(sizes))
-    return body
+    inside = mask[region]
+    body = largest_piece(inside)
+    if body is not inside:  # nothing lies outside the box: the mask is cut down where it is
+        inside[...] = body
+    return mask
 
 
 def window_hu(hu: np.ndarray, level: float = WINDOW_LEVEL_HU, width: float = WINDOW_WIDTH_HU) -> np.ndarray:

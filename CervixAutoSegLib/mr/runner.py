@@ -69,6 +69,7 @@ class PocketNetRunner:
 
     def __call__(self, volume: Volume, card: Any, device: Any, options: InferenceOptions,
                  progress: FractionProgress, cancel: CancelCheck | None, prepared: Any = None) -> NetworkOutput:
+        from ..postprocess import largest_piece
         from .preprocess import restore_labels
 
         timings: dict[str, float] = {"model_load": 0.0, "network": 0.0}
@@ -80,7 +81,7 @@ class PocketNetRunner:
         stages = _StageClock(timings)
         organ, info, organ_evidence = self._stage(card, ORGAN_ROLE, image[None], device, options, timings, cancel,
                                                   lambda f, m: progress(f / (2 if two_stages else 1), f"organ: {m}"))
-        organ = _largest_component(organ == 1)
+        organ = largest_piece(organ == 1)
         stages.lap(ORGAN_ROLE, info)
         working = organ.astype(np.uint8) * ORGAN_LABEL
         evidence = [(organ_evidence, None, (ORGAN_LABEL,))]
@@ -183,17 +184,6 @@ class _StageClock:
         self.laps.append({"role": role, "seconds": now - self._started, "network_s": network - self._network,
                           "passes": int(info.get("passes", 0)), "item_shape": list(info.get("item_shape", []))})
         self._started, self._network = now, network
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    from ..postprocess import label_pieces
-
-    labels, count = label_pieces(mask)
-    if count <= 1:
-        return mask.astype(bool)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
 
 
 def _drop_small_islands(mask: np.ndarray, min_voxels: float) -> np.ndarray:

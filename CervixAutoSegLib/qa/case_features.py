@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..postprocess import fill_holes_per_slice, label_pieces
+from ..postprocess import fill_holes_per_slice, label_pieces, largest_piece
 
 STRUCTURE_FEATURES = ("volume_ml", "extent_mm", "pieces", "body_lr", "body_ap", "inside_body")
 PAIR_FEATURES = ("dx_mm", "dy_mm", "dz_mm")
@@ -73,12 +73,7 @@ def body_of(image: Any) -> Body:
         level = CT_BODY_HU
     else:
         level = MR_BODY_FRACTION * float(np.percentile(small, 99))
-    mask = small > level
-    pieces, count = label_pieces(mask)
-    if count > 1:
-        sizes = np.bincount(pieces.ravel())
-        sizes[0] = 0
-        mask = pieces == int(np.argmax(sizes))
+    mask = largest_piece(small > level)
     return Body(fill_holes_per_slice(mask), stride, _slice_boxes(image, mask, stride))  # type: ignore[arg-type]
 
 

@@ -13,8 +13,8 @@ whose ``meta`` carries the per-image UIDs and positions; labels are on exactly i
 
 Modules: ``contours`` (label slice ↔ polygons in pixel coordinates), ``planes`` (each
 image's own plane in LPS mm), ``writer``, ``reader``, ``decimal_strings`` (DS ≤ 16
-characters), ``uids`` (UIDs, defined terms, codes).  Heavy dependencies (pydicom,
-scikit-image) are imported inside the functions, so importing this package is cheap.
+characters), ``uids`` (UIDs, defined terms, codes).  The heavy dependency (pydicom)
+is imported inside the functions, so importing this package is cheap.
 """
 
 from __future__ import annotations

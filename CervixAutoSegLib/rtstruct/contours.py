@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import numpy as np
 
-LEVEL = 0.5
-"""Iso-level between background (0) and foreground (1) pixels."""
-
 _PAD = 1
 """Background border added around each crop so that every polygon closes."""
 
@@ -137,7 +134,7 @@ def _cycles(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndar
 def _turns(points: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Which vertices of the polygons ``points[starts[i]:starts[i + 1]]`` are corners: the step
     into a vertex differs from the step out of it (steps between midpoints are exact in doubled
-    coordinates, so this is drop_collinear without a tolerance)."""
+    coordinates, so no tolerance is needed to drop the collinear ones)."""
     count = len(points)
     ends = np.append(starts[1:], count)
     following = np.arange(1, count + 1)
@@ -146,20 +143,6 @@ def _turns(points: np.ndarray, starts: np.ndarray) -> np.ndarray:
     previous = np.empty(count, dtype=np.int64)
     previous[following] = np.arange(count)
     return np.any(step_out != step_out[previous], axis=1)
-
-
-def drop_collinear(polygon: np.ndarray) -> np.ndarray:
-    """Remove vertices lying on the straight line through their neighbours (lossless).
-
-    Args:
-        polygon: closed polygon, shape ``(n, 2)``, first point not repeated.
-    """
-    previous = np.roll(polygon, 1, axis=0)
-    following = np.roll(polygon, -1, axis=0)
-    incoming = polygon - previous
-    outgoing = following - polygon
-    cross = incoming[:, 0] * outgoing[:, 1] - incoming[:, 1] * outgoing[:, 0]
-    return polygon[np.abs(cross) > 1e-9]
 
 
 def signed_area(polygon: np.ndarray) -> float:
