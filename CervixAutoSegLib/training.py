@@ -37,7 +37,7 @@ import torch
 
 from .atomic import atomic_path, write_text_atomic
 from .errors import ModelError, TrainingError
-from .precision import autocast
+from .precision import autocast, guard_thin_slab_convolutions
 from .training_config import LoopConfig
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,7 @@ class _Run:
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
         self.network = task.build_network(config)
+        guard_thin_slab_convolutions(self.network)  # a oneDNN bf16 defect; see there
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=config.learning_rate, betas=(0.9, 0.999),
                                           weight_decay=config.weight_decay)
         self.epoch, self.step_in_epoch, self.epoch_losses = 0, 0, []

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -15,6 +16,7 @@ from CervixAutoSegLib.image_io import load_image, write_image
 from CervixAutoSegLib.mr.config import MRTrainConfig
 from CervixAutoSegLib.mr.training import MRCase, PatchBatches, deep_supervision_loss, dice_ce, jitter_organ
 from CervixAutoSegLib.phantom import make_mr_phantom
+from CervixAutoSegLib.precision import ThinSlabSafeConv3d, autocast, guard_thin_slab_convolutions
 
 SMALL_GRID = {"matrix": 64, "pixel_spacing_mm": 2.5, "slice_thickness_mm": 5.0}
 
@@ -175,6 +177,48 @@ def test_train_mr_writes_both_stages_into_one_model_directory_that_segment_runs(
     assert labels.array.shape == phantom.image.array.shape
     report = json.loads((tmp_path / "seg" / "report.json").read_text())
     assert [n["role"] for n in report["model"]["networks"]] == ["organ", "tumor"]
+
+
+def test_a_conv3d_over_a_two_slice_input_trains_under_bf16_with_a_weight_gradient_that_repeats():
+    """oneDNN's bf16 weight gradient of a 3x3x3 convolution over 2 slices reads memory it never
+    wrote (see ThinSlabSafeConv3d): the guarded layer gives the same gradient on every backward
+    pass, close to float32's, and leaves everything else to Conv3d."""
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Conv3d(32, 32, 3, padding=1, bias=False))
+    guarded = copy.deepcopy(plain)
+    assert guard_thin_slab_convolutions(guarded) == 1 and isinstance(guarded[0], ThinSlabSafeConv3d)
+    assert list(guarded.state_dict()) == list(plain.state_dict())  # weights files are unchanged
+    x, upstream = torch.randn(1, 32, 2, 16, 16), torch.randn(1, 32, 2, 16, 16)
+    gradients = []
+    for _ in range(12):
+        guarded.zero_grad(set_to_none=True)
+        with autocast(torch.device("cpu"), "bf16"):
+            out = guarded(x)
+        out.backward(upstream)
+        gradients.append(guarded[0].weight.grad.clone())
+    assert all(torch.equal(g, gradients[0]) for g in gradients[1:])
+    plain(x).backward(upstream)
+    torch.testing.assert_close(gradients[0], plain[0].weight.grad, rtol=1e-2, atol=1e-3)
+    with autocast(torch.device("cpu"), "bf16"):
+        assert guarded(x).dtype == torch.float32  # the thin slab in float32
+        assert guarded(torch.randn(1, 32, 4, 16, 16)).dtype == torch.bfloat16  # thick enough: bf16 as before
+        with torch.no_grad():
+            assert guarded(x).dtype == torch.bfloat16  # no backward (inference): bf16 as before
+
+
+def test_two_bf16_training_runs_with_one_seed_give_the_same_weights(tmp_path):
+    write_phantom_cases(tmp_path / "cases", (11, 12, 13))
+    states = []
+    for run in ("a", "b"):
+        out = tmp_path / run / "mr-small"
+        assert cli.main(["train", "mr", "--stage", "organ", "--work", str(tmp_path / run / "work"), "--data",
+                         str(tmp_path / "cases"), "--out", str(out), "--split", "2:1:0", "--patch-size", "64", "64",
+                         "8", "--batch-size", "1", "--steps-per-epoch", "3", "--max-epochs", "1", "--threads", "1",
+                         "--spacing", "2.5", "2.5", "5"]) == 0  # 8 slices: the third level is 2 slices deep
+        card = models.read_card(out)
+        assert card.training["config"]["bf16"] is True
+        states.append(models.load_network(card, "organ").state_dict())
+    assert all(torch.equal(states[0][name], states[1][name]) for name in states[0])
 
 
 @pytest.mark.parametrize("spacing", [["0", "0.5", "5"], ["0.5", "0.5", "-5"], ["0.5", "0.5", "50"]])
