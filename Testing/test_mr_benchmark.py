@@ -161,6 +161,27 @@ def test_selective_flip_tta_is_judged_against_its_full_twin_and_the_time_outside
     assert bench._tta_mode({"flip_tta": False, "items": 100, "mirrored_items": 0}) == "off"
 
 
+def test_with_repeats_selective_tta_is_judged_round_by_round():
+    """Each round's selective run and its full twin are neighbours in time: the fraction is the
+    median of the rounds' own ratios, and the time outside the network the median of the rounds'."""
+    from CervixAutoSegLib.benchmarks.segment_report import outside_network_s, selective_tta_comparison
+
+    selective = {**_ct_run("selective", 5.6, 8.4, True, 15),
+                 "repeats_s": [8.4, 11.0, 8.0], "repeats_network_s": [5.6, 8.0, 5.2]}
+    full = {**_ct_run("full", 9.6, 11.8, False, 100), "repeats_s": [11.8, 12.9, 11.2],
+            "repeats_network_s": [9.6, 9.0, 8.6]}  # the second round in a slow spell for the selective run
+    comparison = selective_tta_comparison([selective, full])
+    assert comparison["network_fraction_of_full"] == pytest.approx(5.2 / 8.6)
+    assert comparison["round_fractions"] == [round(5.6 / 9.6, 4), round(8.0 / 9.0, 4), round(5.2 / 8.6, 4)]
+    assert outside_network_s(selective) == pytest.approx(2.8)  # of 2.8, 3.0 and 2.8
+    assert comparison["outside_network_s"] == pytest.approx(2.8)
+    assert judge([selective, full], [], bench.DEFAULT_TARGETS)["outside_network_s"]["met"]
+    single = {**_ct_run("selective", 5.6, 8.4, True, 15), "repeats_s": [8.4], "repeats_network_s": [5.6]}
+    assert selective_tta_comparison([single, _ct_run("full", 9.0, 11.8, False, 100)])["network_fraction_of_full"] \
+        == pytest.approx(5.6 / 9.0)  # one round: the plain ratio
+    assert outside_network_s(single) == pytest.approx(2.8)
+
+
 def test_workers_run_in_a_fresh_process_and_their_failure_is_reported():
     with pytest.raises(RuntimeError, match="benchmark worker failed"):
         bench._run_worker({"family": "mr", "model": "no-such-model", "models_root": "."}, "_baseline_worker")
@@ -230,5 +251,6 @@ def test_repeated_runs_take_turns_and_each_measurement_reports_its_median_run(mo
     case, baseline = bench._repeated(jobs, {"dicom": "x"}, tmp_path, 3)
     assert calls == ["_segment_worker", "_baseline_worker"] * 3
     assert case["process_s"] == 20.0 and case["repeats_s"] == [30.0, 10.0, 20.0] and case["target_run"]
+    assert case["repeats_network_s"] == [0.0, 0.0, 0.0] and "repeats_network_s" not in baseline
     assert "config" not in case and "label" not in case
     assert baseline["network_s"] == 7.0 and baseline["name"] == "doubling_dynunet"

@@ -358,7 +358,8 @@ def _jobs(family: Any, plan: dict, baselines: list, shape: str, series: str | No
 def _repeated(jobs: list[tuple[str, dict]], config: dict, work: Path, repeat: int) -> list[dict]:
     """Each job's worker run ``repeat`` times, the jobs taking turns (so a slow spell of a shared machine
     falls on all of them alike) → per job its median run by wall time (segment: the whole process;
-    baseline: its network seconds), with every repetition's seconds under ``repeats_s``."""
+    baseline: its network seconds), with every repetition's seconds under ``repeats_s`` (and a
+    segment's network seconds, round by round, under ``repeats_network_s``: what pairs two jobs' rounds)."""
     runs: list[list[dict]] = [[] for _ in jobs]
     for round_ in range(repeat):
         for index, (kind, extra) in enumerate(jobs):
@@ -373,6 +374,8 @@ def _repeated(jobs: list[tuple[str, dict]], config: dict, work: Path, repeat: in
                    for run in measured]
         median = measured[sorted(range(repeat), key=seconds.__getitem__)[(repeat - 1) // 2]]
         row = {k: v for k, v in extra.items() if k not in ("config", "label", "tta_mode")}
+        if kind == "segment":
+            row["repeats_network_s"] = [round(run["timings_s"].get("network", 0.0), 3) for run in measured]
         chosen.append({**median, **row, "repeats_s": [round(value, 3) for value in seconds]})
     return chosen
 
