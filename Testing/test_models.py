@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,6 +65,29 @@ def test_rewriting_replaces_the_whole_directory(tmp_path, network):
     assert models.read_card(tmp_path / "m").version == "2" == card.version
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "weights.pt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no staging left-overs
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads Linux's /proc/self/maps")
+def test_a_loaded_network_keeps_nothing_of_its_weights_file_mapped(tmp_path, network):
+    """The weights are read through a memory map: every tensor must be copied out of it, fp16 and
+    fp32 files alike, or the mapping would outlive the load (and pin a file an update replaces)."""
+    import gc
+
+    card = write(tmp_path / "m", network)
+    fp32 = {k: v.detach().clone() for k, v in network.state_dict().items()}
+    torch.save(fp32, tmp_path / "fp32.pt")
+    for weights in (None, tmp_path / "fp32.pt"):
+        if weights is not None:  # the same model with float32 weights: .float() alone would not copy them
+            shutil.copyfile(weights, card.weights_path())
+            document = json.loads((tmp_path / "m" / "model.json").read_text())
+            document["networks"][0]["sha256"] = models.file_sha256(card.weights_path())
+            (tmp_path / "m" / "model.json").write_text(json.dumps(document))
+        loaded = models.load_network(models.read_card(tmp_path / "m"))
+        gc.collect()
+        assert str(card.weights_path()) not in Path("/proc/self/maps").read_text()
+        if weights is not None:
+            assert all(torch.equal(loaded.state_dict()[k], v) for k, v in fp32.items())
+        assert all(t.dtype != torch.float16 for t in loaded.state_dict().values())
 
 
 def test_checksum_mismatch_is_a_one_line_model_error(tmp_path, network):
