@@ -256,7 +256,8 @@ def segment(
     tracker.start("load", "reading image")
     torch_device, (volume, input_path, card, warnings), prepared, reader = _device_and_input(
         device, (source, series_uid, model, models_root, allow_non_t2), prefetch_input, timings)
-    with contextlib.closing(reader) if reader is not None else contextlib.nullcontext():
+    # One retained heap for the case (heap.py): what the network freed serves the cleaning, the QA and the writers.
+    with contextlib.closing(reader) if reader is not None else contextlib.nullcontext(), retained_heap():
         outcome = _network_outcome(volume, input_path, card, warnings, prepared, (device, torch_device), options,
                                    tracker, cancel, timings)
         evidence = list(outcome.evidence) if keep_evidence else []  # the QA lets go of the outcome's
@@ -386,8 +387,7 @@ def _run_network(volume: Volume, card: Any, device: Any, options: Any, tracker: 
 
     run = functools.partial(family.runner, volume, card, device, inference_options(family, options),
                             network_fraction, cancel)
-    with retained_heap():  # both stages of a two-stage family reuse one heap
-        return run() if prepared is None else run(prepared=prepared)
+    return run() if prepared is None else run(prepared=prepared)  # within segment's retained heap
 
 
 def inference_options(family: Any, options: Any = None) -> Any:

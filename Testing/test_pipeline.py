@@ -213,6 +213,33 @@ def test_label_files_are_written_while_the_qa_runs(tmp_path, models_root, monkey
     assert not writer_threads()  # the writer thread is gone
 
 
+def test_one_retained_heap_serves_the_whole_case_and_is_released_after(tmp_path, models_root, monkeypatch):
+    """What the network freed stays in the heap for the cleaning, the QA and the writers (no fresh
+    pages for them: heap.py), and glibc's defaults are back once segment returns or fails."""
+    from CervixAutoSegLib import heap, qa
+
+    seen = {}
+    real_postprocess, real_assess = pipeline._postprocess, qa.assess
+
+    def postprocess(*args, **kwargs):
+        seen["cleaning"] = heap._in_force
+        return real_postprocess(*args, **kwargs)
+
+    def assess(*args, **kwargs):
+        seen["qa"] = heap._in_force
+        return real_assess(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_postprocess", postprocess)
+    monkeypatch.setattr(qa, "assess", assess)
+    run(synthetic_ct("HFS"), tmp_path / "out", models_root)
+    assert seen == {"cleaning": heap._libc() is not None, "qa": heap._libc() is not None}
+    assert heap._depth == 0 and not heap._in_force
+    monkeypatch.setattr(qa, "assess", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("QA failed")))
+    with pytest.raises(RuntimeError, match="QA failed"):
+        run(synthetic_ct("HFS"), tmp_path / "out2", models_root)
+    assert heap._depth == 0 and not heap._in_force
+
+
 def test_cancel_while_the_label_files_are_written_publishes_nothing(tmp_path, models_root, monkeypatch):
     from CervixAutoSegLib import qa
     from CervixAutoSegLib.dicom_writer import write_dicom_series

@@ -6,6 +6,7 @@ and pytest's threads, so :func:`prefetch.can_fork` rightly says no here.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -345,7 +346,7 @@ def test_results_travel_exactly_and_writable_through_the_shared_file_or_the_pipe
                       np.asfortranarray(hu[:, :5, :3])), 0.25)
     shared = prefetch._shared_file() if how != "pipe" else None
     if how == "shared file refused":  # no memory for the file: the pipe carries the buffers
-        monkeypatch.setattr(os, "ftruncate", lambda *args: (_ for _ in ()).throw(OSError("no space")))
+        monkeypatch.setattr(os, "pwrite", lambda *args: (_ for _ in ()).throw(OSError(errno.ENOSPC, "no space")))
     status, (arrays, fortran), seconds = _round_trip(message, shared)
     assert status == "ok" and seconds == 0.25 and arrays["name"] == "CT"
     for name, want in (("hu", hu), ("batch", batch), ("empty", message[1][0]["empty"])):
