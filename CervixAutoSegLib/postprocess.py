@@ -252,11 +252,11 @@ def postprocess_labels(
     Returns:
         (cleaned uint8 labels of the same shape, cleanup summary per label value).
     """
-    from scipy import ndimage
+    from .cropping import label_boxes
 
     labels = np.asarray(labels)
     voxel_ml = voxel_volume_ml(spacing, direction)
-    boxes = ndimage.find_objects(labels) if labels.size and labels.max() > 0 else []
+    boxes = label_boxes(labels)
     by_value = {rule.value: rule for rule in rules}
     ordered = sorted(rules, key=lambda rule: (rule.within is not None, rule.value))
     masks: dict[int, tuple[tuple[slice, ...], np.ndarray]] = {}

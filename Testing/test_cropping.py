@@ -60,3 +60,29 @@ def test_mean_index_from_counts_is_the_mean_of_the_voxel_indices(seed):
     want = [np.mean(axis + first) for axis, first in zip(indices, start)]
     np.testing.assert_allclose(mean_index(counts, start), want, rtol=0, atol=1e-9)
     assert mean_index(voxel_counts(np.zeros((2, 3, 4), bool))) is None
+
+
+def test_label_boxes_are_scipys_find_objects_computed_on_the_non_zero_box():
+    from scipy import ndimage
+
+    from CervixAutoSegLib.cropping import label_boxes, nonzero_box
+
+    rng = np.random.default_rng(7)
+    cases = [np.zeros((4, 5, 6), np.uint8), np.ones((3, 4, 5), bool)]
+    for _ in range(60):
+        shape = tuple(int(n) for n in rng.integers(1, 12, 3))
+        labels = np.zeros(shape, np.uint8)
+        for value in rng.choice(np.arange(1, 6), size=int(rng.integers(1, 4)), replace=False):
+            corner = [int(rng.integers(0, n)) for n in shape]  # boxes touching any face, single voxels included
+            extent = [int(rng.integers(1, n - c + 1)) for n, c in zip(shape, corner)]
+            labels[tuple(slice(c, c + e) for c, e in zip(corner, extent))] = value
+        cases.append(labels)
+    negative = np.zeros((5, 6, 7), np.int16)
+    negative[0, 0, 0], negative[4, 5, 6], negative[2, 3, 3] = -3, -1, 2  # find_objects ignores values below 1
+    cases.append(negative)
+    for labels in cases:
+        assert label_boxes(labels) == ndimage.find_objects(labels.astype(np.int32)), labels.shape
+    assert nonzero_box(np.zeros((3, 3, 3))) is None
+    spot = np.zeros((6, 7, 8), np.uint8)
+    spot[5, 0, 3] = spot[2, 4, 7] = 1
+    assert nonzero_box(spot) == (slice(2, 6), slice(0, 5), slice(3, 8))

@@ -172,15 +172,13 @@ def case_features(image: Any, labels: np.ndarray, structures: Sequence[Any],
     regions follow the post-processing rules (an MR organ covers its tumour).  Absent structures
     are left out of ``structures``.
     """
-    from scipy import ndimage
-
-    from ..cropping import region_box
+    from ..cropping import label_boxes, region_box
     from ..postprocess import any_of, rules_for
 
     labels = np.asarray(labels)
     body = body_of(image)
     if boxes is None:
-        boxes = ndimage.find_objects(labels)
+        boxes = label_boxes(labels)
     rules = {rule.value: rule for rule in rules_for(structures)}
     per_structure = {}
     for structure in structures:

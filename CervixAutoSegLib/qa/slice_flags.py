@@ -118,13 +118,12 @@ def assess_slices(labels: Any, structures: Sequence[Any], config: QAConfig, *,
     Structure regions and containers follow the post-processing rules (an MR organ covers its
     tumour; the tumour lies within the organ).
     """
-    from scipy import ndimage
-
+    from ..cropping import label_boxes
     from ..postprocess import rules_for
 
     array = np.asarray(labels.array)
     if boxes is None:
-        boxes = ndimage.find_objects(array)
+        boxes = label_boxes(array)
     rules = {rule.value: rule for rule in rules_for(structures)}
     spacing_xy = (float(labels.spacing[0]), float(labels.spacing[1]))
     every, assessments = [], []

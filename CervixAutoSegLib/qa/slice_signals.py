@@ -39,7 +39,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..cropping import region_box
+from ..cropping import label_boxes, region_box
 from ..postprocess import IN_PLANE
 from .maps import UNIT, BoxedMap, EvidenceMaps
 
@@ -85,17 +85,16 @@ def structure_slices(labels: np.ndarray, name: str, value: int, region: Sequence
 
     Args:
         spacing_xy: pixel spacing (column, row) in mm.
-        boxes: ``ndimage.find_objects(labels)`` when the caller has it (computed otherwise).
+        boxes: :func:`~CervixAutoSegLib.cropping.label_boxes` of ``labels`` when the caller has them
+            (computed otherwise).
         evidence: the network's maps for this structure (None: label signals only).
         container: label values of the structure this one must lie within (``border_contact``).
         field_of_view_border: bool (z, y, x), True on the network's crop border (``crop_border``).
 
     Returns None when the structure is absent.
     """
-    from scipy import ndimage
-
     if boxes is None:
-        boxes = ndimage.find_objects(labels)
+        boxes = label_boxes(labels)
     box = region_box(boxes, region, labels.shape)
     if box is None:
         return None
