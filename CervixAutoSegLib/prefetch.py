@@ -48,6 +48,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import TimeoutError as Pending
 from typing import Any
 
+from .heap import retained_heap
+
 log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct("<Q")
@@ -259,14 +261,15 @@ def _serve(fds: dict[str, Any], function: Callable[..., Any], args: tuple,
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     code = 0
     try:
-        message = _run(function, args)
-        _send(fds["answers_in_child"], message, fds["answers_shared"])
-        if fds.get("answers_shared") is not None:  # the parent maps what it needs; job answers use the pipe
-            fds.pop("answers_shared").close()
-        if keep is not None and message[0] == "ok":
-            kept = keep(message[1])
-            del message  # the rest of the result (the network's input) is the parent's now
-            _serve_jobs(fds, kept)
+        with retained_heap():  # what the reading freed serves the later jobs (heap.py)
+            message = _run(function, args)
+            _send(fds["answers_in_child"], message, fds["answers_shared"])
+            if fds.get("answers_shared") is not None:  # the parent maps what it needs; job answers use the pipe
+                fds.pop("answers_shared").close()
+            if keep is not None and message[0] == "ok":
+                kept = keep(message[1])
+                del message  # the rest of the result (the network's input) is the parent's now
+                _serve_jobs(fds, kept)
     except BaseException:  # noqa: BLE001 - the parent sees EOF and reads in-process
         code = 1
     finally:
