@@ -11,14 +11,15 @@ raises the child's exception, as if the function had run here.
 How the voxels travel.  Through the pipe, the parent would receive them into brand-new memory,
 and on a virtual machine each fresh page can cost the host a page too (a 100-slice CT and its
 crops: 78 MB, 0.2-0.5 s of the parent's time).  So the parent opens an anonymous shared-memory
-file (``memfd_create``) before forking; the child copies the raw buffers into it (in its own
-time, while the parent still imports) and sends only their places through the pipe; the parent
+file (``memfd_create``) before forking; the child writes the raw buffers into it (``pwrite``, in
+its own time, while the parent still imports) and sends only their places through the pipe; the parent
 maps the file copy-on-write and the arrays use the pages the child filled.  Where no such file
 can be made the buffers go through the pipe as before.
 
 Afterwards.  Asked to (``keep``), the child stays: it keeps part of what it read (the image) and
 runs later work handed to it with :meth:`Prefetch.submit`, such as writing the label files while
-this process checks the result: two processes, so no GIL between them.  The job's arguments
+this process checks the result: two processes, so no GIL between them.  Its heap keeps what it
+freed for those jobs (:mod:`.heap`: fresh pages are dear on a virtual machine).  The job's arguments
 travel the other way the same way (a second shared file); answers to jobs are small and come
 through the pipe.  The child leaves when this process closes the job pipe (:meth:`Prefetch.close`),
 or dies with it (end of file on that pipe).  Shared files only ever grow: a buffer the receiver
