@@ -475,15 +475,12 @@ def load_network(card: ModelCard, role: str | None = None, device: str = "cpu"):
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    entry = card.network(role)
-    if not (card.path / entry.weights_file).is_file():
-        raise ModelError(f"weights of model {card.id} are missing ({card.path / entry.weights_file})")
     with ThreadPoolExecutor(1, thread_name_prefix="weights-sha256") as pool:
-        verified = pool.submit(verify_weights, card, entry.role)
+        verified = pool.submit(verify_weights, card, card.network(role).role)
         try:
             network = _weights_into_network(card, role)
         except ModelError:
-            verified.result()  # a file that cannot be loaded because it is corrupt: say that
+            verified.result()  # a file missing, or unloadable because it is corrupt: say that
             raise
         verified.result()
     return network.to(device).eval()
